@@ -1,0 +1,104 @@
+"""Settings for every Conflux process, read from CONFLUX_* environment variables.
+
+Defaults describe the local stack on 127.0.0.1; pointing the same code at clusters is a matter of
+setting the variables (see README "Configuration"). State is built once and passed in, never global.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conflux.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where everything lives. Ports are the local defaults; URLs win when set."""
+
+    home: Path = field(default_factory=lambda: REPO_ROOT / ".conflux")
+    repo_root: Path = REPO_ROOT
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_heap: str = "512m"
+    redis_port: int = 6379
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    triton_http_port: int = 8000
+    triton_grpc_port: int = 8001
+    triton_metrics_port: int = 8002
+    clickhouse_port: int = 8123
+    # "http(s)://host:port" for a real server (or the local chdb-backed one); "chdb:///abs/path" in-process.
+    clickhouse_url: str = "http://127.0.0.1:8123"
+    weaviate_port: int = 8090
+    weaviate_grpc_port: int = 50051
+    # Empty selects the embedded LanceDB backend; a URL selects Weaviate.
+    weaviate_url: str = "http://127.0.0.1:8090"
+    weaviate_version: str = "v1.35.2"
+    vector_backend: str = "auto"  # auto | weaviate | lancedb
+    kafka_version: str = "3.9.1"
+
+    @property
+    def triton_grpc_url(self) -> str:
+        return f"127.0.0.1:{self.triton_grpc_port}"
+
+    @property
+    def triton_http_url(self) -> str:
+        return f"http://127.0.0.1:{self.triton_http_port}"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def lancedb_path(self) -> Path:
+        return self.home / "lancedb"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        e = dict(os.environ if env is None else env)
+        home = Path(e.get("CONFLUX_HOME", str(REPO_ROOT / ".conflux"))).resolve()
+        kafka_port = _int(e, "CONFLUX_KAFKA_PORT", 9092)
+        redis_port = _int(e, "CONFLUX_REDIS_PORT", 6379)
+        ch_port = _int(e, "CONFLUX_CLICKHOUSE_PORT", 8123)
+        wv_port = _int(e, "CONFLUX_WEAVIATE_PORT", 8090)
+        backend = e.get("CONFLUX_VECTOR_BACKEND", "auto")
+        if backend not in ("auto", "weaviate", "lancedb"):
+            raise ConfigError(f"CONFLUX_VECTOR_BACKEND must be auto, weaviate or lancedb, got {backend!r}")
+        return cls(
+            home=home,
+            kafka_port=kafka_port,
+            kafka_controller_port=_int(e, "CONFLUX_KAFKA_CONTROLLER_PORT", kafka_port + 1),
+            kafka_bootstrap=e.get("CONFLUX_KAFKA_BOOTSTRAP", f"127.0.0.1:{kafka_port}"),
+            kafka_heap=e.get("CONFLUX_KAFKA_HEAP", "512m"),
+            redis_port=redis_port,
+            redis_url=e.get("CONFLUX_REDIS_URL", f"redis://127.0.0.1:{redis_port}/0"),
+            triton_http_port=_int(e, "CONFLUX_TRITON_HTTP_PORT", 8000),
+            triton_grpc_port=_int(e, "CONFLUX_TRITON_GRPC_PORT", 8001),
+            triton_metrics_port=_int(e, "CONFLUX_TRITON_METRICS_PORT", 8002),
+            clickhouse_port=ch_port,
+            clickhouse_url=e.get("CONFLUX_CLICKHOUSE_URL", f"http://127.0.0.1:{ch_port}"),
+            weaviate_port=wv_port,
+            weaviate_grpc_port=_int(e, "CONFLUX_WEAVIATE_GRPC_PORT", 50051),
+            weaviate_url=e.get("CONFLUX_WEAVIATE_URL", f"http://127.0.0.1:{wv_port}"),
+            weaviate_version=e.get("CONFLUX_WEAVIATE_VERSION", "v1.35.2"),
+            vector_backend=backend,
+            kafka_version=e.get("CONFLUX_KAFKA_VERSION", "3.9.1"),
+        )
