@@ -1,0 +1,140 @@
+"""`conflux` command line: run the local stack, manage topics and schemas, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from conflux.config import Settings
+from conflux.errors import ConfluxError
+
+
+def _progress(msg: str) -> None:
+    print(f"[conflux {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _print_status(table: dict[str, dict[str, object]]) -> None:
+    print(f"{'service':<13}{'health':<10}{'pid':>8}{'rss MB':>9}  endpoint / log")
+    for name, row in table.items():
+        health = "healthy" if row["healthy"] else "DOWN"
+        pid = row["pid"] if row["pid"] is not None else "-"
+        rss = row["rss_mb"] if row["rss_mb"] is not None else "-"
+        print(f"{name:<13}{health:<10}{pid!s:>8}{rss!s:>9}  {row['endpoint']}")
+        if row.get("log"):
+            print(f"{'':<42}log {row['log']}")
+        if not row["healthy"]:
+            print(f"{'':<42}{row['detail']}")
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from conflux.stack import manager
+
+    report = manager.up(settings, _progress, only=args.only)
+    _progress(f"stack ready in {report.seconds:.1f}s (started: {', '.join(report.started) or 'none'}; "
+              f"already running: {', '.join(report.already_running) or 'none'})")
+    _print_status(manager.status(settings))
+    print(f"\nlogs: {settings.logs_dir}   stop: make down   status: conflux status")
+    return 0
+
+
+def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
+    from conflux.stack import manager
+
+    stopped = manager.down(settings, _progress, only=args.only)
+    _progress(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from conflux.stack import manager
+
+    table = manager.status(settings)
+    if args.json:
+        print(json.dumps(table, indent=2))
+    else:
+        _print_status(table)
+    return 0 if all(r["healthy"] for r in table.values()) else 1
+
+
+def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from conflux.topics import apply_topics, load_catalogue
+
+    catalogue = load_catalogue()
+    if args.action == "list":
+        for t in (*catalogue.topics, *catalogue.patterns):
+            print(f"{t.name:<24} key={t.key:<16} schema={t.schema:<20} partitions={t.partitions:<3} "
+                  f"retention_ms={t.retention_ms:<11} cleanup={t.cleanup_policy}")
+        return 0
+    result = asyncio.run(apply_topics(settings.kafka_bootstrap, catalogue.topics))
+    print(json.dumps(result.__dict__, indent=2))
+    return 0
+
+
+def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
+    from conflux.schemas import SchemaRegistry
+
+    reg = SchemaRegistry()
+    if args.action == "snapshot":
+        for path in reg.snapshot():
+            print(f"wrote {path}")
+        return 0
+    problems = [p for name in sorted(reg.current) for p in reg.check_evolution(name)]
+    unfrozen = [n for n, s in reg.current.items() if s.version == 0]
+    for p in problems:
+        print(f"INCOMPATIBLE: {p}")
+    for n in unfrozen:
+        print(f"changed, not yet frozen: {n} (run `conflux schemas snapshot`)")
+    for n, s in sorted(reg.current.items()):
+        print(f"{n:<22} v{s.version or '?'}  fingerprint {s.fingerprint.hex()}")
+    return 1 if problems else 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from conflux.demo import run_demo
+
+    return asyncio.run(run_demo(settings, _progress))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="conflux", description="Conflux: AI conversations as Kafka events.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("up", help="install what is missing and start the local stack (idempotent)")
+    p.add_argument("--only", nargs="+", metavar="SERVICE", help="only these services")
+    p.set_defaults(func=cmd_up)
+    p = sub.add_parser("down", help="stop the local stack cleanly")
+    p.add_argument("--only", nargs="+", metavar="SERVICE", help="only these services")
+    p.set_defaults(func=cmd_down)
+    p = sub.add_parser("status", help="health, pid and memory of each service (exit 1 if any is down)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("topics", help="the topic catalogue (infra/topics.toml)")
+    p.add_argument("action", choices=["apply", "list"])
+    p.set_defaults(func=cmd_topics)
+    p = sub.add_parser("schemas", help="event schema evolution: check against history, or freeze changes")
+    p.add_argument("action", choices=["check", "snapshot"])
+    p.set_defaults(func=cmd_schemas)
+    p = sub.add_parser("demo", help="one event through every engine of the running stack")
+    p.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        code: int = args.func(settings, args)
+        return code
+    except ConfluxError as exc:
+        print(f"conflux {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"conflux {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""What a local service is: how to install it, how to start it as its own process, how to probe it.
+
+Each service runs detached (its own session), logs to .conflux/logs/<name>.log and records its pid in
+.conflux/run/<name>.pid, so `conflux down` and `conflux status` work from any later shell.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conflux.config import Settings
+from conflux.errors import ServiceError
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+
+
+class Service(ABC):
+    """One local engine. Subclasses stay small: install, launch spec, health probe."""
+
+    name: str = ""
+    start_timeout_s: float = 60.0
+    stop_timeout_s: float = 20.0
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @property
+    def pid_file(self) -> Path:
+        return self.settings.run_dir / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.settings.logs_dir / f"{self.name}.log"
+
+    @abstractmethod
+    def endpoint(self) -> str:
+        """Where clients reach it, for humans."""
+
+    def install(self, progress: Progress) -> None:
+        """Obtain whatever is missing (binaries, jars). Must be quick when nothing is missing."""
+
+    def prepare(self) -> None:
+        """Write configs, format storage: anything needed right before each start."""
+
+    @abstractmethod
+    def launch(self) -> LaunchSpec:
+        """The command line of the service process."""
+
+    @abstractmethod
+    def health(self) -> Health:
+        """A fast probe (a couple of seconds at most) that the service answers requests."""
+
+    # --- process management, shared by every service ---
+
+    def pid(self) -> int | None:
+        """The pid of the running service, or None (stale pid files are removed)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if not _alive(pid):
+            self.pid_file.unlink(missing_ok=True)
+            return None
+        return pid
+
+    def spawn(self) -> int:
+        spec = self.launch()
+        self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **spec.env}
+        with self.log_file.open("ab") as log:
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(spec.argv)}\n".encode())
+            log.flush()
+            try:
+                proc = subprocess.Popen(
+                    spec.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    env=env, cwd=spec.cwd, start_new_session=True,
+                )
+            except OSError as exc:
+                raise ServiceError(f"{self.name}: cannot start {spec.argv[0]}: {exc}") from exc
+        self.pid_file.write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    def wait_healthy(self, timeout_s: float | None = None) -> Health:
+        deadline = time.monotonic() + (timeout_s or self.start_timeout_s)
+        last = Health(False, "not probed")
+        while time.monotonic() < deadline:
+            if self.pid() is None:
+                raise ServiceError(f"{self.name} exited during start; see {self.log_file}:\n{tail(self.log_file)}")
+            last = self.health()
+            if last.ok:
+                return last
+            time.sleep(0.25)
+        raise ServiceError(f"{self.name} not healthy after {timeout_s or self.start_timeout_s:.0f}s "
+                           f"({last.detail}); see {self.log_file}:\n{tail(self.log_file)}")
+
+    def stop(self) -> bool:
+        """SIGTERM, then SIGKILL after stop_timeout_s. True if something was running."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout_s
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+            while _alive(pid):
+                time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL without warning: what a crash looks like (used by the durability tests)."""
+        pid = self.pid()
+        if pid is None:
+            return
+        _signal_group(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.05)
+        self.pid_file.unlink(missing_ok=True)
+
+    def rss_mb(self) -> float | None:
+        """Resident memory of the service's whole process group (Triton runs one stub per model)."""
+        pid = self.pid()
+        if pid is None:
+            return None
+        total_kb = 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.getpgid(int(entry.name)) != pid:
+                    continue
+                for line in (entry / "status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total_kb += int(line.split()[1])
+            except (OSError, ValueError, ProcessLookupError):
+                continue
+        return round(total_kb / 1024, 1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)  # the service leads its own session, so this reaches its children too
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(pid, sig)
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def run_step(argv: list[str], what: str, progress: Progress, env: dict[str, str] | None = None,
+             cwd: Path | None = None, log: Path | None = None) -> None:
+    """Runs an install step, teeing output to a log; raises ServiceError with the tail on failure."""
+    progress(f"{what} ...")
+    t0 = time.monotonic()
+    log = log or Path(os.devnull)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        try:
+            rc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **(env or {})}, cwd=cwd, check=False).returncode
+        except OSError as exc:
+            raise ServiceError(f"{what} failed: cannot run {argv[0]}: {exc}") from exc
+    if rc != 0:
+        raise ServiceError(f"{what} failed (exit {rc}); see {log}:\n{tail(log)}")
+    progress(f"{what}: done in {time.monotonic() - t0:.0f}s")
