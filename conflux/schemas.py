@@ -68,7 +68,8 @@ def _build(name: str, raw: Any, version: int, named: dict[str, Any] | None) -> E
         canonical = to_parsing_canonical_form(parsed)
     except (SchemaParseException, UnknownType, ValueError, TypeError, KeyError) as exc:
         raise SchemaError(f"invalid schema for {name}: {exc}") from exc
-    fp = int(fingerprint(canonical, "CRC-64-AVRO"), 16).to_bytes(8, "little")
+    # fastavro's hex string is already the little-endian byte sequence the wire format wants.
+    fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
     return EventSchema(name, parsed["name"], version, parsed, canonical, fp)
 
 

@@ -79,7 +79,7 @@ class AvroSerde:
         try:
             validate(record, schema.parsed, raise_errors=True)
         except ValidationError as exc:
-            raise EncodeError(f"{name}: record does not match schema: {'; '.join(exc.error_list)}") from exc
+            raise EncodeError(f"{name}: record does not match schema: {'; '.join(str(e) for e in exc.errors)}") from exc
         buf = io.BytesIO()
         buf.write(MAGIC)
         buf.write(schema.fingerprint)

@@ -1,0 +1,47 @@
+# Conflux: `make up` starts the whole local platform and runs a short demo; `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Reinstall the Python dependencies only when pyproject.toml changes.
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: install up down status demo test test-unit test-integration lint clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+install: $(STAMP)
+
+up: install
+	$(BIN)/conflux up
+	$(BIN)/conflux demo
+
+down:
+	@if [ -x $(BIN)/conflux ]; then $(BIN)/conflux down; else echo "nothing to stop (no $(BIN)/conflux)"; fi
+
+status: install
+	$(BIN)/conflux status
+
+demo: install
+	$(BIN)/conflux demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# The test session itself starts the services it needs (see tests/conftest.py).
+test: lint
+	$(BIN)/pytest
+
+test-unit: install
+	$(BIN)/pytest -m "not integration"
+
+test-integration: install
+	$(BIN)/pytest -m integration
+
+clean: down
+	rm -rf .conflux
