@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from typing import Any
 
 from conflux.config import Settings
 from conflux.errors import ConfluxError
@@ -34,7 +35,7 @@ async def run_demo(settings: Settings, progress: Progress) -> int:
     serde = AvroSerde(registry)
     catalogue = load_catalogue(registry=registry)
     conv, req = f"conv-{uuid.uuid4().hex[:8]}", f"chatcmpl-{uuid.uuid4().hex}"
-    event = {
+    event: dict[str, Any] = {
         "envelope": new_envelope(tenant_id="demo", conversation_id=conv, request_id=req, producer="demo"),
         "model": "echo", "messages": [{"role": "user", "content": "Hello Conflux, stream me an answer", "name": None}],
         "stream": True, "max_tokens": 8, "temperature": None, "reply_topic": "chat.replies.demo",
@@ -62,7 +63,8 @@ async def run_demo(settings: Settings, progress: Progress) -> int:
         await consumer.stop()
     decoded = serde.decode(msg.value, expected="prompt_submitted")
     headers = dict(msg.headers)
-    progress(f"kafka: read back {decoded.name} v{decoded.writer_version}, request {decoded.record['envelope']['request_id']},"
+    request_id = decoded.record["envelope"]["request_id"]
+    progress(f"kafka: read back {decoded.name} v{decoded.writer_version}, request {request_id},"
              f" traceparent {headers.get('traceparent', b'MISSING').decode()}")
 
     t0 = time.perf_counter()

@@ -7,6 +7,7 @@ ever released. Old snapshots stay forever so bytes written by any past version s
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,8 @@ def _build(name: str, raw: Any, version: int, named: dict[str, Any] | None) -> E
     except (SchemaParseException, UnknownType, ValueError, TypeError, KeyError) as exc:
         raise SchemaError(f"invalid schema for {name}: {exc}") from exc
     # fastavro's hex string is already the little-endian byte sequence the wire format wants.
+    if not isinstance(parsed, dict) or parsed.get("type") != "record":
+        raise SchemaError(f"{name}: an event schema must be a record")
     fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
     return EventSchema(name, parsed["name"], version, parsed, canonical, fp)
 
@@ -127,7 +130,7 @@ class SchemaRegistry:
         if cur.version == 0:
             chain.append(cur)
         problems: list[str] = []
-        for old, new in zip(chain, chain[1:], strict=False):
+        for old, new in itertools.pairwise(chain):
             label = f"{name} v{old.version} -> {'current' if new.version == 0 else f'v{new.version}'}"
             problems += [f"{label} backward: {p}" for p in incompatibilities(new.parsed, old.parsed)]
             problems += [f"{label} forward: {p}" for p in incompatibilities(old.parsed, new.parsed)]

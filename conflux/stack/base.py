@@ -56,10 +56,10 @@ class Service(ABC):
     def endpoint(self) -> str:
         """Where clients reach it, for humans."""
 
-    def install(self, progress: Progress) -> None:
+    def install(self, progress: Progress) -> None:  # noqa: B027 - optional hook, most services need none
         """Obtain whatever is missing (binaries, jars). Must be quick when nothing is missing."""
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 - optional hook
         """Write configs, format storage: anything needed right before each start."""
 
     @abstractmethod

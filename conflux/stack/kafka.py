@@ -8,8 +8,10 @@ broker's log (page cache) before it is acknowledged, and log recovery on restart
 from __future__ import annotations
 
 import asyncio
+import base64
 import shutil
 import socket
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -52,7 +54,8 @@ class KafkaService(Service):
             return
         for tool in ("java", "mvn"):
             if shutil.which(tool) is None:
-                raise ServiceError(f"kafka needs `{tool}` on PATH (Debian: apt-get install openjdk-17-jre-headless maven)")
+                raise ServiceError(
+                    f"kafka needs `{tool}` on PATH (Debian: apt-get install openjdk-17-jre-headless maven)")
         if self.libs.exists():
             shutil.rmtree(self.libs)  # another version's jars must not share the classpath
         pom = self.settings.repo_root / "infra" / "kafka" / "pom.xml"
@@ -101,11 +104,7 @@ class KafkaService(Service):
         cluster_file = self.root / "cluster-id"
         if not cluster_file.exists():
             # KRaft cluster ids are 16 random bytes in URL-safe base64 without padding.
-            import base64
-
             cluster_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
-        import subprocess
-
         proc = subprocess.run(
             ["java", "-cp", f"{self.libs}/*", f"-Dlog4j.configuration=file:{self.root / 'log4j.properties'}",
              "kafka.tools.StorageTool", "format", "--ignore-formatted", "-t", cluster_file.read_text().strip(),

@@ -8,6 +8,7 @@ the venv's packages.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import sysconfig
@@ -54,8 +55,6 @@ class TritonService(Service):
     def launch(self) -> LaunchSpec:
         s = self.settings
         libdir = sysconfig.get_config_var("LIBDIR") or ""
-        import os
-
         env = {
             "LD_LIBRARY_PATH": ":".join(
                 p for p in (str(_site_packages() / "nvidia_pytriton.libs"), libdir,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,6 @@ class LanceStore:
         import pyarrow as pa
 
         name = check_collection(collection)
-        if name in self._db.table_names():
-            return
         schema = pa.schema([
             ("chunk_id", pa.string()), ("document_id", pa.string()), ("tenant_id", pa.string()),
             ("text", pa.string()), ("source", pa.string()), ("vector", pa.list_(pa.float32(), dim)),
@@ -65,7 +64,9 @@ class LanceStore:
             f"tenant_id = {_quote(check_tenant(tenant_id))} AND document_id = {_quote(document_id)}")
 
     def drop_collection(self, collection: str) -> None:
-        self._db.drop_table(check_collection(collection), ignore_missing=True)
+        name = check_collection(collection)
+        with contextlib.suppress(ValueError, FileNotFoundError):  # already gone: dropping is idempotent
+            self._db.drop_table(name)
 
     def close(self) -> None:
         """Nothing to release: LanceDB holds no server connection."""
