@@ -12,7 +12,8 @@ from pathlib import Path
 
 from conflux.errors import ConfigError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# Where schemas/, infra/ and triton_models/ live: the checkout, or CONFLUX_ROOT in an installed image.
+REPO_ROOT = Path(os.environ.get("CONFLUX_ROOT") or Path(__file__).resolve().parent.parent)
 
 
 def _int(env: dict[str, str], name: str, default: int) -> int:
@@ -37,6 +38,7 @@ class Settings:
     kafka_heap: str = "512m"
     redis_port: int = 6379
     redis_url: str = "redis://127.0.0.1:6379/0"
+    triton_host: str = "127.0.0.1"
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002
@@ -53,11 +55,11 @@ class Settings:
 
     @property
     def triton_grpc_url(self) -> str:
-        return f"127.0.0.1:{self.triton_grpc_port}"
+        return f"{self.triton_host}:{self.triton_grpc_port}"
 
     @property
     def triton_http_url(self) -> str:
-        return f"http://127.0.0.1:{self.triton_http_port}"
+        return f"http://{self.triton_host}:{self.triton_http_port}"
 
     @property
     def logs_dir(self) -> Path:
@@ -90,6 +92,7 @@ class Settings:
             kafka_heap=e.get("CONFLUX_KAFKA_HEAP", "512m"),
             redis_port=redis_port,
             redis_url=e.get("CONFLUX_REDIS_URL", f"redis://127.0.0.1:{redis_port}/0"),
+            triton_host=e.get("CONFLUX_TRITON_HOST", "127.0.0.1"),
             triton_http_port=_int(e, "CONFLUX_TRITON_HTTP_PORT", 8000),
             triton_grpc_port=_int(e, "CONFLUX_TRITON_GRPC_PORT", 8001),
             triton_metrics_port=_int(e, "CONFLUX_TRITON_METRICS_PORT", 8002),

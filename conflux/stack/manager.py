@@ -21,7 +21,9 @@ from conflux.vectorstore import record_fallback, resolve_vector_backend
 
 def services(settings: Settings) -> list[Service]:
     """The services this configuration runs locally; remote ones (set by URL) are not managed."""
-    out: list[Service] = [KafkaService(settings), RedisService(settings), TritonService(settings)]
+    out: list[Service] = [KafkaService(settings), RedisService(settings)]
+    if settings.triton_host == "127.0.0.1":
+        out.append(TritonService(settings))
     if settings.clickhouse_url.rstrip("/") == f"http://127.0.0.1:{settings.clickhouse_port}":
         out.append(ClickHouseService(settings))
     if resolve_vector_backend(settings) == "weaviate" and \

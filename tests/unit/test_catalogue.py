@@ -48,3 +48,14 @@ def test_mistakes_are_reported_clearly(tmp_path: Path, registry: SchemaRegistry,
     bad.write_text(edit(CATALOGUE_PATH.read_text()))
     with pytest.raises(CatalogueError, match=message):
         load_catalogue(bad, registry=registry)
+
+
+def test_downstream_documentation_lists_every_topic_as_catalogued(registry: SchemaRegistry) -> None:
+    doc = (CATALOGUE_PATH.parent / "TOPICS.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): [c.strip().strip("`") for c in line.split("|")[2:4]]
+            for line in doc.splitlines() if line.startswith("| `")}
+    cat = load_catalogue(registry=registry)
+    for t in (*cat.topics, *cat.patterns):
+        assert t.name in rows, f"{t.name} missing from infra/TOPICS.md"
+        assert rows[t.name] == [t.key, t.schema], f"{t.name}: TOPICS.md says {rows[t.name]}"
+    assert len(rows) == len(cat.topics) + len(cat.patterns)

@@ -145,3 +145,13 @@ def test_event_time_survives_with_microseconds(serde: AvroSerde) -> None:
     rec["envelope"]["event_time"] = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     out = serde.decode(serde.encode("token_chunk", rec)).record
     assert out["envelope"]["event_time"] == rec["envelope"]["event_time"]
+
+
+def test_the_decoding_recipe_in_topics_md_works(serde: AvroSerde, monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = (SCHEMAS_DIR.parent / "infra" / "TOPICS.md").read_text()
+    snippet = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(SCHEMAS_DIR.parent)
+    namespace: dict[str, Any] = {}
+    exec(compile(snippet, "TOPICS.md", "exec"), namespace)
+    record = namespace["decode"](serde.encode("token_chunk", _token_chunk("from the docs")))
+    assert record["text"] == "from the docs"

@@ -1,0 +1,86 @@
+"""docker-compose.yml cannot run here (no Docker engine), so its shape is checked instead."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from conflux.cli import build_parser
+from conflux.config import REPO_ROOT
+
+ENGINES = {"kafka", "clickhouse", "redis", "weaviate", "triton", "prometheus"}
+CONFLUX = {"conflux-init", "conflux-edge", "conflux-worker", "conflux-sink"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    doc = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    assert isinstance(doc, dict)
+    return doc
+
+
+def test_every_required_service_is_there(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) >= ENGINES | CONFLUX
+
+
+def test_engines_have_pinned_images_and_health_checks(compose: dict[str, Any]) -> None:
+    for name in ENGINES:
+        svc = compose["services"][name]
+        image = svc["image"]
+        assert ":" in image and not image.endswith(":latest"), f"{name}: pin the image version"
+        assert svc["healthcheck"]["test"], f"{name}: needs a health check"
+
+
+def test_kafka_is_the_kraft_release_the_clients_support(compose: dict[str, Any]) -> None:
+    kafka = compose["services"]["kafka"]
+    assert kafka["image"].startswith("apache/kafka:3.9")
+    assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert kafka["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+
+
+def test_triton_runs_tensorrt_llm_on_a_gpu(compose: dict[str, Any]) -> None:
+    triton = compose["services"]["triton"]
+    assert "trtllm" in triton["image"]
+    devices = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
+def test_dependencies_exist_and_wait_for_health(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, svc in services.items():
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            assert dep in services, f"{name} depends on unknown {dep}"
+            assert cond["condition"] in ("service_healthy", "service_completed_successfully")
+            if cond["condition"] == "service_healthy":
+                assert "healthcheck" in services[dep], f"{name} waits for {dep}, which has no health check"
+
+
+def test_named_volumes_are_declared(compose: dict[str, Any]) -> None:
+    declared = set(compose["volumes"])
+    for name, svc in compose["services"].items():
+        for vol in svc.get("volumes", []):
+            source = vol.split(":")[0]
+            if not source.startswith(("./", "/")):
+                assert source in declared, f"{name}: volume {source} not declared"
+
+
+def test_conflux_services_share_one_config_by_url(compose: dict[str, Any]) -> None:
+    for name in CONFLUX:
+        env = compose["services"][name]["environment"]
+        assert env["CONFLUX_KAFKA_BOOTSTRAP"] == "kafka:9092"
+        assert env["CONFLUX_CLICKHOUSE_URL"].startswith("http://clickhouse:")
+        assert compose["services"][name]["command"][0] == "conflux"
+
+
+def test_the_init_job_runs_a_real_cli_command(compose: dict[str, Any]) -> None:
+    args = build_parser().parse_args(compose["services"]["conflux-init"]["command"][1:])
+    assert args.command == "topics" and args.action == "apply"
+
+
+def test_prometheus_scrapes_compose_services(compose: dict[str, Any]) -> None:
+    prom = yaml.safe_load((REPO_ROOT / "infra" / "prometheus.yml").read_text())
+    for job in prom["scrape_configs"]:
+        for target in job["static_configs"][0]["targets"]:
+            assert target.split(":")[0] in compose["services"], target
