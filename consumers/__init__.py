@@ -1,0 +1,1 @@
+"""consumers: arrives with the analytics issue."""

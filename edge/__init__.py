@@ -1,0 +1,1 @@
+"""edge: arrives with the conversation issue."""

@@ -1,0 +1,1 @@
+"""producers: arrives with the conversation issue."""

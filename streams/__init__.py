@@ -1,0 +1,1 @@
+"""streams: arrives with the conversation issue."""
