@@ -1,1 +1,0 @@
-"""consumers: arrives with the analytics issue."""

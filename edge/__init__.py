@@ -1,1 +1,0 @@
-"""edge: arrives with the conversation issue."""

@@ -1,1 +1,0 @@
-"""producers: arrives with the conversation issue."""

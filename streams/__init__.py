@@ -1,1 +1,0 @@
-"""streams: arrives with the conversation issue."""
