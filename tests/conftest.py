@@ -29,11 +29,15 @@ def settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def stack(settings: Settings) -> Iterator[Settings]:
+def stack(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Settings]:
     from conflux.stack import manager
 
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+
     def progress(msg: str) -> None:
-        print(f"[stack] {msg}", file=sys.stderr, flush=True)
+        # Installs can take minutes on a new machine (the Weaviate build): show them, not a silent wait.
+        with capture.global_and_fixture_disabled():
+            print(f"[stack] {msg}", file=sys.stderr, flush=True)
 
     report = manager.up(settings, progress)
     yield settings
