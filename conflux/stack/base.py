@@ -7,6 +7,7 @@ Each service runs detached (its own session), logs to .conflux/logs/<name>.log a
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -183,6 +184,15 @@ def tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def apt_install(packages: list[str], progress: Progress, log: Path) -> None:
+    """Installs Debian packages when running as root with apt-get; otherwise says what to install."""
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise ServiceError(f"missing {', '.join(packages)}; install them: apt-get install {' '.join(packages)}")
+    run_step(["apt-get", "update", "-qq"], "apt-get update", progress, log=log)
+    run_step(["apt-get", "install", "-y", "-qq", *packages], f"installing {' '.join(packages)} (Debian)",
+             progress, env={"DEBIAN_FRONTEND": "noninteractive"}, log=log)
 
 
 def run_step(argv: list[str], what: str, progress: Progress, env: dict[str, str] | None = None,

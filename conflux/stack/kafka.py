@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from conflux.errors import ServiceError
-from conflux.stack.base import Health, LaunchSpec, Progress, Service, run_step
+from conflux.stack.base import Health, LaunchSpec, Progress, Service, apt_install, run_step
 
 _LOG4J = """log4j.rootLogger=INFO, stdout
 log4j.appender.stdout=org.apache.log4j.ConsoleAppender
@@ -52,10 +52,10 @@ class KafkaService(Service):
         marker = self.libs / f"kafka_2.13-{self.settings.kafka_version}.jar"
         if marker.exists():
             return
-        for tool in ("java", "mvn"):
-            if shutil.which(tool) is None:
-                raise ServiceError(
-                    f"kafka needs `{tool}` on PATH (Debian: apt-get install openjdk-17-jre-headless maven)")
+        missing = [pkg for tool, pkg in (("java", "openjdk-17-jre-headless"), ("mvn", "maven"))
+                   if shutil.which(tool) is None]
+        if missing:
+            apt_install(missing, progress, self.settings.logs_dir / "install.log")
         if self.libs.exists():
             shutil.rmtree(self.libs)  # another version's jars must not share the classpath
         pom = self.settings.repo_root / "infra" / "kafka" / "pom.xml"

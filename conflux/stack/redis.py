@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 
-from conflux.errors import ServiceError
-from conflux.stack.base import Health, LaunchSpec, Progress, Service, run_step
+from conflux.stack.base import Health, LaunchSpec, Progress, Service, apt_install
 
 
 class RedisService(Service):
@@ -17,14 +15,8 @@ class RedisService(Service):
         return self.settings.redis_url
 
     def install(self, progress: Progress) -> None:
-        if shutil.which("redis-server"):
-            return
-        if shutil.which("apt-get") is None or os.geteuid() != 0:
-            raise ServiceError("redis-server is missing; install it (Debian: apt-get install redis-server)")
-        log = self.settings.logs_dir / "install.log"
-        run_step(["apt-get", "update", "-qq"], "apt-get update", progress, log=log)
-        run_step(["apt-get", "install", "-y", "-qq", "redis-server"], "installing redis-server (Debian)",
-                 progress, env={"DEBIAN_FRONTEND": "noninteractive"}, log=log)
+        if not shutil.which("redis-server"):
+            apt_install(["redis-server"], progress, self.settings.logs_dir / "install.log")
 
     def launch(self) -> LaunchSpec:
         data = self.settings.home / "redis"
