@@ -1,7 +1,8 @@
 """Streaming generation over Triton's gRPC API (decoupled models: one response per piece).
 
-The same client code serves the llama.cpp models here and TensorRT-LLM on GPUs: both take a PROMPT
-and stream TEXT pieces, ending with an empty final response.
+Every generating model takes the input/output names of TensorRT-LLM's `ensemble` model (text_input,
+max_tokens, temperature -> text_output), so the same client serves llama.cpp here and TensorRT-LLM on GPUs.
+A stream ends with Triton's empty final response.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -26,21 +28,53 @@ class Piece:
     elapsed_ms: float  # since the request was sent
 
 
-async def stream_generate(url: str, model: str, prompt: str, max_tokens: int,
+def _inputs(grpcclient: Any, prompt: str, max_tokens: int, temperature: float) -> list[Any]:
+    text = grpcclient.InferInput("text_input", [1], "BYTES")
+    text.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
+    limit = grpcclient.InferInput("max_tokens", [1], "INT32")
+    limit.set_data_from_numpy(np.array([max_tokens], dtype=np.int32))
+    temp = grpcclient.InferInput("temperature", [1], "FP32")
+    temp.set_data_from_numpy(np.array([temperature], dtype=np.float32))
+    return [text, limit, temp]
+
+
+def _text(result: Any) -> str:
+    out = result.as_numpy("text_output")
+    if out is None or not len(out):
+        return ""
+    raw = out.reshape(-1)[0]
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+async def generate(url: str, model: str, prompt: str, max_tokens: int, temperature: float = 0.0,
+                   timeout_s: float = 60.0) -> str:
+    """Non-streaming generation (a model that is not decoupled)."""
+    import tritonclient.grpc.aio as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        result = await client.infer(model, _inputs(grpcclient, prompt, max_tokens, temperature),
+                                    client_timeout=timeout_s)
+        return _text(result)
+    except InferenceServerException as exc:
+        raise InferenceError(f"{model}: {exc.message() or exc}") from exc
+    finally:
+        await client.close()
+
+
+async def stream_generate(url: str, model: str, prompt: str, max_tokens: int, temperature: float = 0.0,
                           timeout_s: float = 30.0) -> AsyncIterator[Piece]:
     """Yields pieces as Triton produces them; raises InferenceError, never hangs past timeout_s."""
     import tritonclient.grpc.aio as grpcclient
     from tritonclient.utils import InferenceServerException
 
     client = grpcclient.InferenceServerClient(url)
-    inp = grpcclient.InferInput("PROMPT", [1], "BYTES")
-    inp.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
-    lim = grpcclient.InferInput("MAX_TOKENS", [1], "INT32")
-    lim.set_data_from_numpy(np.array([max_tokens], dtype=np.int32))
+    inputs = _inputs(grpcclient, prompt, max_tokens, temperature)
 
     async def requests() -> AsyncIterator[dict[str, object]]:
         # The aio client has no keyword for it: the empty final response is asked for as a parameter.
-        yield {"model_name": model, "inputs": [inp, lim], "request_id": str(uuid.uuid4()),
+        yield {"model_name": model, "inputs": inputs, "request_id": str(uuid.uuid4()),
                "parameters": {"triton_enable_empty_final_response": True}}
 
     t0 = time.perf_counter()
@@ -50,11 +84,9 @@ async def stream_generate(url: str, model: str, prompt: str, max_tokens: int,
                 raise InferenceError(f"{model}: {error}")
             response = result.get_response()
             final = response.parameters.get("triton_final_response")
-            text = result.as_numpy("TEXT")
-            if text is not None and len(text):
-                raw = text.reshape(-1)[0]
-                yield Piece(raw.decode() if isinstance(raw, bytes) else str(raw),
-                            (time.perf_counter() - t0) * 1000)
+            text = _text(result)
+            if text:
+                yield Piece(text, (time.perf_counter() - t0) * 1000)
             if final is not None and final.bool_param:
                 return
         raise InferenceError(f"{model}: stream ended without a final response")

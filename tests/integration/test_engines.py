@@ -179,3 +179,23 @@ async def test_triton_embeds_with_dynamic_batching(stack: Settings) -> None:
 
     # 48 concurrent requests served in fewer forward passes: Triton merged them into batches.
     assert executions(after) - executions(before) < len(sentences)
+
+
+async def test_smollm2_streams_a_real_answer(stack: Settings) -> None:
+    from conflux.llm import Message, render_chatml
+
+    prompt = render_chatml([Message("user", "What is 2+2? Answer with the number.")])
+    pieces = [p async for p in stream_generate(stack.triton_grpc_url, "smollm2", prompt, 24, timeout_s=60)]
+    answer = "".join(p.text for p in pieces)
+    assert "4" in answer
+    assert 1 < len(pieces) <= 24  # one response per token, capped by max_tokens
+    assert pieces[0].elapsed_ms < pieces[-1].elapsed_ms
+
+
+async def test_smollm2_non_streaming_model_answers_in_one_response(stack: Settings) -> None:
+    from conflux.inference import generate
+    from conflux.llm import Message, render_chatml
+
+    prompt = render_chatml([Message("user", "Write one sentence about the sea.")])
+    text = await generate(stack.triton_grpc_url, "smollm2_generate", prompt, 24)
+    assert len(text.split()) >= 3

@@ -12,15 +12,15 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                prompt = pb_utils.get_input_tensor_by_name(request, "PROMPT").as_numpy().reshape(-1)[0]
+                prompt = pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy().reshape(-1)[0]
                 text = prompt.decode("utf-8", "replace") if isinstance(prompt, bytes) else str(prompt)
-                limit = pb_utils.get_input_tensor_by_name(request, "MAX_TOKENS")
+                limit = pb_utils.get_input_tensor_by_name(request, "max_tokens")
                 n = int(limit.as_numpy().reshape(-1)[0]) if limit is not None else DEFAULT_TOKENS
                 n = max(0, min(n, MAX_TOKENS_CAP))
                 words = text.split() or ["echo"]
                 for i in range(n):
                     piece = (" " if i else "") + words[i % len(words)]
-                    out = pb_utils.Tensor("TEXT", np.array([piece.encode()], dtype=np.object_))
+                    out = pb_utils.Tensor("text_output", np.array([piece.encode()], dtype=np.object_))
                     sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
                 sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             except Exception as exc:  # noqa: BLE001 - any failure must end the stream, never hang the caller

