@@ -1,0 +1,84 @@
+"""The model catalogue and tenant plans (infra/models.toml)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from conflux.config import REPO_ROOT
+from conflux.errors import ConfluxError
+
+MODELS_PATH = REPO_ROOT / "infra" / "models.toml"
+
+
+class CatalogueModelError(ConfluxError):
+    """The model catalogue is invalid, or a request names an unknown model."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    triton_stream: str
+    triton_generate: str
+    min_plan: str
+    price_prompt_per_1k: float
+    price_completion_per_1k: float
+    context_length: int
+    max_output_tokens: int
+    quality: int
+    template: str
+    device: str
+    description: str
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.price_prompt_per_1k + completion_tokens * self.price_completion_per_1k) / 1000
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    rank: int
+    requests_per_minute: int
+    tokens_per_minute: int
+    max_output_tokens: int
+
+
+@dataclass(frozen=True)
+class ModelCatalogue:
+    models: tuple[ModelSpec, ...]
+    plans: dict[str, Plan]
+
+    def get(self, model_id: str) -> ModelSpec:
+        for m in self.models:
+            if m.id == model_id:
+                return m
+        raise CatalogueModelError(f"model {model_id!r} does not exist")
+
+    def plan(self, name: str) -> Plan:
+        try:
+            return self.plans[name]
+        except KeyError:
+            raise CatalogueModelError(f"plan {name!r} does not exist") from None
+
+    def allowed(self, model: ModelSpec, plan: Plan) -> bool:
+        return self.plan(model.min_plan).rank <= plan.rank
+
+
+def load_models(path: Path = MODELS_PATH) -> ModelCatalogue:
+    try:
+        doc: dict[str, Any] = tomllib.loads(path.read_text())
+        plans = {name: Plan(name=name, **raw) for name, raw in doc.get("plan", {}).items()}
+        models = tuple(ModelSpec(**raw) for raw in doc.get("model", []))
+    except (OSError, tomllib.TOMLDecodeError, TypeError) as exc:
+        raise CatalogueModelError(f"invalid model catalogue {path}: {exc}") from exc
+    ids = [m.id for m in models]
+    if len(set(ids)) != len(ids) or "auto" in ids:
+        raise CatalogueModelError(f"{path}: model ids must be unique and not 'auto'")
+    for m in models:
+        if m.min_plan not in plans:
+            raise CatalogueModelError(f"{path}: model {m.id} names unknown plan {m.min_plan!r}")
+        if m.context_length <= m.max_output_tokens or not m.triton_stream:
+            raise CatalogueModelError(f"{path}: model {m.id} needs triton_stream and context > max output")
+    return ModelCatalogue(models, plans)

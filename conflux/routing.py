@@ -1,0 +1,94 @@
+"""Model routing: honour an explicit model when the plan allows it; for "auto", pick the cheapest model
+strong enough for the request, among those the plan allows, that fit its context and are being served.
+
+Pure functions of their inputs (catalogue, plan, request features, served models, load), so every
+decision is reproducible from its RoutingDecision event.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Set
+from dataclasses import dataclass
+
+from conflux.errors import ConfluxError
+from conflux.models import ModelCatalogue, ModelSpec, Plan
+
+# Signals that a request needs a stronger model than the smallest one.
+_HARD = re.compile(r"\b(prove|derive|step[- ]by[- ]step|analy[sz]e|compare|refactor|debug|algorithm|"
+                   r"theorem|optimi[sz]e|explain why)\b|```", re.IGNORECASE)
+
+
+class RoutingError(ConfluxError):
+    """No model can serve the request; `code` says why (maps to an HTTP status at the edge)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code  # model_not_found | model_not_allowed | context_length_exceeded | no_capacity
+
+
+@dataclass(frozen=True)
+class Features:
+    prompt_tokens: int
+    max_output_tokens: int
+    turns: int
+    text: str  # the latest user message
+
+
+@dataclass(frozen=True)
+class Decision:
+    model: ModelSpec
+    reason: str
+    candidates: tuple[str, ...]
+    estimated_cost_usd: float
+
+
+def complexity(f: Features) -> int:
+    """0 = simple chat, 1 = long or multi-turn, 2 = reasoning, code or analysis."""
+    if _HARD.search(f.text) or f.prompt_tokens > 1500:
+        return 2
+    if f.turns > 6 or f.prompt_tokens > 500 or f.max_output_tokens > 512:
+        return 1
+    return 0
+
+
+def route(requested: str, catalogue: ModelCatalogue, plan: Plan, features: Features,
+          served: Set[str], in_flight: Mapping[str, int] | None = None) -> Decision:
+    load = in_flight or {}
+
+    def fits(m: ModelSpec) -> bool:
+        return features.prompt_tokens + features.max_output_tokens <= m.context_length
+
+    def cost(m: ModelSpec) -> float:
+        return m.cost(features.prompt_tokens, features.max_output_tokens)
+
+    if requested != "auto":
+        try:
+            model = catalogue.get(requested)
+        except ConfluxError as exc:
+            raise RoutingError(str(exc), "model_not_found") from exc
+        if not catalogue.allowed(model, plan):
+            raise RoutingError(f"model {model.id} needs plan {model.min_plan}; this tenant is on {plan.name}",
+                               "model_not_allowed")
+        if not fits(model):
+            raise RoutingError(f"{features.prompt_tokens} prompt + {features.max_output_tokens} output tokens exceed "
+                               f"{model.id}'s context of {model.context_length}", "context_length_exceeded")
+        if model.triton_stream not in served:
+            raise RoutingError(f"model {model.id} is not being served right now", "no_capacity")
+        return Decision(model, "explicit request, allowed by plan", (model.id,), cost(model))
+
+    level = complexity(features)
+    # The echo model is a measuring tool, never an automatic choice.
+    pool = [m for m in catalogue.models if m.quality > 0 and catalogue.allowed(m, plan)]
+    usable = [m for m in pool if fits(m) and m.triton_stream in served]
+    if not usable:
+        raise RoutingError(f"no model on plan {plan.name} can serve {features.prompt_tokens} prompt tokens now",
+                           "no_capacity" if pool else "model_not_allowed")
+    strong = [m for m in usable if m.quality >= level + 1]
+    if strong:
+        chosen = min(strong, key=lambda m: (cost(m), load.get(m.id, 0), -m.quality))
+        why = f"auto: complexity {level}, cheapest of {len(strong)} model(s) with quality >= {level + 1}"
+    else:
+        chosen = max(usable, key=lambda m: (m.quality, -cost(m), -load.get(m.id, 0)))
+        why = f"auto: complexity {level}, strongest model plan {plan.name} can use now (quality {chosen.quality})"
+    return Decision(chosen, why, tuple(m.id for m in usable), cost(chosen))

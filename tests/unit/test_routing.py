@@ -1,0 +1,89 @@
+"""Routing decisions: plan limits, context fit, availability, and auto-selection by complexity and cost."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conflux.models import CatalogueModelError, ModelCatalogue, load_models
+from conflux.routing import Features, RoutingError, complexity, route
+
+CPU_SERVED = {"smollm2", "smollm2_generate", "echo"}
+ALL_SERVED = CPU_SERVED | {"ensemble"}
+
+
+@pytest.fixture(scope="module")
+def cat() -> ModelCatalogue:
+    return load_models()
+
+
+def feats(text: str = "Hi there", prompt_tokens: int = 30, out: int = 64, turns: int = 1) -> Features:
+    return Features(prompt_tokens=prompt_tokens, max_output_tokens=out, turns=turns, text=text)
+
+
+def test_explicit_model_is_honoured_when_the_plan_allows(cat: ModelCatalogue) -> None:
+    d = route("echo", cat, cat.plan("free"), feats(), CPU_SERVED)
+    assert d.model.id == "echo" and "explicit" in d.reason
+
+
+def test_explicit_model_above_the_plan_is_refused(cat: ModelCatalogue) -> None:
+    with pytest.raises(RoutingError) as err:
+        route("llama-3.1-8b-instruct", cat, cat.plan("free"), feats(), ALL_SERVED)
+    assert err.value.code == "model_not_allowed"
+
+
+@pytest.mark.parametrize(("model", "served", "code"), [
+    ("gpt-17", CPU_SERVED, "model_not_found"),
+    ("llama-3.1-8b-instruct", CPU_SERVED, "no_capacity"),  # pro plan, but no GPU deployment
+])
+def test_unknown_or_unserved_models_fail_with_a_code(cat: ModelCatalogue, model: str, served: set[str],
+                                                      code: str) -> None:
+    with pytest.raises(RoutingError) as err:
+        route(model, cat, cat.plan("pro"), feats(), served)
+    assert err.value.code == code
+
+
+def test_request_too_long_for_the_context_is_refused(cat: ModelCatalogue) -> None:
+    with pytest.raises(RoutingError) as err:
+        route("smollm2-135m-instruct", cat, cat.plan("free"), feats(prompt_tokens=2000, out=100), CPU_SERVED)
+    assert err.value.code == "context_length_exceeded"
+
+
+def test_complexity_levels() -> None:
+    assert complexity(feats("hello")) == 0
+    assert complexity(feats("hello", turns=8)) == 1
+    assert complexity(feats("Please explain why this algorithm is O(n log n)")) == 2
+    assert complexity(feats("fix this\n```python\nx=1\n```")) == 2
+
+
+def test_auto_never_picks_echo_and_prefers_the_cheapest_sufficient_model(cat: ModelCatalogue) -> None:
+    simple = route("auto", cat, cat.plan("pro"), feats("hello"), ALL_SERVED)
+    assert simple.model.id == "smollm2-135m-instruct"
+    hard = route("auto", cat, cat.plan("pro"), feats("Prove that the algorithm terminates"), ALL_SERVED)
+    assert hard.model.id == "llama-3.1-8b-instruct" and "complexity 2" in hard.reason
+    assert "echo" not in hard.candidates and hard.estimated_cost_usd > 0
+
+
+def test_auto_on_a_small_plan_takes_the_strongest_it_may_use(cat: ModelCatalogue) -> None:
+    d = route("auto", cat, cat.plan("free"), feats("Prove that the algorithm terminates"), ALL_SERVED)
+    assert d.model.id == "smollm2-135m-instruct" and "strongest" in d.reason
+
+
+def test_auto_with_nothing_served_is_no_capacity(cat: ModelCatalogue) -> None:
+    with pytest.raises(RoutingError) as err:
+        route("auto", cat, cat.plan("pro"), feats(), set())
+    assert err.value.code == "no_capacity"
+
+
+def test_cost_uses_both_prices(cat: ModelCatalogue) -> None:
+    m = replace(cat.get("smollm2-135m-instruct"), price_prompt_per_1k=1.0, price_completion_per_1k=2.0)
+    assert m.cost(1000, 500) == pytest.approx(2.0)
+
+
+def test_invalid_catalogue_is_reported(tmp_path: Path) -> None:
+    bad = tmp_path / "models.toml"
+    bad.write_text('[[model]]\nid = "x"\n')
+    with pytest.raises(CatalogueModelError):
+        load_models(bad)
