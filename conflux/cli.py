@@ -93,6 +93,26 @@ def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    import redis.asyncio as aioredis
+
+    from conflux.tenants import ApiKeyStore, Tenant
+
+    async def create() -> str:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            store = ApiKeyStore(client)
+            await store.upsert_tenant(Tenant(args.tenant, args.plan, args.system_prompt))
+            return await store.create_key(args.tenant, args.name)
+        finally:
+            await client.aclose()
+
+    key = asyncio.run(create())
+    _progress(f"key for tenant {args.tenant} (plan {args.plan}); it is shown only now, only its hash is stored:")
+    print(key)
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from conflux.demo import run_demo
 
@@ -117,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schemas", help="event schema evolution: check against history, or freeze changes")
     p.add_argument("action", choices=["check", "snapshot"])
     p.set_defaults(func=cmd_schemas)
+    p = sub.add_parser("keys", help="API keys: create a tenant's key (printed once, stored hashed)")
+    p.add_argument("action", choices=["create"])
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--plan", default="free", choices=["free", "pro", "enterprise"])
+    p.add_argument("--name", default="default")
+    p.add_argument("--system-prompt", default="")
+    p.set_defaults(func=cmd_keys)
     p = sub.add_parser("demo", help="one event through every engine of the running stack")
     p.set_defaults(func=cmd_demo)
     return ap

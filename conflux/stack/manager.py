@@ -86,8 +86,23 @@ def up(settings: Settings, progress: Progress, only: list[str] | None = None) ->
         report.topics_created = result.created
         progress(f"topics: {len(result.created)} created, {len(result.altered)} altered, "
                  f"{len(result.unchanged)} unchanged")
+    if any(s.name == "redis" for s in ready):
+        asyncio.run(_dev_key(settings))
+        progress(f"development API key in {settings.home / 'dev-api-key'}")
     report.seconds = time.monotonic() - t0
     return report
+
+
+async def _dev_key(settings: Settings) -> None:
+    import redis.asyncio as aioredis
+
+    from conflux.tenants import ApiKeyStore, ensure_dev_key
+
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        await ensure_dev_key(ApiKeyStore(client), settings.home / "dev-api-key")
+    finally:
+        await client.aclose()
 
 
 def down(settings: Settings, progress: Progress, only: list[str] | None = None) -> list[str]:

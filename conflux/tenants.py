@@ -1,0 +1,106 @@
+"""Tenants and API keys, in Redis. Keys are random 256-bit tokens shown once; only their SHA-256 is stored.
+
+SHA-256 (not a slow password hash) is right here: the keys are high-entropy random, so there is nothing to
+brute-force, and the edge must verify one on every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from conflux.errors import ConfluxError
+
+KEY_PREFIX = "cfx_"
+_TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class AuthError(ConfluxError):
+    """Missing, malformed, unknown or revoked API key."""
+
+
+@dataclass(frozen=True)
+class Tenant:
+    tenant_id: str
+    plan: str
+    system_prompt: str = ""
+
+
+def hash_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+class ApiKeyStore:
+    """Redis layout: conflux:apikey:<sha256> -> hash {tenant_id, name, created}; conflux:tenant:<id> -> hash."""
+
+    def __init__(self, redis: Any) -> None:
+        self._r = redis  # a redis.asyncio.Redis
+
+    async def upsert_tenant(self, tenant: Tenant) -> None:
+        if not _TENANT_ID.match(tenant.tenant_id):
+            raise AuthError(f"tenant id {tenant.tenant_id!r} must match {_TENANT_ID.pattern}")
+        await self._r.hset(f"conflux:tenant:{tenant.tenant_id}",
+                           mapping={"plan": tenant.plan, "system_prompt": tenant.system_prompt})
+
+    async def create_key(self, tenant_id: str, name: str = "default") -> str:
+        """Returns the new key. It is not stored anywhere, so this is the only time it can be seen."""
+        if not await self._r.exists(f"conflux:tenant:{tenant_id}"):
+            raise AuthError(f"unknown tenant {tenant_id!r}")
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        await self._r.hset(f"conflux:apikey:{hash_key(key)}",
+                           mapping={"tenant_id": tenant_id, "name": name, "created": str(int(time.time()))})
+        return key
+
+    async def revoke(self, api_key: str) -> None:
+        await self._r.delete(f"conflux:apikey:{hash_key(api_key)}")
+
+    async def authenticate(self, api_key: str | None) -> Tenant:
+        if not api_key:
+            raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+        if not api_key.startswith(KEY_PREFIX) or len(api_key) > 128:
+            raise AuthError("malformed API key")
+        digest = hash_key(api_key)
+        record = await self._r.hgetall(f"conflux:apikey:{digest}")
+        # compare_digest keeps the check constant-time even though the lookup already matched.
+        if not record or not hmac.compare_digest(digest, hash_key(api_key)):
+            raise AuthError("invalid API key")
+        tenant_id = _s(record[b"tenant_id"])
+        tenant = await self._r.hgetall(f"conflux:tenant:{tenant_id}")
+        if not tenant:
+            raise AuthError("the tenant of this API key no longer exists")
+        return Tenant(tenant_id, _s(tenant[b"plan"]), _s(tenant.get(b"system_prompt", b"")))
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+DEV_TENANT = Tenant("dev", "pro", "")
+
+
+async def ensure_dev_key(store: ApiKeyStore, path: Any) -> str:
+    """The development key of `make up`: reused while it still authenticates, replaced otherwise.
+
+    Written with mode 0600; it is a real credential for the local stack.
+    """
+    from pathlib import Path
+
+    p = Path(path)
+    if p.exists():
+        key = p.read_text().strip()
+        try:
+            await store.authenticate(key)
+            return key
+        except AuthError:
+            pass  # Redis was wiped or the key revoked: issue a new one
+    await store.upsert_tenant(DEV_TENANT)
+    key = await store.create_key(DEV_TENANT.tenant_id, name="dev")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(key + "\n")
+    p.chmod(0o600)
+    return key
