@@ -113,6 +113,23 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_edge(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from edge.app import create_app
+
+    app = create_app(settings, instance_id=args.instance_id, chain_timeout_s=args.timeout)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.app import run_worker
+
+    run_worker(settings, args.worker_id)
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from conflux.demo import run_demo
 
@@ -144,6 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="default")
     p.add_argument("--system-prompt", default="")
     p.set_defaults(func=cmd_keys)
+    p = sub.add_parser("edge", help="run an OpenAI-compatible HTTP edge instance")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--instance-id", default=None, help="names this instance's reply topic (default: host-pid)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds without a token before a 504")
+    p.set_defaults(func=cmd_edge)
+    p = sub.add_parser("worker", help="run a worker of the conversation chain (Faust agents)")
+    p.add_argument("--worker-id", default=None)
+    p.set_defaults(func=cmd_worker)
     p = sub.add_parser("demo", help="one event through every engine of the running stack")
     p.set_defaults(func=cmd_demo)
     return ap

@@ -15,7 +15,7 @@ from conflux.schemas import SchemaRegistry
 from conflux.serde import AvroSerde, new_envelope
 from conflux.stack.base import Progress
 from conflux.telemetry import setup_tracing
-from conflux.topics import load_catalogue
+from conflux.topics import apply_topics, load_catalogue
 from conflux.vectorstore import Chunk, open_vector_store
 
 
@@ -41,6 +41,9 @@ async def run_demo(settings: Settings, progress: Progress) -> int:
         "stream": True, "max_tokens": 8, "temperature": None, "reply_topic": "chat.replies.demo",
         "reply_partition": None, "user": None, "metadata": {},
     }
+    # The demo's reply topic exists like an edge instance's would (auto-creation is off on the broker).
+    demo_replies = catalogue.pattern("chat.replies.{edge_id}").instantiate(edge_id="demo")
+    await apply_topics(settings.kafka_bootstrap, [demo_replies])
     tracer = setup_tracing("conflux-demo").get_tracer("conflux.demo")
     producer = make_producer(settings.kafka_bootstrap)
     await producer.start()

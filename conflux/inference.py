@@ -94,3 +94,22 @@ async def stream_generate(url: str, model: str, prompt: str, max_tokens: int, te
         raise InferenceError(f"{model}: {exc.message() or exc}") from exc
     finally:
         await client.close()
+
+
+async def embed(url: str, texts: list[str], model: str = "minilm_embed", timeout_s: float = 30.0) -> Any:
+    """Unit-length embeddings (len(texts), dim) from Triton; one request, batched further by Triton."""
+    import tritonclient.grpc.aio as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    if not texts:
+        return np.zeros((0, 384), dtype=np.float32)
+    client = grpcclient.InferenceServerClient(url)
+    inp = grpcclient.InferInput("TEXT", [len(texts), 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
+    try:
+        result = await client.infer(model, [inp], client_timeout=timeout_s)
+        return result.as_numpy("EMBEDDING")
+    except InferenceServerException as exc:
+        raise InferenceError(f"{model}: {exc.message() or exc}") from exc
+    finally:
+        await client.close()

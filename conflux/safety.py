@@ -1,0 +1,94 @@
+"""Rule-based safety checks: personal data and known jailbreak / prompt-injection patterns.
+
+The model-based check (embedding similarity to known attacks, served by Triton) lives in the input-safety
+stage; these rules are the fast first line and run on both prompts and answers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}\b")
+_PHONE = re.compile(r"(?<!\d)(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{3,4}[\s.-]\d{3,4}(?:[\s.-]\d{2,4})?(?!\d)")
+_CARD = re.compile(r"(?<!\d)(?:\d[ -]?){13,19}(?!\d)")
+_SSN = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:\s?[A-Z0-9]{4}){3,7}\b")
+
+JAILBREAK_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (name, re.compile(rx, re.IGNORECASE))
+    for name, rx in (
+        ("ignore_instructions", r"\b(ignore|disregard|forget)\b.{0,40}\b(previous|prior|above|earlier|all)\b.{0,40}"
+                                r"\b(instructions|rules|prompts?|guidelines)\b"),
+        ("role_override", r"\byou are (now )?(dan|an? unfiltered|an? uncensored|jailbroken|free from)"),
+        ("dan", r"\bdo anything now\b|\bDAN mode\b"),
+        ("developer_mode", r"\b(developer|god|admin|debug) mode (enabled|on|activated)\b"),
+        ("system_prompt_leak", r"\b(reveal|print|show|repeat|output)\b.{0,30}\b(system prompt|hidden instructions|"
+                               r"initial instructions)\b"),
+        ("no_restrictions", r"\bwithout (any )?(restrictions|filters|limitations|censorship)\b"),
+        ("pretend_unsafe", r"\bpretend (that )?you (have no|don't have|are not bound by)\b"),
+        ("injected_directive", r"(^|\n)\s*(system|assistant)\s*:\s*(ignore|override|new instructions)"),
+        ("token_smuggling", r"<\|im_start\|>|<\|im_end\|>|\[/?INST\]|<<SYS>>"),
+    )
+)
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    categories: tuple[str, ...] = field(default_factory=tuple)
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def jailbreak(self) -> bool:
+        return "jailbreak" in self.categories
+
+
+def _luhn(digits: str) -> bool:
+    total, alt = 0, False
+    for ch in reversed(digits):
+        d = int(ch)
+        if alt:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+        alt = not alt
+    return total % 10 == 0
+
+
+def find_pii(text: str) -> list[str]:
+    """Kinds of personal data in the text (email, phone, card, ssn, iban)."""
+    kinds = []
+    if _EMAIL.search(text):
+        kinds.append("email")
+    if _SSN.search(text):
+        kinds.append("ssn")
+    if any(_luhn(re.sub(r"\D", "", m.group())) for m in _CARD.finditer(text)):
+        kinds.append("card")
+    if _IBAN.search(text):
+        kinds.append("iban")
+    rest = _CARD.sub(lambda m: " " if _luhn(re.sub(r"\D", "", m.group())) else m.group(), _SSN.sub(" ", text))
+    if _PHONE.search(rest):
+        kinds.append("phone")
+    return kinds
+
+
+def scrub_pii(text: str) -> str:
+    """Replaces personal data by a placeholder naming its kind (for exported training data)."""
+    text = _EMAIL.sub("[EMAIL]", text)
+    text = _SSN.sub("[SSN]", text)
+    text = _CARD.sub(lambda m: "[CARD]" if _luhn(re.sub(r"\D", "", m.group())) else m.group(), text)
+    text = _IBAN.sub("[IBAN]", text)
+    return _PHONE.sub("[PHONE]", text)
+
+
+def check_rules(text: str) -> RuleResult:
+    categories: list[str] = []
+    reasons: list[str] = []
+    hits = [name for name, rx in JAILBREAK_PATTERNS if rx.search(text)]
+    if hits:
+        categories.append("jailbreak")
+        reasons += [f"jailbreak pattern: {h}" for h in hits]
+    pii = find_pii(text)
+    if pii:
+        categories.append("pii")
+        reasons += [f"personal data: {k}" for k in pii]
+    return RuleResult(tuple(categories), tuple(reasons))

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP edge: FastAPI in front of Kafka."""

@@ -1,0 +1,80 @@
+"""The edge's app factory: every dependency is built here and hung on app.state, nothing is global."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI, Request, Response
+
+from conflux.config import Settings
+from conflux.kafka import EventPublisher, make_producer
+from conflux.models import load_models
+from conflux.ratelimit import RateLimiter
+from conflux.schemas import SchemaRegistry
+from conflux.serde import AvroSerde
+from conflux.telemetry import setup_tracing
+from conflux.tenants import ApiKeyStore
+from conflux.topics import apply_topics, load_catalogue
+from edge.chat import ChatService
+from edge.errors import ApiError, install_error_handlers
+from edge.replies import ReplyRouter
+from edge.routes import router
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def default_instance_id() -> str:
+    return f"edge-{socket.gethostname()}-{os.getpid()}".lower().replace(".", "-")
+
+
+def create_app(settings: Settings, instance_id: str | None = None, chain_timeout_s: float = 60.0) -> FastAPI:
+    instance = instance_id or default_instance_id()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = SchemaRegistry()
+        serde = AvroSerde(registry)
+        catalogue = load_catalogue(registry=registry)
+        reply = catalogue.pattern("chat.replies.{edge_id}").instantiate(edge_id=instance)
+        await apply_topics(settings.kafka_bootstrap, [reply])
+        tracer = setup_tracing(f"conflux-edge/{instance}").get_tracer("conflux.edge")
+        producer = make_producer(settings.kafka_bootstrap)
+        await producer.start()
+        redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        replies = ReplyRouter(settings.kafka_bootstrap, reply.name, serde)
+        await replies.start()
+        publisher = EventPublisher(producer, serde, catalogue, tracer)
+        models = load_models()
+        app.state.catalogue = catalogue
+        app.state.models = models
+        app.state.publisher = publisher
+        app.state.keys = ApiKeyStore(redis)
+        app.state.chat = ChatService(publisher=publisher, replies=replies, models=models,
+                                     limiter=RateLimiter(redis), redis=redis, instance_id=instance,
+                                     chain_timeout_s=chain_timeout_s)
+        try:
+            yield
+        finally:
+            await replies.stop()
+            await producer.stop()
+            await redis.aclose()
+
+    app = FastAPI(title="Conflux edge", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI-compatible chat API in front of Conflux's event streams.")
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        # Refused from the header alone, before the body is read or any work is done.
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return ApiError(413, f"request body of {length} bytes exceeds {MAX_BODY_BYTES}",
+                            code="request_too_large").response()
+        return await call_next(request)
+
+    install_error_handlers(app)
+    app.include_router(router)
+    return app

@@ -1,0 +1,161 @@
+"""Chat requests at the edge: admit (auth, limits), publish to chat.requests, and collect the chain's token
+chunks from this instance's reply topic. No model work happens here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from conflux.kafka import EventPublisher
+from conflux.models import ModelCatalogue, ModelSpec, Plan
+from conflux.ratelimit import RateLimiter
+from conflux.serde import new_envelope
+from conflux.tenants import Tenant
+from edge.errors import ApiError
+from edge.protocol import ChatCompletionRequest
+from edge.replies import ReplyRouter
+
+OWNER_TTL_S = 30 * 24 * 3600
+IDEMPOTENCY_TTL_S = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Admitted:
+    request_id: str
+    conversation_id: str
+    max_tokens: int
+    model: ModelSpec | None  # None for "auto": the routing stage decides
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    model: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def new_request_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+class ChatService:
+    def __init__(self, *, publisher: EventPublisher, replies: ReplyRouter, models: ModelCatalogue,
+                 limiter: RateLimiter, redis: Any, instance_id: str, chain_timeout_s: float) -> None:
+        self._publisher = publisher
+        self._replies = replies
+        self._models = models
+        self._limiter = limiter
+        self._r = redis
+        self.instance_id = instance_id
+        self.chain_timeout_s = chain_timeout_s
+
+    def models_for(self, plan: Plan) -> list[ModelSpec]:
+        return [m for m in self._models.models if self._models.allowed(m, plan)]
+
+    async def admit(self, tenant: Tenant, req: ChatCompletionRequest, conversation_id: str | None) -> Admitted:
+        """Every check that can refuse the request, before any work is queued."""
+        plan = self._models.plan(tenant.plan)
+        model = None
+        if req.model != "auto":
+            try:
+                model = self._models.get(req.model)
+            except Exception:  # noqa: BLE001 - CatalogueModelError, reported in OpenAI's terms
+                raise ApiError(404, f"The model '{req.model}' does not exist", code="model_not_found",
+                               param="model") from None
+            if not self._models.allowed(model, plan):
+                raise ApiError(403, f"The model '{req.model}' needs plan '{model.min_plan}'; yours is "
+                               f"'{plan.name}'", "permission_error", code="model_not_allowed", param="model")
+        cap = min(plan.max_output_tokens, model.max_output_tokens if model else plan.max_output_tokens)
+        max_tokens = min(req.output_limit() or cap, cap)
+        # A cheap upper bound (4 characters a token) is enough to enforce the budget before any work.
+        est = sum(len(m.text()) for m in req.messages) // 4 + max_tokens
+        verdict = await self._limiter.acquire(tenant.tenant_id, est, plan.requests_per_minute,
+                                              plan.tokens_per_minute)
+        if not verdict.allowed:
+            if verdict.retry_after_s < 0:
+                raise ApiError(429, f"this request (~{est} tokens) exceeds the plan's {plan.tokens_per_minute} "
+                               "tokens per minute", "rate_limit_error", code="tokens_per_minute_exceeded")
+            raise ApiError(429, f"rate limit of plan '{plan.name}' reached; retry after {verdict.retry_after_s}s",
+                           "rate_limit_error", code="rate_limit_exceeded",
+                           headers={"Retry-After": str(verdict.retry_after_s)})
+        request_id = new_request_id()
+        return Admitted(request_id, conversation_id or request_id, max_tokens, model)
+
+    async def submit(self, tenant: Tenant, req: ChatCompletionRequest, adm: Admitted,
+                     traceparent: str | None = None) -> asyncio.Queue[dict[str, Any]]:
+        queue = self._replies.register(adm.request_id)
+        await self._r.set(f"conflux:owner:{adm.request_id}", tenant.tenant_id, ex=OWNER_TTL_S)
+        record = {
+            "envelope": new_envelope(tenant_id=tenant.tenant_id, conversation_id=adm.conversation_id,
+                                     request_id=adm.request_id, producer=self.instance_id, traceparent=traceparent),
+            "model": req.model,
+            "messages": [{"role": m.role, "content": m.text(), "name": m.name} for m in req.messages],
+            "stream": req.stream, "max_tokens": adm.max_tokens, "temperature": req.temperature,
+            "reply_topic": self._replies.topic, "reply_partition": 0, "user": req.user,
+            "metadata": dict(req.metadata or {}),
+        }
+        try:
+            await self._publisher.publish("chat.requests", record, key=adm.conversation_id)
+        except Exception:
+            self._replies.unregister(adm.request_id)
+            raise
+        return queue
+
+    async def chunks(self, request_id: str, queue: asyncio.Queue[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+        """Chunks in sequence order until the final one; ApiError(504) if the chain goes quiet too long."""
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(queue.get(), self.chain_timeout_s)
+                except TimeoutError:
+                    raise ApiError(504, f"no answer within {self.chain_timeout_s:.0f}s; the request was cancelled",
+                                   "server_error", code="timeout") from None
+                yield chunk
+                if chunk["is_final"]:
+                    return
+        finally:
+            self._replies.unregister(request_id)
+
+    async def cancel(self, request_id: str) -> None:
+        """Tells the inference stage to stop generating (it checks between tokens)."""
+        await self._r.set(f"conflux:cancel:{request_id}", "1", ex=600)
+
+    async def collect(self, request_id: str, queue: asyncio.Queue[dict[str, Any]], model: str) -> Completion:
+        parts: list[str] = []
+        final: dict[str, Any] = {}
+        async for chunk in self.chunks(request_id, queue):
+            parts.append(chunk["text"])
+            final = chunk
+        if final.get("error"):
+            raise ApiError(502, final["error"], "server_error", code="generation_failed")
+        return Completion("".join(parts), final.get("model") or model, final.get("finish_reason") or "stop",
+                          final.get("prompt_tokens") or 0, final.get("completion_tokens") or 0)
+
+    async def owner(self, request_id: str) -> str | None:
+        raw = await self._r.get(f"conflux:owner:{request_id}")
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    # Idempotency-Key: the first request with a key runs; repeats get its stored answer, or 409 meanwhile.
+    async def idempotent_start(self, tenant_id: str, key: str) -> dict[str, Any] | None:
+        rkey = f"conflux:idem:{tenant_id}:{key}"
+        if await self._r.set(rkey, json.dumps({"state": "running", "since": time.time()}), nx=True,
+                             ex=IDEMPOTENCY_TTL_S):
+            return None
+        stored = json.loads(await self._r.get(rkey) or "{}")
+        if stored.get("state") == "done":
+            return dict(stored["response"])
+        raise ApiError(409, "a request with this Idempotency-Key is still in progress", code="idempotency_conflict")
+
+    async def idempotent_finish(self, tenant_id: str, key: str, response: dict[str, Any] | None) -> None:
+        rkey = f"conflux:idem:{tenant_id}:{key}"
+        if response is None:
+            await self._r.delete(rkey)  # failed: let the client retry with the same key
+        else:
+            await self._r.set(rkey, json.dumps({"state": "done", "response": response}), ex=IDEMPOTENCY_TTL_S)

@@ -1,0 +1,82 @@
+"""Token chunks for this edge instance's requests, read from its own reply topic and handed to the HTTP
+handler waiting for each request. Queues are bounded: a reader too slow to keep up is cut off, never
+allowed to grow memory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from conflux.errors import DecodeError
+from conflux.kafka import make_consumer
+from conflux.serde import AvroSerde
+
+log = logging.getLogger("conflux.edge.replies")
+
+
+class ReplyRouter:
+    def __init__(self, bootstrap: str, topic: str, serde: AvroSerde, queue_size: int = 4096) -> None:
+        self.topic = topic
+        self._bootstrap = bootstrap
+        self._serde = serde
+        self._queue_size = queue_size
+        self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._consumer: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        # No consumer group: this instance alone reads its topic, from the end (older chunks belong to
+        # requests this process never held).
+        self._consumer = make_consumer(self._bootstrap, None, fetch_max_wait_ms=5, isolation_level="read_uncommitted")
+        await self._consumer.start()
+        tp = TopicPartition(self.topic, 0)
+        self._consumer.assign([tp])
+        await self._consumer.seek_to_end(tp)
+        await self._consumer.position(tp)
+        self._task = asyncio.create_task(self._run(), name=f"replies-{self.topic}")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer:
+            await self._consumer.stop()
+
+    def register(self, request_id: str) -> asyncio.Queue[dict[str, Any]]:
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._queue_size)
+        self._queues[request_id] = q
+        return q
+
+    def unregister(self, request_id: str) -> None:
+        self._queues.pop(request_id, None)
+
+    @property
+    def open_requests(self) -> int:
+        return len(self._queues)
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=200, max_records=1000)
+            for msgs in batch.values():
+                for msg in msgs:
+                    self._dispatch(msg.value)
+
+    def _dispatch(self, value: bytes | None) -> None:
+        try:
+            chunk = self._serde.decode(value or b"", expected="token_chunk").record
+        except DecodeError as exc:
+            log.warning("undecodable message on %s: %s", self.topic, exc)
+            return
+        q = self._queues.get(chunk["envelope"]["request_id"])
+        if q is None:
+            return  # the caller left; its generation is being cancelled
+        try:
+            q.put_nowait(chunk)
+        except asyncio.QueueFull:
+            log.warning("reader of %s too slow; ending its stream", chunk["envelope"]["request_id"])
+            self.unregister(chunk["envelope"]["request_id"])

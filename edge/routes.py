@@ -1,0 +1,186 @@
+"""HTTP routes of the edge. Logic lives in edge/chat.py; this module maps it onto OpenAI's API shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from conflux.errors import EncodeError
+from conflux.serde import new_envelope
+from conflux.tenants import AuthError, Tenant
+from edge.chat import ChatService, Completion
+from edge.errors import ApiError, sse
+from edge.protocol import ChatCompletionRequest, FeedbackRequest
+
+router = APIRouter()
+# Topics producers may write through the HTTP bridge; the chain's internal topics are not among them.
+BRIDGE_TOPICS = {"documents.ingest", "chat.feedback"}
+
+
+def _svc(request: Request) -> ChatService:
+    return request.app.state.chat  # type: ignore[no-any-return]
+
+
+async def _tenant(request: Request, authorization: str | None) -> Tenant:
+    key = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else None
+    try:
+        tenant: Tenant = await request.app.state.keys.authenticate(key)
+        return tenant
+    except AuthError as exc:
+        raise ApiError(401, str(exc), "authentication_error", code="invalid_api_key") from None
+
+
+def _completion_body(request_id: str, created: int, c: Completion) -> dict[str, Any]:
+    return {
+        "id": request_id, "object": "chat.completion", "created": created, "model": c.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
+                     "finish_reason": c.finish_reason, "logprobs": None}],
+        "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                  "total_tokens": c.prompt_tokens + c.completion_tokens},
+    }
+
+
+@router.get("/healthz")
+async def healthz(request: Request) -> dict[str, Any]:
+    return {"status": "ok", "instance": _svc(request).instance_id}
+
+
+@router.get("/v1/models")
+async def list_models(request: Request, authorization: str | None = Header(default=None)) -> dict[str, Any]:
+    tenant = await _tenant(request, authorization)
+    svc = _svc(request)
+    plan = request.app.state.models.plan(tenant.plan)
+    data = [{"id": "auto", "object": "model", "created": 0, "owned_by": "conflux"}]
+    data += [{"id": m.id, "object": "model", "created": 0, "owned_by": "conflux"} for m in svc.models_for(plan)]
+    return {"object": "list", "data": data}
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, request: Request,
+                           authorization: str | None = Header(default=None),
+                           idempotency_key: str | None = Header(default=None),
+                           x_conversation_id: str | None = Header(default=None)) -> Any:
+    tenant = await _tenant(request, authorization)
+    svc = _svc(request)
+    if idempotency_key:
+        stored = await svc.idempotent_start(tenant.tenant_id, idempotency_key)
+        if stored is not None:
+            return JSONResponse(stored, headers={"x-request-id": stored["id"], "idempotent-replayed": "true"})
+    try:
+        adm = await svc.admit(tenant, body, x_conversation_id)
+        queue = await svc.submit(tenant, body, adm)
+    except BaseException:
+        if idempotency_key:
+            await svc.idempotent_finish(tenant.tenant_id, idempotency_key, None)
+        raise
+    created = int(time.time())
+    headers = {"x-request-id": adm.request_id, "x-conversation-id": adm.conversation_id}
+    if not body.stream:
+        try:
+            completion = await svc.collect(adm.request_id, queue, body.model)
+        except BaseException:
+            await svc.cancel(adm.request_id)
+            if idempotency_key:
+                await svc.idempotent_finish(tenant.tenant_id, idempotency_key, None)
+            raise
+        result = _completion_body(adm.request_id, created, completion)
+        if idempotency_key:
+            await svc.idempotent_finish(tenant.tenant_id, idempotency_key, result)
+        return JSONResponse(result, headers=headers)
+
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    async def events() -> AsyncIterator[str]:
+        base = {"id": adm.request_id, "object": "chat.completion.chunk", "created": created, "model": body.model}
+        finished = False
+        try:
+            yield sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                            "finish_reason": None}]})
+            async for chunk in svc.chunks(adm.request_id, queue):
+                model = chunk.get("model") or body.model
+                if chunk.get("error"):
+                    yield sse({"error": {"message": chunk["error"], "type": "server_error", "param": None,
+                                         "code": "generation_failed"}})
+                    finished = True
+                    return
+                if chunk["text"]:
+                    yield sse({**base, "model": model, "choices": [{"index": 0, "delta": {"content": chunk["text"]},
+                                                                     "finish_reason": None}]})
+                if chunk["is_final"]:
+                    yield sse({**base, "model": model, "choices": [{"index": 0, "delta": {},
+                                                                     "finish_reason": chunk.get("finish_reason")
+                                                                     or "stop"}]})
+                    if include_usage:
+                        p, c = chunk.get("prompt_tokens") or 0, chunk.get("completion_tokens") or 0
+                        yield sse({**base, "model": model, "choices": [],
+                                   "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})
+            finished = True
+            yield "data: [DONE]\n\n"
+        except ApiError as exc:
+            finished = True
+            yield sse(exc.body())
+        finally:
+            if not finished:  # the client went away (or the server is stopping): stop the generation
+                await asyncio.shield(svc.cancel(adm.request_id))
+            if idempotency_key:
+                await svc.idempotent_finish(tenant.tenant_id, idempotency_key, None)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={**headers, "Cache-Control": "no-cache"})
+
+
+@router.post("/v1/feedback")
+async def feedback(body: FeedbackRequest, request: Request,
+                   authorization: str | None = Header(default=None)) -> dict[str, Any]:
+    tenant = await _tenant(request, authorization)
+    svc = _svc(request)
+    # Another tenant's response id looks exactly like an unknown one: nothing leaks about it.
+    if await svc.owner(body.response_id) != tenant.tenant_id:
+        raise ApiError(404, f"response {body.response_id} not found", "not_found_error", code="not_found")
+    kinds = [k for k, v in (("CORRECTION", body.corrected_answer), ("RATING", body.rating),
+                            ("THUMBS", body.thumbs_up), ("COMMENT", body.comment)) if v is not None]
+    if not kinds:
+        raise ApiError(400, "give thumbs_up, rating, comment or corrected_answer", code="empty_feedback")
+    envelope = new_envelope(tenant_id=tenant.tenant_id, conversation_id=body.response_id,
+                            request_id=body.response_id, producer=svc.instance_id)
+    record = {
+        "envelope": envelope,
+        "response_id": body.response_id, "kind": kinds[0], "thumbs_up": body.thumbs_up, "rating": body.rating,
+        "comment": body.comment, "corrected_answer": body.corrected_answer,
+    }
+    where = await request.app.state.publisher.publish("chat.feedback", record, key=body.response_id)
+    return {"id": envelope["event_id"], "object": "feedback", "response_id": body.response_id,
+            "topic": where.topic, "partition": where.partition, "offset": where.offset}
+
+
+@router.post("/v1/events/{topic}")
+async def publish_event(topic: str, request: Request, authorization: str | None = Header(default=None)) -> Any:
+    tenant = await _tenant(request, authorization)
+    if topic not in BRIDGE_TOPICS:
+        raise ApiError(404, f"topic {topic!r} does not accept events over HTTP; allowed: {sorted(BRIDGE_TOPICS)}",
+                       "not_found_error", code="unknown_topic")
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the event must be a JSON object", code="invalid_value")
+    catalogue = request.app.state.catalogue
+    spec = catalogue.get(topic)
+    # The envelope is the edge's: tenant comes from the API key, never from the body.
+    key_value = str(body.get(spec.key) or "")
+    envelope = new_envelope(tenant_id=tenant.tenant_id, conversation_id=str(body.get("conversation_id", key_value)),
+                            request_id=str(body.get("request_id", key_value)), producer=_svc(request).instance_id)
+    record = {k: v for k, v in body.items() if k not in ("envelope", "conversation_id", "request_id")}
+    record["envelope"] = envelope
+    try:
+        where = await request.app.state.publisher.publish(topic, record, key=key_value or None)
+    except EncodeError as exc:
+        raise ApiError(422, str(exc), code="schema_mismatch") from None
+    return JSONResponse({"topic": where.topic, "partition": where.partition, "offset": where.offset,
+                         "event_id": envelope["event_id"]}, status_code=200)

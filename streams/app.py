@@ -1,0 +1,134 @@
+"""The chain's Faust app: one agent per stage module, each consuming the previous stage's topic.
+
+Values are Avro single-object bytes (raw to Faust); each agent decodes with the topic's schema, opens a
+span in the trace carried by the Kafka headers, and dead-letters what it cannot process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from types import ModuleType
+from typing import Any
+
+import faust
+import redis.asyncio as aioredis
+from opentelemetry import trace
+
+from conflux.config import Settings
+from conflux.errors import ConfluxError
+from conflux.kafka import EventPublisher, make_producer
+from conflux.llm import Tokenizer
+from conflux.models import load_models
+from conflux.schemas import SchemaRegistry
+from conflux.serde import AvroSerde
+from conflux.telemetry import extract_context, setup_tracing
+from conflux.topics import load_catalogue
+from conflux.vectorstore import open_vector_store
+from streams import inference, input_safety, output_safety, prompt_build, retrieval, routing_stage
+from streams.context import ContextStore
+from streams.deadletter import dead_letter
+from streams.deps import Deps
+
+log = logging.getLogger("conflux.streams")
+STAGES: tuple[tuple[ModuleType, int], ...] = (
+    # (module, concurrent actors): inference holds a Triton stream per actor, the others are quick.
+    (input_safety, 8), (retrieval, 8), (prompt_build, 8), (routing_stage, 8), (inference, 32), (output_safety, 8),
+)
+
+
+class _LazyDeps:
+    """Deps need a running event loop; Faust starts agents inside its own, so they are built on first use."""
+
+    def __init__(self, settings: Settings, worker_id: str) -> None:
+        self._settings = settings
+        self._worker_id = worker_id
+        self._deps: Deps | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Deps:
+        async with self._lock:
+            if self._deps is None:
+                self._deps = await build_deps(self._settings, self._worker_id)
+            return self._deps
+
+
+async def build_deps(settings: Settings, worker_id: str) -> Deps:
+    registry = SchemaRegistry()
+    serde = AvroSerde(registry)
+    catalogue = load_catalogue(registry=registry)
+    producer = make_producer(settings.kafka_bootstrap, linger_ms=1)
+    await producer.start()
+    redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    tracer = setup_tracing(f"conflux-worker/{worker_id}").get_tracer("conflux.streams")
+    vectors = open_vector_store(settings)
+    vectors.ensure_collection("documents", 384)
+    return Deps(settings=settings, serde=serde, catalogue=catalogue, models=load_models(),
+                publisher=EventPublisher(producer, serde, catalogue, tracer), producer=producer,
+                ctx=ContextStore(redis), redis=redis, vectors=vectors, tokenizer=Tokenizer(), tracer=tracer,
+                worker_id=worker_id)
+
+
+def _handler(module: ModuleType) -> Callable[[Deps, dict[str, Any]], Awaitable[None]]:
+    if module is input_safety:
+        bank = input_safety.AttackBank()
+        return lambda deps, record: input_safety.handle(deps, record, bank)
+    return module.handle  # type: ignore[no-any-return]
+
+
+def create_worker_app(settings: Settings, worker_id: str | None = None) -> faust.App:
+    wid = worker_id or f"worker-{socket.gethostname()}-{os.getpid()}"
+    app = faust.App(
+        "conflux-chain",
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        web_enabled=False,
+        topic_partitions=8,
+        topic_replication_factor=1,
+        broker_session_timeout=10,
+        broker_heartbeat_interval=1,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+        table_standby_replicas=0,
+    )
+    lazy = _LazyDeps(settings, wid)
+    for module, concurrency in STAGES:
+        _register(app, lazy, module, concurrency)
+    return app
+
+
+def _register(app: faust.App, lazy: _LazyDeps, module: ModuleType, concurrency: int) -> None:
+    stage = module.__name__.rsplit(".", 1)[-1]
+    topic = app.topic(module.SOURCE, key_type=bytes, value_type=bytes, key_serializer="raw",
+                      value_serializer="raw")
+    handle = _handler(module)
+
+    async def agent(stream: Any) -> None:
+        async for event in stream.events():
+            deps = await lazy.get()
+            msg = event.message
+            headers = list(event.headers.items()) if isinstance(event.headers, dict) else list(event.headers or [])
+            try:
+                record = deps.serde.decode(event.value or b"", expected=module.EVENT).record
+                with deps.tracer.start_as_current_span(f"{stage}", context=extract_context(headers),
+                                                       kind=trace.SpanKind.CONSUMER):
+                    await handle(deps, record)
+            except (ConfluxError, KeyError, TypeError, ValueError) as exc:
+                await dead_letter(deps, stage, msg.topic, msg.partition, msg.offset, event.value, event.key,
+                                  headers, exc)
+            except Exception as exc:
+                log.exception("%s: unexpected error", stage)
+                await dead_letter(deps, stage, msg.topic, msg.partition, msg.offset, event.value, event.key,
+                                  headers, exc)
+
+    agent.__name__ = stage
+    app.agent(topic, name=f"conflux.{stage}", concurrency=concurrency)(agent)
+
+
+def run_worker(settings: Settings, worker_id: str | None = None) -> None:
+    app = create_worker_app(settings, worker_id)
+    worker = faust.Worker(app, loglevel="info", quiet=True)
+    worker.execute_from_commandline()

@@ -1,0 +1,51 @@
+"""Per-request state shared by the chain's stages, in Redis (TTL-bound, so memory cannot grow with uptime).
+
+Each stage consumes the previous stage's public event and reads here what it needs of the original
+request; any worker can process any event, so stages scale and fail over independently.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+CTX_TTL_S = 900
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot store {type(value).__name__}")
+
+
+class ContextStore:
+    def __init__(self, redis: Any) -> None:
+        self._r = redis
+
+    async def put(self, request_id: str, **fields: Any) -> None:
+        key = f"conflux:ctx:{request_id}"
+        await self._r.hset(key, mapping={k: json.dumps(v, default=_json_default) for k, v in fields.items()})
+        await self._r.expire(key, CTX_TTL_S)
+
+    async def get(self, request_id: str) -> dict[str, Any]:
+        raw = await self._r.hgetall(f"conflux:ctx:{request_id}")
+        return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
+
+    async def drop(self, request_id: str) -> None:
+        await self._r.delete(f"conflux:ctx:{request_id}")
+
+    async def cancelled(self, request_id: str) -> bool:
+        return bool(await self._r.exists(f"conflux:cancel:{request_id}"))
+
+    async def memory(self, tenant_id: str, conversation_id: str, limit: int) -> list[dict[str, str]]:
+        """Earlier turns of this conversation, oldest first."""
+        raw = await self._r.lrange(f"conflux:memory:{tenant_id}:{conversation_id}", -limit, -1)
+        return [json.loads(x) for x in raw]
+
+    async def remember(self, tenant_id: str, conversation_id: str, turns: list[dict[str, str]],
+                       keep: int = 40, ttl_s: int = 7 * 24 * 3600) -> None:
+        key = f"conflux:memory:{tenant_id}:{conversation_id}"
+        await self._r.rpush(key, *[json.dumps(t) for t in turns])
+        await self._r.ltrim(key, -keep, -1)  # bounded: only the latest turns are kept
+        await self._r.expire(key, ttl_s)

@@ -1,0 +1,33 @@
+"""Dead-lettering: a message a stage cannot process is kept byte for byte with the reason, and the
+stage moves on. If the message belonged to a known request, its caller gets an explicit error."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from conflux.errors import ConfluxError
+from streams.deps import Deps, ReplyTopicError
+
+log = logging.getLogger("conflux.streams")
+
+
+async def dead_letter(deps: Deps, stage: str, topic: str, partition: int, offset: int, value: bytes | None,
+                      key: bytes | None, headers: list[tuple[str, bytes]] | None, exc: BaseException) -> None:
+    log.warning("%s: dead-lettering %s[%s]@%s: %r", stage, topic, partition, offset, exc)
+    envelope = {"tenant_id": "", "conversation_id": "", "request_id": "", "traceparent": None}
+    request: dict[str, Any] | None = None
+    try:
+        decoded = deps.serde.decode(value or b"").record
+        envelope = decoded["envelope"]
+        ctx = await deps.ctx.get(envelope["request_id"])
+        request = ctx.get("request")
+    except (ConfluxError, KeyError, TypeError, ValueError):
+        pass  # undecodable: no request to answer
+    await deps.publisher.publish("conflux.deadletter", {
+        "envelope": deps.envelope(envelope), "source_topic": topic, "source_partition": partition,
+        "source_offset": offset, "consumer": stage, "error_type": type(exc).__name__, "reason": str(exc)[:2000],
+        "payload": value or b"", "key": key, "headers": {k: v for k, v in (headers or []) if v is not None},
+    }, key=topic)
+    if request is not None and not isinstance(exc, ReplyTopicError):
+        await deps.finish_with_error(request, f"{stage} failed: {exc}")

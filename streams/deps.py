@@ -1,0 +1,76 @@
+"""Everything a stage needs, built once per worker process and passed in (no module-level state)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import trace
+
+from conflux.config import Settings
+from conflux.errors import ConfluxError
+from conflux.kafka import EventPublisher
+from conflux.llm import Tokenizer
+from conflux.models import ModelCatalogue
+from conflux.serde import AvroSerde, new_envelope
+from conflux.topics import Catalogue
+from conflux.vectorstore import VectorStore
+from streams.context import ContextStore
+
+log = logging.getLogger("conflux.streams")
+REPLY_TIMEOUT_S = 5.0
+
+
+class ReplyTopicError(ConfluxError):
+    """The edge instance's reply topic cannot be written (the instance is gone)."""
+
+
+@dataclass
+class Deps:
+    settings: Settings
+    serde: AvroSerde
+    catalogue: Catalogue
+    models: ModelCatalogue
+    publisher: EventPublisher
+    producer: Any  # aiokafka producer, for reply-topic chunks (not in the catalogue)
+    ctx: ContextStore
+    redis: Any
+    vectors: VectorStore | None
+    tokenizer: Tokenizer
+    tracer: trace.Tracer
+    worker_id: str
+    inference_timeout_s: float = 60.0
+    retrieval_k: int = 4
+    collection: str = "documents"
+
+    def envelope(self, src: dict[str, Any]) -> dict[str, Any]:
+        """A new event's envelope, continuing the chain of the event `src` came from."""
+        return new_envelope(tenant_id=src["tenant_id"], conversation_id=src["conversation_id"],
+                            request_id=src["request_id"], producer=self.worker_id,
+                            traceparent=src.get("traceparent"))
+
+    async def reply(self, request: dict[str, Any], record: dict[str, Any]) -> None:
+        """A token chunk to the reply topic of the edge instance holding the caller."""
+        value = self.serde.encode("token_chunk", record)
+        try:
+            # A reply topic can vanish with its edge instance: fail fast instead of blocking the stage.
+            await asyncio.wait_for(self.producer.send_and_wait(
+                request["reply_topic"], value=value, key=request["envelope"]["request_id"].encode(),
+                partition=request.get("reply_partition") or 0), REPLY_TIMEOUT_S)
+        except TimeoutError:
+            raise ReplyTopicError(f"reply topic {request['reply_topic']} unavailable") from None
+
+    async def finish_with_error(self, request: dict[str, Any], message: str, finish_reason: str = "error",
+                                seq: int = 0) -> None:
+        """Ends the caller's stream with an explicit error, and records it as the chain's final event."""
+        env = request["envelope"]
+        await self.reply(request, {"envelope": self.envelope(env), "sequence": seq, "text": "", "is_final": True,
+                                   "finish_reason": finish_reason, "error": message, "model": None,
+                                   "prompt_tokens": None, "completion_tokens": None})
+        await self.publisher.publish("chat.responses", {
+            "envelope": self.envelope(env), "model": request.get("model", ""), "content": "",
+            "finish_reason": finish_reason, "blocked": False, "error": message, "prompt_tokens": 0,
+            "completion_tokens": 0, "citations": [], "latency_ms": 0.0}, key=env["conversation_id"])
+        await self.ctx.drop(env["request_id"])

@@ -1,0 +1,81 @@
+"""Stage 5, inference: stream the answer from Triton to the caller's reply topic, token by token, then
+record counts, time to first token, duration and cost. The caller leaving stops the generation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from conflux.inference import InferenceError, stream_generate
+from conflux.llm import Message, render_chatml
+from streams.deps import Deps
+
+SOURCE = "routing.decisions"
+EVENT = "routing_decision"
+CANCEL_CHECK_EVERY = 8  # tokens between looks at the cancel flag (a Redis round trip)
+
+
+def render(template: str, messages: list[dict[str, Any]]) -> str:
+    if template == "chatml":
+        return render_chatml([Message(m["role"], m["content"]) for m in messages])
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
+async def handle(deps: Deps, decision: dict[str, Any]) -> None:
+    if not decision["chosen_model"]:
+        return  # refused by routing, already answered
+    env = decision["envelope"]
+    ctx = await deps.ctx.get(env["request_id"])
+    request, built = ctx["request"], ctx["built"]
+    model = deps.models.get(decision["chosen_model"])
+    prompt = render(model.template, built)
+    max_tokens = int(request["max_tokens"] or 256)
+    temperature = float(request["temperature"] or 0.0)
+    await deps.publisher.publish("inference.requests", {
+        "envelope": deps.envelope(env), "model": model.id, "triton_model": model.triton_stream, "prompt": prompt,
+        "max_tokens": max_tokens, "temperature": temperature, "stream": True, "reply_topic": request["reply_topic"],
+        "reply_partition": request.get("reply_partition")}, key=env["conversation_id"])
+
+    t0 = time.perf_counter()
+    ttft: float | None = None
+    parts: list[str] = []
+    error: str | None = None
+    finish = "length"
+    pending: list[Any] = []
+    try:
+        async with asyncio.timeout(deps.inference_timeout_s):
+            async for piece in stream_generate(deps.settings.triton_grpc_url, model.triton_stream, prompt,
+                                               max_tokens, temperature, timeout_s=deps.inference_timeout_s):
+                ttft = ttft if ttft is not None else (time.perf_counter() - t0) * 1000
+                chunk = {"envelope": deps.envelope(env), "sequence": len(parts), "text": piece.text,
+                         "is_final": False, "finish_reason": None, "error": None, "model": None,
+                         "prompt_tokens": None, "completion_tokens": None}
+                parts.append(piece.text)
+                value = deps.serde.encode("token_chunk", chunk)
+                key = env["request_id"].encode()
+                # Enqueued, not awaited one by one: ordering holds within the partition, latency stays low.
+                pending.append(await deps.producer.send(request["reply_topic"], value=value, key=key,
+                                                        partition=request.get("reply_partition") or 0))
+                pending.append(await deps.producer.send("inference.tokens", value=value, key=key))
+                if len(parts) % CANCEL_CHECK_EVERY == 0 and await deps.ctx.cancelled(env["request_id"]):
+                    finish = "cancelled"
+                    break
+            else:
+                finish = "length" if len(parts) >= max_tokens else "stop"
+        await asyncio.gather(*pending)
+    except (InferenceError, TimeoutError) as exc:
+        error = f"inference failed: {exc}" if isinstance(exc, InferenceError) else \
+            f"inference timed out after {deps.inference_timeout_s:.0f}s"
+    duration = (time.perf_counter() - t0) * 1000
+    completion_tokens = len(parts)
+    await deps.ctx.put(env["request_id"], text="".join(parts), completion_tokens=completion_tokens,
+                       finish_reason=finish, started=ctx.get("t0"))
+    await deps.publisher.publish("inference.completed", {
+        "envelope": deps.envelope(env), "model": model.id, "triton_model": model.triton_stream,
+        "prompt_tokens": int(ctx.get("prompt_tokens") or 0), "completion_tokens": completion_tokens,
+        "ttft_ms": ttft, "duration_ms": duration,
+        "cost_usd": model.cost(int(ctx.get("prompt_tokens") or 0), completion_tokens),
+        "finish_reason": "error" if error else finish, "error": error}, key=env["conversation_id"])
+    if error:
+        await deps.finish_with_error(request, error, seq=len(parts))

@@ -1,0 +1,36 @@
+"""Stage 2, retrieval: the top-k chunks of the tenant's documents for the latest user message."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from conflux.errors import VectorStoreError
+from conflux.inference import embed
+from streams.deps import Deps
+
+SOURCE = "safety.verdicts"
+EVENT = "safety_verdict"
+
+
+async def handle(deps: Deps, verdict: dict[str, Any]) -> None:
+    if verdict["stage"] != "INPUT" or verdict["verdict"] == "BLOCK":
+        return  # output verdicts and refusals are not this stage's business
+    t0 = time.perf_counter()
+    env = verdict["envelope"]
+    ctx = await deps.ctx.get(env["request_id"])
+    request = ctx["request"]
+    query = next((m["content"] for m in reversed(request["messages"]) if m["role"] == "user"), "")
+    chunks: list[dict[str, Any]] = []
+    if deps.vectors is not None and query:
+        vec = (await embed(deps.settings.triton_grpc_url, [query[:2000]]))[0]
+        try:
+            hits = deps.vectors.search(deps.collection, env["tenant_id"], vec.tolist(), deps.retrieval_k)
+        except VectorStoreError:
+            hits = []  # the tenant has no documents yet (no collection): answer without context
+        chunks = [{"document_id": h.document_id, "chunk_id": h.chunk_id, "text": h.text, "score": h.score,
+                   "source": h.source or None} for h in hits]
+    await deps.ctx.put(env["request_id"], chunks=chunks)
+    await deps.publisher.publish("retrieval.completed", {
+        "envelope": deps.envelope(env), "query": query, "collection": deps.collection, "chunks": chunks,
+        "latency_ms": (time.perf_counter() - t0) * 1000}, key=env["conversation_id"])
