@@ -135,18 +135,21 @@ class MiniLMEncoder:
     def _block(self, x: F32, bias: F32, layer: _Layer) -> F32:
         batch, length, hidden = x.shape
         hd = hidden // self._heads
+        # Linear layers on a 2-D (tokens, hidden) view: one BLAS GEMM each instead of a loop over the batch.
+        flat = x.reshape(batch * length, hidden)
 
         def heads(t: F32) -> F32:
             return t.reshape(batch, length, self._heads, hd).transpose(0, 2, 1, 3)
 
-        q = heads(x @ layer.q[0] + layer.q[1])
-        k = heads(x @ layer.k[0] + layer.k[1])
-        v = heads(x @ layer.v[0] + layer.v[1])
+        q = heads(flat @ layer.q[0] + layer.q[1])
+        k = heads(flat @ layer.k[0] + layer.k[1])
+        v = heads(flat @ layer.v[0] + layer.v[1])
         scores = (q @ k.transpose(0, 1, 3, 2)) / np.float32(np.sqrt(hd)) + bias
         scores = scores - scores.max(-1, keepdims=True)
         probs = np.exp(scores)
         probs /= probs.sum(-1, keepdims=True)
-        ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(batch, length, hidden)
-        x = _layer_norm(x + ctx @ layer.attn_out[0] + layer.attn_out[1], *layer.attn_norm, self._eps)
-        inter = _gelu(x @ layer.inter[0] + layer.inter[1])
-        return _layer_norm(x + inter @ layer.out[0] + layer.out[1], *layer.out_norm, self._eps)
+        ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(batch * length, hidden)
+        flat = _layer_norm(flat + ctx @ layer.attn_out[0] + layer.attn_out[1], *layer.attn_norm, self._eps)
+        inter = _gelu(flat @ layer.inter[0] + layer.inter[1])
+        out = _layer_norm(flat + inter @ layer.out[0] + layer.out[1], *layer.out_norm, self._eps)
+        return out.reshape(batch, length, hidden)

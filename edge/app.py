@@ -42,7 +42,7 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
         reply = catalogue.pattern("chat.replies.{edge_id}").instantiate(edge_id=instance)
         await apply_topics(settings.kafka_bootstrap, [reply])
         tracer = setup_tracing(f"conflux-edge/{instance}").get_tracer("conflux.edge")
-        producer = make_producer(settings.kafka_bootstrap)
+        producer = make_producer(settings.kafka_bootstrap, linger_ms=0)  # one event per request: no batching
         await producer.start()
         redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
         replies = ReplyRouter(settings.kafka_bootstrap, reply.name, serde)

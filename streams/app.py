@@ -60,7 +60,7 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
     registry = SchemaRegistry()
     serde = AvroSerde(registry)
     catalogue = load_catalogue(registry=registry)
-    producer = make_producer(settings.kafka_bootstrap, linger_ms=1)
+    producer = make_producer(settings.kafka_bootstrap, linger_ms=0)
     await producer.start()
     redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
     tracer = setup_tracing(f"conflux-worker/{worker_id}").get_tracer("conflux.streams")

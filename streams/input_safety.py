@@ -33,11 +33,12 @@ class AttackBank:
     def __init__(self) -> None:
         self.vectors: Any = None
 
-    async def score(self, deps: Deps, text: str) -> float:
+    async def score(self, deps: Deps, text: str) -> tuple[float, list[float]]:
+        """Highest similarity to a known attack, and the text's embedding (reused by retrieval)."""
         if self.vectors is None:
             self.vectors = await embed(deps.settings.triton_grpc_url, list(ATTACKS))
-        v = await embed(deps.settings.triton_grpc_url, [text[:2000]])
-        return float(np.max(self.vectors @ v[0]))
+        v = (await embed(deps.settings.triton_grpc_url, [text[:2000]]))[0]
+        return float(np.max(self.vectors @ v)), [round(float(x), 6) for x in v]
 
 
 async def handle(deps: Deps, request: dict[str, Any], bank: AttackBank) -> None:
@@ -46,7 +47,11 @@ async def handle(deps: Deps, request: dict[str, Any], bank: AttackBank) -> None:
     await deps.ctx.put(env["request_id"], request=request, t0=time.time())
     text = "\n".join(m["content"] for m in request["messages"] if m["role"] == "user")
     rules = check_rules(text)
-    score = await bank.score(deps, text)
+    # The model looks at the newest user message (earlier turns were checked when they were sent); its
+    # embedding is the retrieval query too, so the request is embedded once.
+    newest = next((m["content"] for m in reversed(request["messages"]) if m["role"] == "user"), "")
+    score, query_vec = await bank.score(deps, newest)
+    await deps.ctx.put(env["request_id"], query_vec=query_vec)
     categories = list(rules.categories)
     reasons = list(rules.reasons)
     if score >= MODEL_THRESHOLD and "jailbreak" not in categories:

@@ -23,9 +23,9 @@ async def handle(deps: Deps, verdict: dict[str, Any]) -> None:
     query = next((m["content"] for m in reversed(request["messages"]) if m["role"] == "user"), "")
     chunks: list[dict[str, Any]] = []
     if deps.vectors is not None and query:
-        vec = (await embed(deps.settings.triton_grpc_url, [query[:2000]]))[0]
+        vec = ctx.get("query_vec") or (await embed(deps.settings.triton_grpc_url, [query[:2000]]))[0].tolist()
         try:
-            hits = deps.vectors.search(deps.collection, env["tenant_id"], vec.tolist(), deps.retrieval_k)
+            hits = deps.vectors.search(deps.collection, env["tenant_id"], vec, deps.retrieval_k)
         except VectorStoreError:
             hits = []  # the tenant has no documents yet (no collection): answer without context
         chunks = [{"document_id": h.document_id, "chunk_id": h.chunk_id, "text": h.text, "score": h.score,
