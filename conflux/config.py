@@ -52,6 +52,9 @@ class Settings:
     weaviate_version: str = "v1.35.2"
     vector_backend: str = "auto"  # auto | weaviate | lancedb
     kafka_version: str = "3.9.1"
+    edge_port: int = 8080
+    # Whether `conflux up` also runs Conflux's own edge and worker (off for engine-only test sessions).
+    run_platform: bool = True
 
     @property
     def triton_grpc_url(self) -> str:
@@ -104,4 +107,6 @@ class Settings:
             weaviate_version=e.get("CONFLUX_WEAVIATE_VERSION", "v1.35.2"),
             vector_backend=backend,
             kafka_version=e.get("CONFLUX_KAFKA_VERSION", "3.9.1"),
+            edge_port=_int(e, "CONFLUX_EDGE_PORT", 8080),
+            run_platform=e.get("CONFLUX_RUN_PLATFORM", "1") not in ("0", "false", "no"),
         )

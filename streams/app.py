@@ -97,6 +97,13 @@ def create_worker_app(settings: Settings, worker_id: str | None = None) -> faust
     lazy = _LazyDeps(settings, wid)
     for module, concurrency in STAGES:
         _register(app, lazy, module, concurrency)
+
+    @app.timer(2.0)  # type: ignore[untyped-decorator]
+    async def heartbeat() -> None:
+        # `conflux status` reads this: the agents' event loop is alive and Redis is reachable.
+        deps = await lazy.get()
+        await deps.redis.set(f"conflux:worker:{wid}:heartbeat", "1", ex=10)
+
     return app
 
 

@@ -12,6 +12,7 @@ from conflux.errors import ConfluxError, ServiceError
 from conflux.stack.base import Progress, Service
 from conflux.stack.clickhouse import ClickHouseService
 from conflux.stack.kafka import KafkaService
+from conflux.stack.platform import EdgeService, WorkerService
 from conflux.stack.redis import RedisService
 from conflux.stack.triton import TritonService
 from conflux.stack.weaviate import WeaviateService
@@ -29,6 +30,8 @@ def services(settings: Settings) -> list[Service]:
     if resolve_vector_backend(settings) == "weaviate" and \
             settings.weaviate_url.rstrip("/") == f"http://127.0.0.1:{settings.weaviate_port}":
         out.append(WeaviateService(settings))
+    if settings.run_platform:
+        out += [WorkerService(settings), EdgeService(settings)]
     return out
 
 
@@ -69,17 +72,8 @@ def up(settings: Settings, progress: Progress, only: list[str] | None = None) ->
         ready.append(svc)
     if any(isinstance(s, WeaviateService) for s in ready):
         record_fallback(settings, None)
-    for svc in ready:
-        if svc.pid() is not None:
-            report.already_running.append(svc.name)
-            continue
-        svc.prepare()
-        svc.spawn()
-        report.started.append(svc.name)
-        progress(f"started {svc.name} (log {svc.log_file})")
-    for svc in ready:
-        svc.wait_healthy()
-        progress(f"{svc.name} healthy")
+    engines = [s for s in ready if not isinstance(s, EdgeService | WorkerService)]
+    _start(engines, report, progress)
     if any(s.name == "kafka" for s in ready):
         catalogue = load_catalogue()
         result = asyncio.run(apply_topics(settings.kafka_bootstrap, catalogue.topics))
@@ -89,8 +83,24 @@ def up(settings: Settings, progress: Progress, only: list[str] | None = None) ->
     if any(s.name == "redis" for s in ready):
         asyncio.run(_dev_key(settings))
         progress(f"development API key in {settings.home / 'dev-api-key'}")
+    # Conflux's own processes need the topics and Redis above, so they start last.
+    _start([s for s in ready if isinstance(s, EdgeService | WorkerService)], report, progress)
     report.seconds = time.monotonic() - t0
     return report
+
+
+def _start(group: list[Service], report: UpReport, progress: Progress) -> None:
+    for svc in group:
+        if svc.pid() is not None:
+            report.already_running.append(svc.name)
+            continue
+        svc.prepare()
+        svc.spawn()
+        report.started.append(svc.name)
+        progress(f"started {svc.name} (log {svc.log_file})")
+    for svc in group:
+        svc.wait_healthy()
+        progress(f"{svc.name} healthy")
 
 
 async def _dev_key(settings: Settings) -> None:
