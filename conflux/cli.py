@@ -130,6 +130,14 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from conflux.ingest import ingest_paths
+
+    count = asyncio.run(ingest_paths(settings, args.paths, args.tenant, _progress))
+    _progress(f"published {count} document(s) to documents.ingest for tenant {args.tenant}")
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from conflux.demo import run_demo
 
@@ -170,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a worker of the conversation chain (Faust agents)")
     p.add_argument("--worker-id", default=None)
     p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("ingest", help="publish text and Markdown files to documents.ingest for retrieval")
+    p.add_argument("paths", nargs="+", help="files or folders (.txt, .md, .markdown)")
+    p.add_argument("--tenant", default="dev")
+    p.set_defaults(func=cmd_ingest)
     p = sub.add_parser("demo", help="one event through every engine of the running stack")
     p.set_defaults(func=cmd_demo)
     return ap

@@ -39,6 +39,7 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    citations: list[str]
 
 
 def new_request_id() -> str:
@@ -136,7 +137,8 @@ class ChatService:
         if final.get("error"):
             raise ApiError(502, final["error"], "server_error", code="generation_failed")
         return Completion("".join(parts), final.get("model") or model, final.get("finish_reason") or "stop",
-                          final.get("prompt_tokens") or 0, final.get("completion_tokens") or 0)
+                          final.get("prompt_tokens") or 0, final.get("completion_tokens") or 0,
+                          list(final.get("citations") or []))
 
     async def owner(self, request_id: str) -> str | None:
         raw = await self._r.get(f"conflux:owner:{request_id}")

@@ -42,6 +42,8 @@ def _completion_body(request_id: str, created: int, c: Completion) -> dict[str, 
                      "finish_reason": c.finish_reason, "logprobs": None}],
         "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                   "total_tokens": c.prompt_tokens + c.completion_tokens},
+        # Conflux extension: the retrieved chunks (document#n) the answer was grounded on.
+        "citations": c.citations,
     }
 
 
@@ -112,9 +114,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
                     yield sse({**base, "model": model, "choices": [{"index": 0, "delta": {"content": chunk["text"]},
                                                                      "finish_reason": None}]})
                 if chunk["is_final"]:
-                    yield sse({**base, "model": model, "choices": [{"index": 0, "delta": {},
-                                                                     "finish_reason": chunk.get("finish_reason")
-                                                                     or "stop"}]})
+                    yield sse({**base, "model": model, "citations": chunk.get("citations") or [],
+                               "choices": [{"index": 0, "delta": {},
+                                            "finish_reason": chunk.get("finish_reason") or "stop"}]})
                     if include_usage:
                         p, c = chunk.get("prompt_tokens") or 0, chunk.get("completion_tokens") or 0
                         yield sse({**base, "model": model, "choices": [],

@@ -28,7 +28,7 @@ from conflux.serde import AvroSerde
 from conflux.telemetry import extract_context, setup_tracing
 from conflux.topics import load_catalogue
 from conflux.vectorstore import open_vector_store
-from streams import inference, input_safety, output_safety, prompt_build, retrieval, routing_stage
+from streams import inference, ingest, input_safety, output_safety, prompt_build, retrieval, routing_stage
 from streams.context import ContextStore
 from streams.deadletter import dead_letter
 from streams.deps import Deps
@@ -37,6 +37,7 @@ log = logging.getLogger("conflux.streams")
 STAGES: tuple[tuple[ModuleType, int], ...] = (
     # (module, concurrent actors): inference holds a Triton stream per actor, the others are quick.
     (input_safety, 8), (retrieval, 8), (prompt_build, 8), (routing_stage, 8), (inference, 32), (output_safety, 8),
+    (ingest, 1),
 )
 
 
@@ -102,7 +103,7 @@ def create_worker_app(settings: Settings, worker_id: str | None = None) -> faust
     async def heartbeat() -> None:
         # `conflux status` reads this: the agents' event loop is alive and Redis is reachable.
         deps = await lazy.get()
-        await deps.redis.set(f"conflux:worker:{wid}:heartbeat", "1", ex=10)
+        await deps.redis.set(f"conflux:worker:{wid}:heartbeat", str(os.getpid()), ex=10)
 
     return app
 

@@ -32,7 +32,7 @@ async def handle(deps: Deps, done: dict[str, Any]) -> None:
     await deps.reply(request, {
         "envelope": deps.envelope(env), "sequence": done["completion_tokens"], "text": "", "is_final": True,
         "finish_reason": finish, "error": None, "model": done["model"], "prompt_tokens": done["prompt_tokens"],
-        "completion_tokens": done["completion_tokens"]})
+        "completion_tokens": done["completion_tokens"], "citations": [c["chunk_id"] for c in ctx.get("chunks") or []]})
     started = ctx.get("started") or ctx.get("t0") or time.time()
     chunks = ctx.get("chunks") or []
     await deps.publisher.publish("chat.responses", {

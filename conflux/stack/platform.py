@@ -47,9 +47,11 @@ class WorkerService(Service):
         try:
             client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=1)
             try:
-                ok = bool(client.exists("conflux:worker:worker-1:heartbeat"))
+                beat = client.get("conflux:worker:worker-1:heartbeat")
             finally:
                 client.close()
-            return Health(ok, "heartbeat fresh" if ok else "no heartbeat in the last 10 s")
+            # The beat names its process, so a predecessor's beat does not count after a restart.
+            ok = beat is not None and beat.decode() == str(self.pid())
+            return Health(ok, "heartbeat fresh" if ok else "no heartbeat from this process in the last 10 s")
         except redis.RedisError as exc:
             return Health(False, str(exc))

@@ -218,3 +218,34 @@ async def test_a_client_that_disconnects_cancels_its_generation(stack: Settings,
     events = await events_of(stack, request_id, since, ("inference.completed",), want=1)
     done = events["inference.completed"][0]
     assert done["finish_reason"] == "cancelled" and done["completion_tokens"] < 400
+
+
+async def test_ingested_documents_are_retrieved_and_cited_for_their_tenant_only(
+        stack: Settings, base: str, tmp_path: Any) -> None:
+    from conflux.ingest import ingest_paths
+    from conflux.vectorstore import open_vector_store
+
+    tenant, key = await _tenant_key(stack, "pro")
+    other, other_key = await _tenant_key(stack, "pro")
+    doc = tmp_path / "lighthouse.md"
+    doc.write_text("# Lighthouse\n\nThe Conflux lighthouse keeper is named Ottoline Brackwater.\n\n"
+                   "She has kept the light on Gull Rock since 1987.")
+    await ingest_paths(stack, [str(doc)], tenant, lambda m: None)
+    store = open_vector_store(stack)
+    try:
+        for _ in range(60):  # indexing is asynchronous: wait for the ingest agent
+            if store.count("documents", tenant) > 0:
+                break
+            await asyncio.sleep(0.5)
+        assert store.count("documents", tenant) > 0 and store.count("documents", other) == 0
+    finally:
+        store.close()
+    question = {"model": "echo", "max_tokens": 3,
+                "messages": [{"role": "user", "content": "Who keeps the Conflux lighthouse?"}]}
+    async with httpx.AsyncClient(timeout=60) as http:
+        mine = (await http.post(f"{base}/chat/completions", json=question,
+                                headers={"Authorization": f"Bearer {key}"})).json()
+        theirs = (await http.post(f"{base}/chat/completions", json=question,
+                                  headers={"Authorization": f"Bearer {other_key}"})).json()
+    assert mine["citations"] and all(c.startswith("doc-") for c in mine["citations"])
+    assert theirs["citations"] == []  # another tenant's documents are never retrieved
