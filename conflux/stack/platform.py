@@ -51,7 +51,7 @@ class WorkerService(Service):
             finally:
                 client.close()
             # The beat names its process, so a predecessor's beat does not count after a restart.
-            ok = beat is not None and beat.decode() == str(self.pid())
+            ok = beat is not None and (beat.decode() if isinstance(beat, bytes) else beat) == str(self.pid())
             return Health(ok, "heartbeat fresh" if ok else "no heartbeat from this process in the last 10 s")
         except redis.RedisError as exc:
             return Health(False, str(exc))
