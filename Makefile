@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Reinstall the Python dependencies only when pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install up down status demo test test-unit test-integration lint clean
+.PHONY: install up down status demo test test-unit test-integration lint clean bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,3 +46,8 @@ test-integration: install
 
 clean: down
 	rm -rf .conflux
+
+# Time to first token through the platform vs direct Triton, echo and SmolLM2 at 1/8/32 streams.
+bench: install
+	$(BIN)/conflux up
+	$(BIN)/python -m producers.bench

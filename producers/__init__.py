@@ -1,0 +1,1 @@
+"""Event producers: load generation and benchmarks."""
