@@ -51,6 +51,18 @@ def render_chatml(messages: Sequence[Message], add_generation_prompt: bool = Tru
     return "".join(parts)
 
 
+def load_llama_for_triton(model_config_json: str) -> Any:
+    """SmolLM2 on llama.cpp for a Triton model instance: one thread (two contend on 2 cores), n_ctx from the
+    model's config.pbtxt parameters."""
+    import json
+
+    from llama_cpp import Llama
+
+    params = json.loads(model_config_json).get("parameters", {})
+    n_ctx = int(params.get("n_ctx", {}).get("string_value", "2048"))
+    return Llama(str(smollm2_gguf_path()), n_ctx=n_ctx, n_threads=1, n_threads_batch=1, verbose=False)
+
+
 class Tokenizer:
     """The model's own tokenizer, loaded without weights (llama.cpp vocab_only: 0.1 s, a few MB)."""
 

@@ -11,6 +11,8 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -184,6 +186,15 @@ def tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def http_probe(url: str, timeout_s: float = 2.0) -> Health:
+    """Healthy when the URL answers 200 (optionally with an expected body)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            return Health(r.status == 200, f"HTTP {r.status}")
+    except (urllib.error.URLError, OSError) as exc:
+        return Health(False, str(exc))
 
 
 def apt_install(packages: list[str], progress: Progress, log: Path) -> None:

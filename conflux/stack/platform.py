@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import sys
-import urllib.error
-import urllib.request
 
-from conflux.stack.base import Health, LaunchSpec, Service
+from conflux.stack.base import Health, LaunchSpec, Service, http_probe
 
 
 class EdgeService(Service):
@@ -21,11 +19,7 @@ class EdgeService(Service):
                            "--instance-id", "edge-1"], cwd=self.settings.repo_root)
 
     def health(self) -> Health:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.settings.edge_port}/healthz", timeout=2) as r:
-                return Health(r.status == 200, f"HTTP {r.status}")
-        except (urllib.error.URLError, OSError) as exc:
-            return Health(False, str(exc))
+        return http_probe(f"http://127.0.0.1:{self.settings.edge_port}/healthz")
 
 
 class WorkerService(Service):

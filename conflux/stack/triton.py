@@ -12,12 +12,10 @@ import os
 import shutil
 import sys
 import sysconfig
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from conflux.errors import ServiceError
-from conflux.stack.base import Health, LaunchSpec, Progress, Service
+from conflux.stack.base import Health, LaunchSpec, Progress, Service, http_probe
 
 
 def _site_packages() -> Path:
@@ -80,8 +78,4 @@ class TritonService(Service):
         ], env=env, cwd=s.home)
 
     def health(self) -> Health:
-        try:
-            with urllib.request.urlopen(f"{self.settings.triton_http_url}/v2/health/ready", timeout=2) as r:
-                return Health(r.status == 200, f"HTTP {r.status}")
-        except (urllib.error.URLError, OSError) as exc:
-            return Health(False, str(exc))
+        return http_probe(f"{self.settings.triton_http_url}/v2/health/ready")

@@ -7,12 +7,10 @@ works. First build about 3 minutes on 2 cores; Go's module and build caches make
 from __future__ import annotations
 
 import shutil
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from conflux.errors import ServiceError
-from conflux.stack.base import Health, LaunchSpec, Progress, Service, run_step
+from conflux.stack.base import Health, LaunchSpec, Progress, Service, http_probe, run_step
 
 MODULE = "github.com/weaviate/weaviate/cmd/weaviate-server"
 
@@ -68,8 +66,4 @@ class WeaviateService(Service):
         }, cwd=s.home / "weaviate")
 
     def health(self) -> Health:
-        try:
-            with urllib.request.urlopen(f"{self.settings.weaviate_url}/v1/.well-known/ready", timeout=2) as r:
-                return Health(r.status == 200, f"HTTP {r.status}")
-        except (urllib.error.URLError, OSError) as exc:
-            return Health(False, str(exc))
+        return http_probe(f"{self.settings.weaviate_url}/v1/.well-known/ready")

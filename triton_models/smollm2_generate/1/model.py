@@ -1,12 +1,9 @@
 """Triton Python backend, non-streaming: the whole answer in one response."""
 
-import json
-
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from llama_cpp import Llama
 
-from conflux.llm import smollm2_gguf_path
+from conflux.llm import load_llama_for_triton
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -18,9 +15,7 @@ def _scalar(request, name, default):
 
 class TritonPythonModel:
     def initialize(self, args):
-        params = json.loads(args["model_config"]).get("parameters", {})
-        n_ctx = int(params.get("n_ctx", {}).get("string_value", "2048"))
-        self.llm = Llama(str(smollm2_gguf_path()), n_ctx=n_ctx, n_threads=1, n_threads_batch=1, verbose=False)
+        self.llm = load_llama_for_triton(args["model_config"])
 
     def execute(self, requests):
         responses = []
