@@ -14,6 +14,9 @@ from streams.deps import Deps
 SOURCE = "routing.decisions"
 EVENT = "routing_decision"
 CANCEL_CHECK_EVERY = 8  # tokens between looks at the cancel flag (a Redis round trip)
+# The first piece goes out at once (time to first token); later pieces are sent together every FLUSH_S,
+# so a fast model produces a few Kafka messages per answer rather than one per token.
+FLUSH_S = 0.015
 
 
 def render(template: str, messages: list[dict[str, Any]]) -> str:
@@ -32,10 +35,11 @@ async def handle(deps: Deps, decision: dict[str, Any]) -> None:
     prompt = render(model.template, built)
     max_tokens = int(request["max_tokens"] or 256)
     temperature = float(request["temperature"] or 0.0)
-    await deps.publisher.publish("inference.requests", {
+    # Recorded in parallel with the generation: its acknowledgement is not on the answer's critical path.
+    requested = asyncio.ensure_future(deps.publisher.publish("inference.requests", {
         "envelope": deps.envelope(env), "model": model.id, "triton_model": model.triton_stream, "prompt": prompt,
         "max_tokens": max_tokens, "temperature": temperature, "stream": True, "reply_topic": request["reply_topic"],
-        "reply_partition": request.get("reply_partition")}, key=env["conversation_id"])
+        "reply_partition": request.get("reply_partition")}, key=env["conversation_id"]))
 
     t0 = time.perf_counter()
     ttft: float | None = None
@@ -43,34 +47,50 @@ async def handle(deps: Deps, decision: dict[str, Any]) -> None:
     error: str | None = None
     finish = "length"
     pending: list[Any] = []
+    unsent: list[str] = []
+    sent_chunks = 0
+    last_flush = 0.0
+
+    async def flush() -> None:
+        nonlocal sent_chunks, last_flush
+        if not unsent:
+            return
+        chunk = {"envelope": deps.envelope(env), "sequence": sent_chunks, "text": "".join(unsent),
+                 "is_final": False, "finish_reason": None, "error": None, "model": None,
+                 "prompt_tokens": None, "completion_tokens": None}
+        unsent.clear()
+        sent_chunks += 1
+        last_flush = time.perf_counter()
+        value = deps.serde.encode("token_chunk", chunk)
+        key = env["request_id"].encode()
+        # Enqueued, not awaited one by one: ordering holds within the partition, latency stays low.
+        pending.append(await deps.producer.send(request["reply_topic"], value=value, key=key,
+                                                partition=request.get("reply_partition") or 0))
+        pending.append(await deps.producer.send("inference.tokens", value=value, key=key))
+
     try:
         async with asyncio.timeout(deps.inference_timeout_s):
             async for piece in stream_generate(deps.settings.triton_grpc_url, model.triton_stream, prompt,
                                                max_tokens, temperature, timeout_s=deps.inference_timeout_s):
                 ttft = ttft if ttft is not None else (time.perf_counter() - t0) * 1000
-                chunk = {"envelope": deps.envelope(env), "sequence": len(parts), "text": piece.text,
-                         "is_final": False, "finish_reason": None, "error": None, "model": None,
-                         "prompt_tokens": None, "completion_tokens": None}
                 parts.append(piece.text)
-                value = deps.serde.encode("token_chunk", chunk)
-                key = env["request_id"].encode()
-                # Enqueued, not awaited one by one: ordering holds within the partition, latency stays low.
-                pending.append(await deps.producer.send(request["reply_topic"], value=value, key=key,
-                                                        partition=request.get("reply_partition") or 0))
-                pending.append(await deps.producer.send("inference.tokens", value=value, key=key))
+                unsent.append(piece.text)
+                if sent_chunks == 0 or time.perf_counter() - last_flush >= FLUSH_S:
+                    await flush()
                 if len(parts) % CANCEL_CHECK_EVERY == 0 and await deps.ctx.cancelled(env["request_id"]):
                     finish = "cancelled"
                     break
             else:
                 finish = "length" if len(parts) >= max_tokens else "stop"
-        await asyncio.gather(*pending)
+            await flush()
+        await asyncio.gather(*pending, requested)
     except (InferenceError, TimeoutError) as exc:
         error = f"inference failed: {exc}" if isinstance(exc, InferenceError) else \
             f"inference timed out after {deps.inference_timeout_s:.0f}s"
     duration = (time.perf_counter() - t0) * 1000
     completion_tokens = len(parts)
     await deps.ctx.put(env["request_id"], text="".join(parts), completion_tokens=completion_tokens,
-                       finish_reason=finish, started=ctx.get("t0"))
+                       finish_reason=finish, started=ctx.get("t0"), chunks_sent=sent_chunks)
     await deps.publisher.publish("inference.completed", {
         "envelope": deps.envelope(env), "model": model.id, "triton_model": model.triton_stream,
         "prompt_tokens": int(ctx.get("prompt_tokens") or 0), "completion_tokens": completion_tokens,
@@ -78,4 +98,4 @@ async def handle(deps: Deps, decision: dict[str, Any]) -> None:
         "cost_usd": model.cost(int(ctx.get("prompt_tokens") or 0), completion_tokens),
         "finish_reason": "error" if error else finish, "error": error}, key=env["conversation_id"])
     if error:
-        await deps.finish_with_error(request, error, seq=len(parts))
+        await deps.finish_with_error(request, error, seq=sent_chunks)

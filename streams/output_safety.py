@@ -30,7 +30,7 @@ async def handle(deps: Deps, done: dict[str, Any]) -> None:
         "latency_ms": (time.perf_counter() - t0) * 1000}, key=env["conversation_id"])
     finish = "content_filter" if verdict == "BLOCK" else done["finish_reason"]
     await deps.reply(request, {
-        "envelope": deps.envelope(env), "sequence": done["completion_tokens"], "text": "", "is_final": True,
+        "envelope": deps.envelope(env), "sequence": int(ctx.get("chunks_sent", 0)), "text": "", "is_final": True,
         "finish_reason": finish, "error": None, "model": done["model"], "prompt_tokens": done["prompt_tokens"],
         "completion_tokens": done["completion_tokens"], "citations": [c["chunk_id"] for c in ctx.get("chunks") or []]})
     started = ctx.get("started") or ctx.get("t0") or time.time()

@@ -87,7 +87,9 @@ async def test_openai_client_streams_a_real_smollm2_answer_with_every_step_on_it
     assert {v["stage"] for v in events["safety.verdicts"]} == {"INPUT", "OUTPUT"}
     assert events["routing.decisions"][0]["chosen_model"] == "smollm2-135m-instruct"
     done = events["inference.completed"][0]
-    assert done["completion_tokens"] == len(events["inference.tokens"]) and done["ttft_ms"] > 0
+    chunks = sorted(events["inference.tokens"], key=lambda c: c["sequence"])
+    assert "".join(c["text"] for c in chunks) == text and done["ttft_ms"] > 0
+    assert [c["sequence"] for c in chunks] == list(range(len(chunks))) and len(chunks) <= done["completion_tokens"]
     assert events["chat.responses"][0]["content"] == text
     # One trace joins the whole chain.
     traces = {e["envelope"]["traceparent"].split("-")[1] for evs in events.values() for e in evs}
