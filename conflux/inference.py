@@ -1,8 +1,9 @@
-"""Streaming generation over Triton's gRPC API (decoupled models: one response per piece).
+"""Generation and embeddings over Triton's gRPC API.
 
 Every generating model takes the input/output names of TensorRT-LLM's `ensemble` model (text_input,
 max_tokens, temperature -> text_output), so the same client serves llama.cpp here and TensorRT-LLM on GPUs.
-A stream ends with Triton's empty final response.
+A stream ends with Triton's empty final response. Long-lived processes keep one TritonClient (one gRPC
+channel); opening a channel per call cost more CPU than the echo model itself.
 """
 
 from __future__ import annotations
@@ -46,70 +47,100 @@ def _text(result: Any) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
+class TritonClient:
+    """One gRPC channel to Triton, shared by every call of a process (asyncio, not thread-safe)."""
+
+    def __init__(self, url: str) -> None:
+        import tritonclient.grpc.aio as grpcclient
+
+        self._g = grpcclient
+        self._client = grpcclient.InferenceServerClient(url)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def repository_index(self) -> dict[str, Any]:
+        index: dict[str, Any] = await self._client.get_model_repository_index(as_json=True)
+        return index
+
+    async def generate(self, model: str, prompt: str, max_tokens: int, temperature: float = 0.0,
+                       timeout_s: float = 60.0) -> str:
+        """Non-streaming generation (a model that is not decoupled)."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            result = await self._client.infer(model, _inputs(self._g, prompt, max_tokens, temperature),
+                                              client_timeout=timeout_s)
+            return _text(result)
+        except InferenceServerException as exc:
+            raise InferenceError(f"{model}: {exc.message() or exc}") from exc
+
+    async def stream(self, model: str, prompt: str, max_tokens: int, temperature: float = 0.0,
+                     timeout_s: float = 30.0) -> AsyncIterator[Piece]:
+        """Pieces as Triton produces them; raises InferenceError, never hangs past timeout_s."""
+        from tritonclient.utils import InferenceServerException
+
+        inputs = _inputs(self._g, prompt, max_tokens, temperature)
+
+        async def requests() -> AsyncIterator[dict[str, object]]:
+            # The aio client has no keyword for it: the empty final response is asked for as a parameter.
+            yield {"model_name": model, "inputs": inputs, "request_id": str(uuid.uuid4()),
+                   "parameters": {"triton_enable_empty_final_response": True}}
+
+        t0 = time.perf_counter()
+        try:
+            async for result, error in self._client.stream_infer(requests(), stream_timeout=timeout_s):
+                if error is not None:
+                    raise InferenceError(f"{model}: {error}")
+                final = result.get_response().parameters.get("triton_final_response")
+                text = _text(result)
+                if text:
+                    yield Piece(text, (time.perf_counter() - t0) * 1000)
+                if final is not None and final.bool_param:
+                    return
+            raise InferenceError(f"{model}: stream ended without a final response")
+        except InferenceServerException as exc:
+            raise InferenceError(f"{model}: {exc.message() or exc}") from exc
+
+    async def embed(self, texts: list[str], model: str = "minilm_embed", timeout_s: float = 30.0) -> Any:
+        """Unit-length embeddings (len(texts), dim); one request, batched further by Triton."""
+        from tritonclient.utils import InferenceServerException
+
+        if not texts:
+            return np.zeros((0, 384), dtype=np.float32)
+        inp = self._g.InferInput("TEXT", [len(texts), 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
+        try:
+            result = await self._client.infer(model, [inp], client_timeout=timeout_s)
+            return result.as_numpy("EMBEDDING")
+        except InferenceServerException as exc:
+            raise InferenceError(f"{model}: {exc.message() or exc}") from exc
+
+
+# One-off calls (CLI, tests, benchmarks): a client for the call, closed after it.
+
 async def generate(url: str, model: str, prompt: str, max_tokens: int, temperature: float = 0.0,
                    timeout_s: float = 60.0) -> str:
-    """Non-streaming generation (a model that is not decoupled)."""
-    import tritonclient.grpc.aio as grpcclient
-    from tritonclient.utils import InferenceServerException
-
-    client = grpcclient.InferenceServerClient(url)
+    client = TritonClient(url)
     try:
-        result = await client.infer(model, _inputs(grpcclient, prompt, max_tokens, temperature),
-                                    client_timeout=timeout_s)
-        return _text(result)
-    except InferenceServerException as exc:
-        raise InferenceError(f"{model}: {exc.message() or exc}") from exc
+        return await client.generate(model, prompt, max_tokens, temperature, timeout_s)
     finally:
         await client.close()
 
 
 async def stream_generate(url: str, model: str, prompt: str, max_tokens: int, temperature: float = 0.0,
                           timeout_s: float = 30.0) -> AsyncIterator[Piece]:
-    """Yields pieces as Triton produces them; raises InferenceError, never hangs past timeout_s."""
-    import tritonclient.grpc.aio as grpcclient
-    from tritonclient.utils import InferenceServerException
-
-    client = grpcclient.InferenceServerClient(url)
-    inputs = _inputs(grpcclient, prompt, max_tokens, temperature)
-
-    async def requests() -> AsyncIterator[dict[str, object]]:
-        # The aio client has no keyword for it: the empty final response is asked for as a parameter.
-        yield {"model_name": model, "inputs": inputs, "request_id": str(uuid.uuid4()),
-               "parameters": {"triton_enable_empty_final_response": True}}
-
-    t0 = time.perf_counter()
+    client = TritonClient(url)
     try:
-        async for result, error in client.stream_infer(requests(), stream_timeout=timeout_s):
-            if error is not None:
-                raise InferenceError(f"{model}: {error}")
-            response = result.get_response()
-            final = response.parameters.get("triton_final_response")
-            text = _text(result)
-            if text:
-                yield Piece(text, (time.perf_counter() - t0) * 1000)
-            if final is not None and final.bool_param:
-                return
-        raise InferenceError(f"{model}: stream ended without a final response")
-    except InferenceServerException as exc:
-        raise InferenceError(f"{model}: {exc.message() or exc}") from exc
+        async for piece in client.stream(model, prompt, max_tokens, temperature, timeout_s):
+            yield piece
     finally:
         await client.close()
 
 
 async def embed(url: str, texts: list[str], model: str = "minilm_embed", timeout_s: float = 30.0) -> Any:
-    """Unit-length embeddings (len(texts), dim) from Triton; one request, batched further by Triton."""
-    import tritonclient.grpc.aio as grpcclient
-    from tritonclient.utils import InferenceServerException
-
-    if not texts:
-        return np.zeros((0, 384), dtype=np.float32)
-    client = grpcclient.InferenceServerClient(url)
-    inp = grpcclient.InferInput("TEXT", [len(texts), 1], "BYTES")
-    inp.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
+    client = TritonClient(url)
     try:
-        result = await client.infer(model, [inp], client_timeout=timeout_s)
-        return result.as_numpy("EMBEDDING")
-    except InferenceServerException as exc:
-        raise InferenceError(f"{model}: {exc.message() or exc}") from exc
+        return await client.embed(texts, model, timeout_s)
     finally:
         await client.close()

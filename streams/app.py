@@ -20,6 +20,7 @@ from opentelemetry import trace
 
 from conflux.config import Settings
 from conflux.errors import ConfluxError
+from conflux.inference import TritonClient
 from conflux.kafka import EventPublisher, make_producer
 from conflux.llm import Tokenizer
 from conflux.models import load_models
@@ -69,7 +70,8 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
     vectors.ensure_collection("documents", 384)
     return Deps(settings=settings, serde=serde, catalogue=catalogue, models=load_models(),
                 publisher=EventPublisher(producer, serde, catalogue, tracer), producer=producer,
-                ctx=ContextStore(redis), redis=redis, vectors=vectors, tokenizer=Tokenizer(), tracer=tracer,
+                ctx=ContextStore(redis), redis=redis, vectors=vectors, tokenizer=Tokenizer(),
+                triton=TritonClient(settings.triton_grpc_url), tracer=tracer,
                 worker_id=worker_id)
 
 

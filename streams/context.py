@@ -25,8 +25,10 @@ class ContextStore:
 
     async def put(self, request_id: str, **fields: Any) -> None:
         key = f"conflux:ctx:{request_id}"
-        await self._r.hset(key, mapping={k: json.dumps(v, default=_json_default) for k, v in fields.items()})
-        await self._r.expire(key, CTX_TTL_S)
+        async with self._r.pipeline(transaction=False) as pipe:  # one round trip
+            pipe.hset(key, mapping={k: json.dumps(v, default=_json_default) for k, v in fields.items()})
+            pipe.expire(key, CTX_TTL_S)
+            await pipe.execute()
 
     async def get(self, request_id: str) -> dict[str, Any]:
         raw = await self._r.hgetall(f"conflux:ctx:{request_id}")

@@ -11,6 +11,7 @@ from opentelemetry import trace
 
 from conflux.config import Settings
 from conflux.errors import ConfluxError
+from conflux.inference import TritonClient
 from conflux.kafka import EventPublisher
 from conflux.llm import Tokenizer
 from conflux.models import ModelCatalogue
@@ -39,6 +40,7 @@ class Deps:
     redis: Any
     vectors: VectorStore | None
     tokenizer: Tokenizer
+    triton: TritonClient
     tracer: trace.Tracer
     worker_id: str
     inference_timeout_s: float = 60.0

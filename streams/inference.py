@@ -7,7 +7,7 @@ import asyncio
 import time
 from typing import Any
 
-from conflux.inference import InferenceError, stream_generate
+from conflux.inference import InferenceError
 from conflux.llm import Message, render_chatml
 from streams.deps import Deps
 
@@ -70,8 +70,8 @@ async def handle(deps: Deps, decision: dict[str, Any]) -> None:
 
     try:
         async with asyncio.timeout(deps.inference_timeout_s):
-            async for piece in stream_generate(deps.settings.triton_grpc_url, model.triton_stream, prompt,
-                                               max_tokens, temperature, timeout_s=deps.inference_timeout_s):
+            async for piece in deps.triton.stream(model.triton_stream, prompt, max_tokens, temperature,
+                                                  timeout_s=deps.inference_timeout_s):
                 ttft = ttft if ttft is not None else (time.perf_counter() - t0) * 1000
                 parts.append(piece.text)
                 unsent.append(piece.text)

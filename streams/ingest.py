@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from conflux.inference import embed
 from conflux.vectorstore import Chunk
 from streams.deps import Deps
 
@@ -50,7 +49,7 @@ async def handle(deps: Deps, doc: dict[str, Any]) -> None:
     deps.vectors.delete_document(deps.collection, env["tenant_id"], doc["document_id"])
     for start in range(0, len(pieces), EMBED_BATCH):
         batch = pieces[start:start + EMBED_BATCH]
-        vectors = await embed(deps.settings.triton_grpc_url, batch)
+        vectors = await deps.triton.embed(batch)
         deps.vectors.upsert(deps.collection, [
             Chunk(f"{doc['document_id']}#{start + i}", doc["document_id"], env["tenant_id"], text, vec.tolist(),
                   doc["source"]) for i, (text, vec) in enumerate(zip(batch, vectors, strict=True))])

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 
-from conflux.inference import embed
 from conflux.safety import check_rules
 from streams.deps import Deps
 
@@ -36,8 +35,8 @@ class AttackBank:
     async def score(self, deps: Deps, text: str) -> tuple[float, list[float]]:
         """Highest similarity to a known attack, and the text's embedding (reused by retrieval)."""
         if self.vectors is None:
-            self.vectors = await embed(deps.settings.triton_grpc_url, list(ATTACKS))
-        v = (await embed(deps.settings.triton_grpc_url, [text[:2000]]))[0]
+            self.vectors = await deps.triton.embed(list(ATTACKS))
+        v = (await deps.triton.embed([text[:2000]]))[0]
         return float(np.max(self.vectors @ v)), [round(float(x), 6) for x in v]
 
 

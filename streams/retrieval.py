@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 from conflux.errors import VectorStoreError
-from conflux.inference import embed
 from streams.deps import Deps
 
 SOURCE = "safety.verdicts"
@@ -23,9 +23,11 @@ async def handle(deps: Deps, verdict: dict[str, Any]) -> None:
     query = next((m["content"] for m in reversed(request["messages"]) if m["role"] == "user"), "")
     chunks: list[dict[str, Any]] = []
     if deps.vectors is not None and query:
-        vec = ctx.get("query_vec") or (await embed(deps.settings.triton_grpc_url, [query[:2000]]))[0].tolist()
+        vec = ctx.get("query_vec") or (await deps.triton.embed([query[:2000]]))[0].tolist()
         try:
-            hits = deps.vectors.search(deps.collection, env["tenant_id"], vec, deps.retrieval_k)
+            # The vector store clients are synchronous: keep them off the event loop every agent shares.
+            hits = await asyncio.to_thread(deps.vectors.search, deps.collection, env["tenant_id"], vec,
+                                           deps.retrieval_k)
         except VectorStoreError:
             hits = []  # the tenant has no documents yet (no collection): answer without context
         chunks = [{"document_id": h.document_id, "chunk_id": h.chunk_id, "text": h.text, "score": h.score,

@@ -13,16 +13,10 @@ EVENT = "prompt_built"
 
 async def served_models(deps: Deps) -> set[str]:
     """Triton models that are READY right now (cached for a few seconds in Redis by whoever asks first)."""
-    import tritonclient.grpc.aio as grpcclient
-
     cached = await deps.redis.smembers("conflux:triton:ready")
     if cached:
         return {c.decode() for c in cached}
-    client = grpcclient.InferenceServerClient(deps.settings.triton_grpc_url)
-    try:
-        index = await client.get_model_repository_index(as_json=True)
-    finally:
-        await client.close()
+    index = await deps.triton.repository_index()
     ready = {m["name"] for m in index.get("models", []) if m.get("state") == "READY"}
     if ready:
         await deps.redis.sadd("conflux:triton:ready", *ready)
