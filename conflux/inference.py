@@ -29,14 +29,17 @@ class Piece:
     elapsed_ms: float  # since the request was sent
 
 
-def _inputs(grpcclient: Any, prompt: str, max_tokens: int, temperature: float) -> list[Any]:
-    text = grpcclient.InferInput("text_input", [1], "BYTES")
-    text.set_data_from_numpy(np.array([prompt.encode()], dtype=np.object_))
-    limit = grpcclient.InferInput("max_tokens", [1], "INT32")
-    limit.set_data_from_numpy(np.array([max_tokens], dtype=np.int32))
-    temp = grpcclient.InferInput("temperature", [1], "FP32")
-    temp.set_data_from_numpy(np.array([temperature], dtype=np.float32))
-    return [text, limit, temp]
+def _inputs(grpcclient: Any, prompt: str, max_tokens: int, temperature: float, stream: bool) -> list[Any]:
+    """The ensemble's request: a batch of one, and `stream` (TensorRT-LLM streams only when asked)."""
+    text = grpcclient.InferInput("text_input", [1, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[prompt.encode()]], dtype=np.object_))
+    limit = grpcclient.InferInput("max_tokens", [1, 1], "INT32")
+    limit.set_data_from_numpy(np.array([[max_tokens]], dtype=np.int32))
+    temp = grpcclient.InferInput("temperature", [1, 1], "FP32")
+    temp.set_data_from_numpy(np.array([[temperature]], dtype=np.float32))
+    flag = grpcclient.InferInput("stream", [1, 1], "BOOL")
+    flag.set_data_from_numpy(np.array([[stream]], dtype=np.bool_))
+    return [text, limit, temp, flag]
 
 
 def _text(result: Any) -> str:
@@ -69,7 +72,7 @@ class TritonClient:
         from tritonclient.utils import InferenceServerException
 
         try:
-            result = await self._client.infer(model, _inputs(self._g, prompt, max_tokens, temperature),
+            result = await self._client.infer(model, _inputs(self._g, prompt, max_tokens, temperature, False),
                                               client_timeout=timeout_s)
             return _text(result)
         except InferenceServerException as exc:
@@ -80,7 +83,7 @@ class TritonClient:
         """Pieces as Triton produces them; raises InferenceError, never hangs past timeout_s."""
         from tritonclient.utils import InferenceServerException
 
-        inputs = _inputs(self._g, prompt, max_tokens, temperature)
+        inputs = _inputs(self._g, prompt, max_tokens, temperature, True)
 
         async def requests() -> AsyncIterator[dict[str, object]]:
             # The aio client has no keyword for it: the empty final response is asked for as a parameter.

@@ -47,6 +47,19 @@ def test_triton_runs_tensorrt_llm_on_a_gpu(compose: dict[str, Any]) -> None:
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
 
 
+def test_triton_serves_the_prepared_tensorrt_llm_repository(compose: dict[str, Any]) -> None:
+    prep, triton = compose["services"]["trtllm-prepare"], compose["services"]["triton"]
+    assert "--model-repository=/trtllm_repo" in triton["command"]
+    assert any(v.startswith("trtllm-repo:/trtllm_repo") for v in prep["volumes"])
+    assert any(v.startswith("trtllm-repo:/trtllm_repo") for v in triton["volumes"])
+    script = REPO_ROOT / "infra" / "trtllm" / "prepare_repository.sh"
+    text = script.read_text()
+    assert script.stat().st_mode & 0o111, "prepare_repository.sh must be executable"
+    for model in ("preprocessing", "tensorrt_llm", "postprocessing", "ensemble"):
+        assert model in text
+    assert "decoupled_mode:True" in text and "inflight_fused_batching" in text
+
+
 def test_dependencies_exist_and_wait_for_health(compose: dict[str, Any]) -> None:
     services = compose["services"]
     for name, svc in services.items():
@@ -62,7 +75,7 @@ def test_named_volumes_are_declared(compose: dict[str, Any]) -> None:
     for name, svc in compose["services"].items():
         for vol in svc.get("volumes", []):
             source = vol.split(":")[0]
-            if not source.startswith(("./", "/")):
+            if not source.startswith(("./", "/", "${")):  # ${VAR:-./path} is a host path too
                 assert source in declared, f"{name}: volume {source} not declared"
 
 
