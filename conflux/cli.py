@@ -118,7 +118,8 @@ def cmd_edge(settings: Settings, args: argparse.Namespace) -> int:
 
     from edge.app import create_app
 
-    app = create_app(settings, instance_id=args.instance_id, chain_timeout_s=args.timeout)
+    timeout = args.timeout if args.timeout is not None else settings.inference_timeout_s + 5
+    app = create_app(settings, instance_id=args.instance_id, chain_timeout_s=timeout)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
     return 0
 
@@ -173,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--instance-id", default=None, help="names this instance's reply topic (default: host-pid)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds without a token before a 504")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds without a token before a 504 (default: CONFLUX_INFERENCE_TIMEOUT_S + 5)")
     p.set_defaults(func=cmd_edge)
     p = sub.add_parser("worker", help="run a worker of the conversation chain (Faust agents)")
     p.add_argument("--worker-id", default=None)

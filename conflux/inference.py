@@ -57,7 +57,11 @@ class TritonClient:
         import tritonclient.grpc.aio as grpcclient
 
         self._g = grpcclient
-        self._client = grpcclient.InferenceServerClient(url)
+        # After an outage gRPC backs off reconnecting for up to 2 minutes by default; a restarted Triton
+        # should be used again within a second.
+        self._client = grpcclient.InferenceServerClient(url, channel_args=[
+            ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1000)])
 
     async def close(self) -> None:
         await self._client.close()

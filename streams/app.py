@@ -72,7 +72,7 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
                 publisher=EventPublisher(producer, serde, catalogue, tracer), producer=producer,
                 ctx=ContextStore(redis), redis=redis, vectors=vectors, tokenizer=Tokenizer(),
                 triton=TritonClient(settings.triton_grpc_url), tracer=tracer,
-                worker_id=worker_id)
+                worker_id=worker_id, inference_timeout_s=settings.inference_timeout_s)
 
 
 def _handler(module: ModuleType) -> Callable[[Deps, dict[str, Any]], Awaitable[None]]:

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from conflux.errors import ConfluxError
+from conflux.inference import InferenceError
 from streams.deps import Deps, ReplyTopicError
 
 log = logging.getLogger("conflux.streams")
@@ -24,10 +25,13 @@ async def dead_letter(deps: Deps, stage: str, topic: str, partition: int, offset
         request = ctx.get("request")
     except (ConfluxError, KeyError, TypeError, ValueError):
         pass  # undecodable: no request to answer
+    dead = deps.envelope(envelope)
     await deps.publisher.publish("conflux.deadletter", {
-        "envelope": deps.envelope(envelope), "source_topic": topic, "source_partition": partition,
+        "envelope": dead, "source_topic": topic, "source_partition": partition,
         "source_offset": offset, "consumer": stage, "error_type": type(exc).__name__, "reason": str(exc)[:2000],
         "payload": value or b"", "key": key, "headers": {k: v for k, v in (headers or []) if v is not None},
     }, key=topic)
     if request is not None and not isinstance(exc, ReplyTopicError):
-        await deps.finish_with_error(request, f"{stage} failed: {exc}")
+        # The caller learns what failed and how to find it, not internal addresses or stack details.
+        what = "the model server is unavailable" if isinstance(exc, InferenceError) else "processing failed"
+        await deps.finish_with_error(request, f"{stage}: {what}; recorded as dead letter {dead['event_id']}")

@@ -4,6 +4,7 @@ record counts, time to first token, duration and cost. The caller leaving stops 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -11,6 +12,7 @@ from conflux.inference import InferenceError
 from conflux.llm import Message, render_chatml
 from streams.deps import Deps
 
+log = logging.getLogger("conflux.streams")
 SOURCE = "routing.decisions"
 EVENT = "routing_decision"
 CANCEL_CHECK_EVERY = 8  # tokens between looks at the cancel flag (a Redis round trip)
@@ -85,7 +87,8 @@ async def handle(deps: Deps, decision: dict[str, Any]) -> None:
             await flush()
         await asyncio.gather(*pending, requested)
     except (InferenceError, TimeoutError) as exc:
-        error = f"inference failed: {exc}" if isinstance(exc, InferenceError) else \
+        log.warning("inference of %s failed: %r", env["request_id"], exc)
+        error = "the model server failed during generation" if isinstance(exc, InferenceError) else \
             f"inference timed out after {deps.inference_timeout_s:.0f}s"
     duration = (time.perf_counter() - t0) * 1000
     completion_tokens = len(parts)
