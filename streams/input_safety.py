@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -40,9 +41,23 @@ class AttackBank:
         return float(np.max(self.vectors @ v)), [round(float(x), 6) for x in v]
 
 
+def expired(deps: Deps, request: dict[str, Any]) -> bool:
+    """Older than any edge waits for: after an outage or on a new consumer group, nobody awaits the answer."""
+    sent = request["envelope"]["event_time"]
+    age = (datetime.now(UTC) - sent).total_seconds() if isinstance(sent, datetime) else 0.0
+    return age > deps.inference_timeout_s + 5
+
+
 async def handle(deps: Deps, request: dict[str, Any], bank: AttackBank) -> None:
     t0 = time.perf_counter()
     env = request["envelope"]
+    if expired(deps, request):
+        await deps.publisher.publish("chat.responses", {
+            "envelope": deps.envelope(env), "model": request["model"], "content": "", "finish_reason": "expired",
+            "blocked": False, "error": "expired: the caller stopped waiting before the request was processed",
+            "prompt_tokens": 0, "completion_tokens": 0, "citations": [], "latency_ms": 0.0},
+            key=env["conversation_id"])
+        return
     await deps.ctx.put(env["request_id"], request=request, t0=time.time())
     text = "\n".join(m["content"] for m in request["messages"] if m["role"] == "user")
     rules = check_rules(text)

@@ -71,3 +71,16 @@ def test_personal_data_is_found_and_scrubbed() -> None:
     assert "jane.doe" not in scrubbed and "4111" not in scrubbed and "6789" not in scrubbed
     assert "[EMAIL]" in scrubbed and "[CARD]" in scrubbed and "[PHONE]" in scrubbed
     assert "card" not in find_pii("card 4111 1111 1111 1112")  # fails the Luhn check: not a card
+
+
+def test_requests_older_than_any_wait_are_expired() -> None:
+    from datetime import UTC, datetime, timedelta
+    from types import SimpleNamespace
+
+    from streams.input_safety import expired
+
+    deps = SimpleNamespace(inference_timeout_s=60.0)
+    fresh = {"envelope": {"event_time": datetime.now(UTC) - timedelta(seconds=5)}}
+    stale = {"envelope": {"event_time": datetime.now(UTC) - timedelta(minutes=5)}}
+    assert not expired(deps, fresh)  # type: ignore[arg-type]
+    assert expired(deps, stale)  # type: ignore[arg-type]
