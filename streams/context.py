@@ -30,9 +30,14 @@ class ContextStore:
             pipe.expire(key, CTX_TTL_S)
             await pipe.execute()
 
-    async def get(self, request_id: str) -> dict[str, Any]:
-        raw = await self._r.hgetall(f"conflux:ctx:{request_id}")
-        return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
+    async def get(self, request_id: str, *fields: str) -> dict[str, Any]:
+        """The named fields (all when none are named); each stage reads only what it uses."""
+        key = f"conflux:ctx:{request_id}"
+        if not fields:
+            raw = await self._r.hgetall(key)
+            return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
+        values = await self._r.hmget(key, list(fields))
+        return {f: json.loads(v) for f, v in zip(fields, values, strict=True) if v is not None}
 
     async def drop(self, request_id: str) -> None:
         await self._r.delete(f"conflux:ctx:{request_id}")

@@ -21,7 +21,7 @@ async def dead_letter(deps: Deps, stage: str, topic: str, partition: int, offset
     try:
         decoded = deps.serde.decode(value or b"").record
         envelope = decoded["envelope"]
-        ctx = await deps.ctx.get(envelope["request_id"])
+        ctx = await deps.ctx.get(envelope["request_id"], "request")
         request = ctx.get("request")
     except (ConfluxError, KeyError, TypeError, ValueError):
         pass  # undecodable: no request to answer

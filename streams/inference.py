@@ -31,7 +31,7 @@ async def handle(deps: Deps, decision: dict[str, Any]) -> None:
     if not decision["chosen_model"]:
         return  # refused by routing, already answered
     env = decision["envelope"]
-    ctx = await deps.ctx.get(env["request_id"])
+    ctx = await deps.ctx.get(env["request_id"], "request", "built", "prompt_tokens", "t0")
     request, built = ctx["request"], ctx["built"]
     model = deps.models.get(decision["chosen_model"])
     prompt = render(model.template, built)

@@ -58,7 +58,11 @@ async def handle(deps: Deps, request: dict[str, Any], bank: AttackBank) -> None:
             "prompt_tokens": 0, "completion_tokens": 0, "citations": [], "latency_ms": 0.0},
             key=env["conversation_id"])
         return
-    await deps.ctx.put(env["request_id"], request=request, t0=time.time())
+    tenant = await deps.redis.hgetall(f"conflux:tenant:{env['tenant_id']}")
+    # Read once here; later stages take the plan and system prompt from the request context.
+    await deps.ctx.put(env["request_id"], request=request, t0=time.time(),
+                       plan=(tenant.get(b"plan") or b"free").decode(),
+                       system_prompt=(tenant.get(b"system_prompt") or b"").decode())
     text = "\n".join(m["content"] for m in request["messages"] if m["role"] == "user")
     rules = check_rules(text)
     # The model looks at the newest user message (earlier turns were checked when they were sent); its

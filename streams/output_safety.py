@@ -19,7 +19,7 @@ async def handle(deps: Deps, done: dict[str, Any]) -> None:
         return  # the inference stage already ended the stream with the error
     t0 = time.perf_counter()
     env = done["envelope"]
-    ctx = await deps.ctx.get(env["request_id"])
+    ctx = await deps.ctx.get(env["request_id"], "request", "text", "chunks", "chunks_sent", "started", "t0")
     request, text = ctx["request"], ctx.get("text", "")
     rules = check_rules(text)
     # Attack markup in an answer means an injection got through: block. Personal data is flagged.

@@ -48,14 +48,13 @@ def build_messages(system_prompt: str, memory: list[dict[str, str]], chunks: lis
 
 async def handle(deps: Deps, retrieval: dict[str, Any]) -> None:
     env = retrieval["envelope"]
-    ctx = await deps.ctx.get(env["request_id"])
+    ctx = await deps.ctx.get(env["request_id"], "request", "plan", "system_prompt")
     request = ctx["request"]
-    tenant = await deps.redis.hgetall(f"conflux:tenant:{env['tenant_id']}")
-    system_prompt = (tenant.get(b"system_prompt") or b"").decode()
+    system_prompt = ctx.get("system_prompt", "")
     # A client that sends earlier assistant turns manages its own history; memory is for those that don't.
     own_history = any(m["role"] == "assistant" for m in request["messages"])
     memory = [] if own_history else await deps.ctx.memory(env["tenant_id"], env["conversation_id"], MEMORY_TURNS)
-    plan = deps.models.plan((tenant.get(b"plan") or b"free").decode())
+    plan = deps.models.plan(ctx.get("plan", "free"))
     if request["model"] != "auto":
         window = deps.models.get(request["model"]).context_length
     else:  # routing comes next: fit the smallest window the plan could be routed to

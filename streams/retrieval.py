@@ -18,7 +18,7 @@ async def handle(deps: Deps, verdict: dict[str, Any]) -> None:
         return  # output verdicts and refusals are not this stage's business
     t0 = time.perf_counter()
     env = verdict["envelope"]
-    ctx = await deps.ctx.get(env["request_id"])
+    ctx = await deps.ctx.get(env["request_id"], "request", "query_vec")
     request = ctx["request"]
     query = next((m["content"] for m in reversed(request["messages"]) if m["role"] == "user"), "")
     chunks: list[dict[str, Any]] = []

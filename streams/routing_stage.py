@@ -26,10 +26,9 @@ async def served_models(deps: Deps) -> set[str]:
 
 async def handle(deps: Deps, built: dict[str, Any]) -> None:
     env = built["envelope"]
-    ctx = await deps.ctx.get(env["request_id"])
+    ctx = await deps.ctx.get(env["request_id"], "request", "plan")
     request = ctx["request"]
-    tenant = await deps.redis.hgetall(f"conflux:tenant:{env['tenant_id']}")
-    plan = deps.models.plan((tenant.get(b"plan") or b"free").decode())
+    plan = deps.models.plan(ctx.get("plan", "free"))
     last_user = next((m["content"] for m in reversed(request["messages"]) if m["role"] == "user"), "")
     features = Features(prompt_tokens=built["prompt_tokens"], max_output_tokens=int(request["max_tokens"] or 256),
                         turns=len(built["messages"]), text=last_user)
