@@ -63,6 +63,21 @@ def load_llama_for_triton(model_config_json: str) -> Any:
     return Llama(str(smollm2_gguf_path()), n_ctx=n_ctx, n_threads=1, n_threads_batch=1, verbose=False)
 
 
+DEFAULT_MAX_TOKENS = 256
+
+
+def generation_inputs(request: Any, pb_utils: Any) -> tuple[str, int, float]:
+    """(prompt, max_tokens, temperature) of a Triton request in the TensorRT-LLM ensemble's terms."""
+
+    def scalar(name: str, default: Any) -> Any:
+        t = pb_utils.get_input_tensor_by_name(request, name)
+        return default if t is None else t.as_numpy().reshape(-1)[0]
+
+    raw = scalar("text_input", b"")
+    prompt = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    return prompt, int(scalar("max_tokens", DEFAULT_MAX_TOKENS)), float(scalar("temperature", 0.0))
+
+
 class Tokenizer:
     """The model's own tokenizer, loaded without weights (llama.cpp vocab_only: 0.1 s, a few MB)."""
 

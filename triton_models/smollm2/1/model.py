@@ -6,14 +6,7 @@ A cancelled request (the client went away) stops generating at the next token.
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from conflux.llm import load_llama_for_triton
-
-DEFAULT_MAX_TOKENS = 256
-
-
-def _scalar(request, name, default):
-    t = pb_utils.get_input_tensor_by_name(request, name)
-    return default if t is None else t.as_numpy().reshape(-1)[0]
+from conflux.llm import generation_inputs, load_llama_for_triton
 
 
 class TritonPythonModel:
@@ -24,10 +17,7 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                raw = _scalar(request, "text_input", b"")
-                prompt = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-                max_tokens = int(_scalar(request, "max_tokens", DEFAULT_MAX_TOKENS))
-                temperature = float(_scalar(request, "temperature", 0.0))
+                prompt, max_tokens, temperature = generation_inputs(request, pb_utils)
                 for chunk in self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature,
                                                         stream=True):
                     if request.is_cancelled():
