@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conflux.kafka import EventPublisher
-from conflux.models import ModelCatalogue, ModelSpec, Plan
+from conflux.models import CatalogueModelError, ModelCatalogue, ModelSpec, Plan
 from conflux.ratelimit import RateLimiter
 from conflux.serde import new_envelope
 from conflux.tenants import Tenant
@@ -67,7 +67,7 @@ class ChatService:
         if req.model != "auto":
             try:
                 model = self._models.get(req.model)
-            except Exception:  # noqa: BLE001 - CatalogueModelError, reported in OpenAI's terms
+            except CatalogueModelError:
                 raise ApiError(404, f"The model '{req.model}' does not exist", code="model_not_found",
                                param="model") from None
             if not self._models.allowed(model, plan):

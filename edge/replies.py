@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 
 from conflux.errors import DecodeError
 from conflux.kafka import make_consumer
@@ -61,7 +62,13 @@ class ReplyRouter:
 
     async def _run(self) -> None:
         while True:
-            batch = await self._consumer.getmany(timeout_ms=200, max_records=1000)
+            try:
+                batch = await self._consumer.getmany(timeout_ms=200, max_records=1000)
+            except KafkaError as exc:
+                # The reader must outlive a broker hiccup: open streams wait (up to their timeout), not die.
+                log.warning("reading %s failed, retrying: %r", self.topic, exc)
+                await asyncio.sleep(0.5)
+                continue
             for msgs in batch.values():
                 for msg in msgs:
                     self._dispatch(msg.value)
