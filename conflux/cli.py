@@ -139,6 +139,13 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
+    from consumers.sink import run_sink
+
+    run_sink(settings, args.name)
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from conflux.demo import run_demo
 
@@ -184,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="files or folders (.txt, .md, .markdown)")
     p.add_argument("--tenant", default="dev")
     p.set_defaults(func=cmd_ingest)
+    p = sub.add_parser("sink", help="run the ClickHouse sink (every topic into the events table)")
+    p.add_argument("--name", default="sink-1")
+    p.set_defaults(func=cmd_sink)
     p = sub.add_parser("demo", help="one event through every engine of the running stack")
     p.set_defaults(func=cmd_demo)
     return ap

@@ -12,7 +12,7 @@ from conflux.errors import ConfluxError, ServiceError
 from conflux.stack.base import Progress, Service
 from conflux.stack.clickhouse import ClickHouseService
 from conflux.stack.kafka import KafkaService
-from conflux.stack.platform import EdgeService, WorkerService
+from conflux.stack.platform import EdgeService, SinkService, WorkerService
 from conflux.stack.redis import RedisService
 from conflux.stack.triton import TritonService
 from conflux.stack.weaviate import WeaviateService
@@ -31,7 +31,7 @@ def services(settings: Settings) -> list[Service]:
             settings.weaviate_url.rstrip("/") == f"http://127.0.0.1:{settings.weaviate_port}":
         out.append(WeaviateService(settings))
     if settings.run_platform:
-        out += [WorkerService(settings), EdgeService(settings)]
+        out += [WorkerService(settings), SinkService(settings), EdgeService(settings)]
     return out
 
 
@@ -72,7 +72,7 @@ def up(settings: Settings, progress: Progress, only: list[str] | None = None) ->
         ready.append(svc)
     if any(isinstance(s, WeaviateService) for s in ready):
         record_fallback(settings, None)
-    engines = [s for s in ready if not isinstance(s, EdgeService | WorkerService)]
+    engines = [s for s in ready if not isinstance(s, EdgeService | WorkerService | SinkService)]
     _start(engines, report, progress)
     if any(s.name == "kafka" for s in ready):
         catalogue = load_catalogue()
@@ -84,7 +84,7 @@ def up(settings: Settings, progress: Progress, only: list[str] | None = None) ->
         asyncio.run(_dev_key(settings))
         progress(f"development API key in {settings.home / 'dev-api-key'}")
     # Conflux's own processes need the topics and Redis above, so they start last.
-    _start([s for s in ready if isinstance(s, EdgeService | WorkerService)], report, progress)
+    _start([s for s in ready if isinstance(s, EdgeService | WorkerService | SinkService)], report, progress)
     report.seconds = time.monotonic() - t0
     return report
 

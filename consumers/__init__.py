@@ -1,0 +1,1 @@
+"""Consumers of the event topics: the ClickHouse sink and its migrations."""
