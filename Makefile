@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Reinstall the Python dependencies only when pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install up down status demo test test-unit test-integration lint clean bench
+.PHONY: install up down status demo test test-unit test-integration lint clean bench bench-sink
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,3 +51,8 @@ clean: down
 bench: install
 	$(BIN)/conflux up
 	$(BIN)/python -m producers.bench
+
+# ClickHouse sink throughput from a backlog (goal: 20,000 events/s).
+bench-sink: install
+	$(BIN)/conflux up
+	$(BIN)/python -m producers.sink_bench
