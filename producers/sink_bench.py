@@ -74,8 +74,9 @@ def main() -> int:
     rates = [r["events_per_s"] for r in runs]
     print(json.dumps({"sink_events_per_s": {"median": statistics.median(rates), "min": min(rates),
                                             "max": max(rates)},
-                      "runs": runs, "conditions": "backlog produced to chat.feedback (8 partitions) while the sink was stopped, then "
-                      "1 sink process, batches of 10,000 rows or 1 s, chdb behind the HTTP endpoint, 2 cores"},
+                      "runs": runs,
+                      "conditions": "backlog produced to chat.feedback (8 partitions) while the sink was stopped, "
+                      "then 1 sink process, batches of 10,000 rows or 1 s, chdb behind the HTTP endpoint, 2 cores"},
                      indent=2))
     return 0
 
