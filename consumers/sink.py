@@ -56,8 +56,9 @@ def clickhouse_client(settings: Settings) -> Any:
 
     if settings.clickhouse_url.startswith("chdb://"):
         return clickhouse_connect.get_client(interface="chdb", path=settings.clickhouse_url[len("chdb://"):])
-    return clickhouse_connect.get_client(dsn=settings.clickhouse_url, compress=False,
-                                         send_receive_timeout=60, connect_timeout=5)
+    # No session id: the edge shares one client across threads, and a server locks a session per query.
+    return clickhouse_connect.get_client(dsn=settings.clickhouse_url, compress=False, send_receive_timeout=60,
+                                         connect_timeout=5, autogenerate_session_id=False)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,8 @@ from conflux.serde import AvroSerde
 from conflux.telemetry import setup_tracing
 from conflux.tenants import ApiKeyStore
 from conflux.topics import apply_topics, load_catalogue
+from consumers.sink import clickhouse_client
+from edge.api_routes import router as api_router
 from edge.chat import ChatService
 from edge.errors import ApiError, install_error_handlers
 from edge.replies import ReplyRouter
@@ -49,6 +52,7 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
         await replies.start()
         publisher = EventPublisher(producer, serde, catalogue, tracer)
         models = load_models()
+        app.state.clickhouse = await asyncio.to_thread(clickhouse_client, settings)
         app.state.catalogue = catalogue
         app.state.models = models
         app.state.publisher = publisher
@@ -62,19 +66,27 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
             await replies.stop()
             await producer.stop()
             await redis.aclose()
+            app.state.clickhouse.close()
 
     app = FastAPI(title="Conflux edge", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible chat API in front of Conflux's event streams.")
+
+    app.state.http_counts = {}
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         # Refused from the header alone, before the body is read or any work is done.
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return ApiError(413, f"request body of {length} bytes exceeds {MAX_BODY_BYTES}",
-                            code="request_too_large").response()
-        return await call_next(request)
+            response: Response = ApiError(413, f"request body of {length} bytes exceeds {MAX_BODY_BYTES}",
+                                          code="request_too_large").response()
+        else:
+            response = await call_next(request)
+        counts = app.state.http_counts
+        counts[str(response.status_code)] = counts.get(str(response.status_code), 0) + 1
+        return response
 
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(api_router)
     return app

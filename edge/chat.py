@@ -57,6 +57,10 @@ class ChatService:
         self.instance_id = instance_id
         self.chain_timeout_s = chain_timeout_s
 
+    @property
+    def open_requests(self) -> int:
+        return self._replies.open_requests
+
     def models_for(self, plan: Plan) -> list[ModelSpec]:
         return [m for m in self._models.models if self._models.allowed(m, plan)]
 

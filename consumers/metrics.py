@@ -1,0 +1,105 @@
+"""Live metrics from ClickHouse, always scoped to one tenant.
+
+Every query reads `events FINAL`, so a replayed or duplicated event never counts twice. Typed fields come
+from the JSON body (the events' schemas are the contract for their names).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Consecutive steps of the chain, as event types, for per-hop latency.
+CHAIN = ("prompt_submitted", "safety_verdict", "retrieval_completed", "prompt_built", "routing_decision",
+         "inference_requested", "inference_completed", "response_delivered")
+
+
+def _rows(client: Any, sql: str, tenant: str, minutes: int) -> list[dict[str, Any]]:
+    result = client.query(sql, parameters={"tenant": tenant, "minutes": minutes})
+    return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
+
+
+def _scope(event_type: str) -> str:
+    return (f"FROM events FINAL WHERE tenant_id = {{tenant:String}} AND event_type = '{event_type}' "
+            "AND event_time >= now64(6) - toIntervalMinute({minutes:UInt32})")
+
+
+def event_counts(client: Any, tenant: str, minutes: int) -> list[dict[str, Any]]:
+    return _rows(client, "SELECT event_type, count() AS rows FROM events FINAL WHERE tenant_id = {tenant:String} "
+                 "AND event_time >= now64(6) - toIntervalMinute({minutes:UInt32}) GROUP BY event_type "
+                 "ORDER BY event_type", tenant, minutes)
+
+
+def requests_per_minute(client: Any, tenant: str, minutes: int) -> list[dict[str, Any]]:
+    return _rows(client, "SELECT toStartOfMinute(event_time) AS minute, count() AS requests, "
+                 "countIf(JSONExtractString(body, 'error') != '') AS errors, "
+                 "countIf(JSONExtractBool(body, 'blocked')) AS blocks "
+                 f"{_scope('response_delivered')} GROUP BY minute ORDER BY minute", tenant, minutes)
+
+
+def latency_by_model(client: Any, tenant: str, minutes: int) -> list[dict[str, Any]]:
+    return _rows(client, "SELECT JSONExtractString(body, 'model') AS model, count() AS completions, "
+                 "quantiles(0.5, 0.95, 0.99)(JSONExtractFloat(body, 'ttft_ms')) AS ttft_ms, "
+                 "quantiles(0.5, 0.95, 0.99)(JSONExtractFloat(body, 'duration_ms')) AS duration_ms, "
+                 "sum(JSONExtractInt(body, 'completion_tokens')) / "
+                 "greatest(sum(JSONExtractFloat(body, 'duration_ms')) / 1000, 0.001) AS tokens_per_s, "
+                 "sum(JSONExtractFloat(body, 'cost_usd')) AS cost_usd "
+                 f"{_scope('inference_completed')} GROUP BY model ORDER BY model", tenant, minutes)
+
+
+def safety_by_category(client: Any, tenant: str, minutes: int) -> list[dict[str, Any]]:
+    return _rows(client, "SELECT JSONExtractString(body, 'stage') AS stage, "
+                 "JSONExtractString(body, 'verdict') AS verdict, "
+                 "arrayJoin(if(empty(JSONExtractArrayRaw(body, 'categories')), ['none'], "
+                 "JSONExtract(body, 'categories', 'Array(String)'))) AS category, count() AS verdicts "
+                 f"{_scope('safety_verdict')} GROUP BY stage, verdict, category ORDER BY verdicts DESC",
+                 tenant, minutes)
+
+
+def feedback_by_model(client: Any, tenant: str, minutes: int) -> list[dict[str, Any]]:
+    return _rows(client, "SELECT r.model AS model, count() AS feedback, "
+                 "countIf(f.thumbs = 'true') / greatest(countIf(f.thumbs IN ('true', 'false')), 1) AS thumbs_up_ratio, "
+                 "avgIf(f.rating, f.rating > 0) AS mean_rating FROM "
+                 "(SELECT JSONExtractString(body, 'response_id') AS response_id, "
+                 "JSONExtractRaw(body, 'thumbs_up') AS thumbs, JSONExtractInt(body, 'rating') AS rating "
+                 f"{_scope('feedback_given')}) AS f "
+                 "INNER JOIN (SELECT request_id, JSONExtractString(body, 'model') AS model FROM events FINAL "
+                 "WHERE tenant_id = {tenant:String} AND event_type = 'response_delivered') AS r "
+                 "ON f.response_id = r.request_id GROUP BY model ORDER BY model", tenant, minutes)
+
+
+def per_hop_latency(client: Any, tenant: str, minutes: int) -> list[dict[str, Any]]:
+    """Time between consecutive steps of each request, from the events' own timestamps (ms)."""
+    cols = ", ".join(f"minIf(event_time, event_type = '{t}') AS t{i}" for i, t in enumerate(CHAIN))
+    hops = ", ".join(
+        f"quantilesIf(0.5, 0.99)(dateDiff('microsecond', t{i}, t{i + 1}) / 1000, t{i} > 0 AND t{i + 1} > 0) AS h{i}"
+        for i in range(len(CHAIN) - 1))
+    sql = (f"SELECT {hops}, count() AS requests FROM (SELECT request_id, {cols} FROM events FINAL "
+           "WHERE tenant_id = {tenant:String} AND event_time >= now64(6) - toIntervalMinute({minutes:UInt32}) "
+           "GROUP BY request_id HAVING t0 > 0)")
+    row = _rows(client, sql, tenant, minutes)[0]
+    return [{"from": CHAIN[i], "to": CHAIN[i + 1], "p50_ms": row[f"h{i}"][0], "p99_ms": row[f"h{i}"][1],
+             "requests": row["requests"]} for i in range(len(CHAIN) - 1)]
+
+
+def recent_requests(client: Any, tenant: str, minutes: int, limit: int = 50) -> list[dict[str, Any]]:
+    return _rows(client, "SELECT request_id, event_time, JSONExtractString(body, 'model') AS model, "
+                 "JSONExtractString(body, 'finish_reason') AS finish_reason, "
+                 "JSONExtractBool(body, 'blocked') AS blocked, JSONExtractString(body, 'error') AS error, "
+                 "JSONExtractFloat(body, 'latency_ms') AS latency_ms, "
+                 "JSONExtractInt(body, 'completion_tokens') AS completion_tokens "
+                 f"{_scope('response_delivered')} ORDER BY event_time DESC LIMIT {int(limit)}", tenant, minutes)
+
+
+def timeline(client: Any, tenant: str, request_id: str) -> list[dict[str, Any]]:
+    """Every event of one request in time order, with the time since the previous one (ms)."""
+    result = client.query(
+        "SELECT event_type, topic, event_time, producer, event_id FROM events FINAL "
+        "WHERE tenant_id = {tenant:String} AND request_id = {rid:String} ORDER BY event_time, event_type",
+        parameters={"tenant": tenant, "rid": request_id})
+    out: list[dict[str, Any]] = []
+    for row in result.result_rows:
+        item = dict(zip(result.column_names, row, strict=True))
+        prev = out[-1]["event_time"] if out else item["event_time"]
+        item["since_previous_ms"] = round((item["event_time"] - prev).total_seconds() * 1000, 3)
+        out.append(item)
+    return out

@@ -1,0 +1,85 @@
+"""Metrics API (JSON) under /api, scoped to the caller's tenant, and Prometheus metrics of this edge."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import PlainTextResponse
+
+from consumers import metrics
+from edge.routes import _tenant
+
+router = APIRouter()
+Minutes = Query(default=60, ge=1, le=7 * 24 * 60, description="look-back window")
+
+
+async def _run(request: Request, fn: Callable[..., Any], *args: Any) -> Any:
+    # clickhouse-connect is synchronous: keep it off the event loop that streams answers.
+    return await asyncio.to_thread(fn, request.app.state.clickhouse, *args)
+
+
+@router.get("/api/events/counts")
+async def event_counts(request: Request, minutes: int = Minutes,
+                       authorization: str | None = Header(default=None)) -> dict[str, Any]:
+    tenant = await _tenant(request, authorization)
+    rows = await _run(request, metrics.event_counts, tenant.tenant_id, minutes)
+    return {"tenant": tenant.tenant_id, "minutes": minutes, "counts": {r["event_type"]: r["rows"] for r in rows}}
+
+
+_VIEWS: dict[str, Callable[..., Any]] = {
+    "requests": metrics.requests_per_minute,
+    "latency": metrics.latency_by_model,
+    "safety": metrics.safety_by_category,
+    "feedback": metrics.feedback_by_model,
+    "hops": metrics.per_hop_latency,
+}
+
+
+@router.get("/api/metrics/{view}")
+async def metric_view(view: str, request: Request, minutes: int = Minutes,
+                      authorization: str | None = Header(default=None)) -> dict[str, Any]:
+    tenant = await _tenant(request, authorization)
+    if view == "cache":
+        return {"view": "cache", "implemented": False, "note": "Conflux has no response cache yet"}
+    if view not in _VIEWS:
+        from edge.errors import ApiError
+
+        raise ApiError(404, f"unknown metric view {view!r}; known: {sorted([*_VIEWS, 'cache'])}",
+                       "not_found_error", code="unknown_view")
+    return {"view": view, "minutes": minutes, "rows": await _run(request, _VIEWS[view], tenant.tenant_id, minutes)}
+
+
+@router.get("/api/requests")
+async def recent(request: Request, minutes: int = Minutes, limit: int = Query(default=50, ge=1, le=500),
+                 authorization: str | None = Header(default=None)) -> dict[str, Any]:
+    tenant = await _tenant(request, authorization)
+    return {"rows": await _run(request, metrics.recent_requests, tenant.tenant_id, minutes, limit)}
+
+
+@router.get("/api/requests/{request_id}/timeline")
+async def request_timeline(request_id: str, request: Request,
+                           authorization: str | None = Header(default=None)) -> dict[str, Any]:
+    tenant = await _tenant(request, authorization)
+    events = await _run(request, metrics.timeline, tenant.tenant_id, request_id)
+    if not events:
+        from edge.errors import ApiError
+
+        raise ApiError(404, f"request {request_id} not found", "not_found_error", code="not_found")
+    return {"request_id": request_id, "events": events}
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def prometheus(request: Request) -> str:
+    svc = request.app.state.chat
+    counters: dict[str, int] = request.app.state.http_counts
+    lines = ["# HELP conflux_edge_open_streams Requests waiting for chunks on this instance.",
+             "# TYPE conflux_edge_open_streams gauge",
+             f'conflux_edge_open_streams{{instance="{svc.instance_id}"}} {svc.open_requests}',
+             "# HELP conflux_edge_http_responses_total HTTP responses by status code.",
+             "# TYPE conflux_edge_http_responses_total counter"]
+    lines += [f'conflux_edge_http_responses_total{{instance="{svc.instance_id}",code="{code}"}} {n}'
+              for code, n in sorted(counters.items())]
+    return "\n".join(lines) + "\n"
