@@ -146,6 +146,33 @@ def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime, timedelta
+    from pathlib import Path
+
+    from consumers.export import run_export
+    from consumers.sink import clickhouse_client
+
+    def when(text: str | None, default: datetime) -> datetime:
+        if not text:
+            return default
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            raise ConfluxError(f"{text!r} is not an ISO date or time (e.g. 2026-11-01 or 2026-11-01T12:00)") from None
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    now = datetime.now(UTC)
+    client = clickhouse_client(settings)
+    try:
+        report = run_export(client, Path(args.out), when(args.since, now - timedelta(days=30)),
+                            when(args.until, now + timedelta(minutes=1)), args.tenant, _progress)
+    finally:
+        client.close()
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from conflux.demo import run_demo
 
@@ -194,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sink", help="run the ClickHouse sink (every topic into the events table)")
     p.add_argument("--name", default="sink-1")
     p.set_defaults(func=cmd_sink)
+    p = sub.add_parser("export", help="training data (SFT and preference pairs) from the event log")
+    p.add_argument("--out", default=".conflux/export", help="output folder")
+    p.add_argument("--since", help="ISO start (default: 30 days ago)")
+    p.add_argument("--until", help="ISO end (default: now)")
+    p.add_argument("--tenant", help="only this tenant (default: all)")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("demo", help="one event through every engine of the running stack")
     p.set_defaults(func=cmd_demo)
     return ap
