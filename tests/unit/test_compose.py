@@ -88,9 +88,8 @@ def test_conflux_services_share_one_config_by_url(compose: dict[str, Any]) -> No
 
 
 @pytest.mark.parametrize(("service", "command"), [("conflux-init", "topics"), ("conflux-edge", "edge"),
-                                                 ("conflux-worker", "worker")])
+                                                 ("conflux-worker", "worker"), ("conflux-sink", "sink")])
 def test_conflux_services_run_real_cli_commands(compose: dict[str, Any], service: str, command: str) -> None:
-    # conflux-sink's `conflux sink` arrives with the analytics issue.
     args = build_parser().parse_args(compose["services"][service]["command"][1:])
     assert args.command == command
 
