@@ -36,6 +36,8 @@ lint: install
 
 # The test session itself starts the services it needs (see tests/conftest.py).
 test: lint
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium for the dashboard test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	$(BIN)/pytest
 
 test-unit: install

@@ -37,6 +37,9 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     _progress(f"stack ready in {report.seconds:.1f}s (started: {', '.join(report.started) or 'none'}; "
               f"already running: {', '.join(report.already_running) or 'none'})")
     _print_status(manager.status(settings))
+    if settings.run_platform:
+        print(f"\nAPI:       http://127.0.0.1:{settings.edge_port}/v1   (key: {settings.home / 'dev-api-key'})")
+        print(f"dashboard: http://127.0.0.1:{settings.edge_port}/dashboard#key=<that key>")
     print(f"\nlogs: {settings.logs_dir}   stop: make down   status: conflux status")
     return 0
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse
 
 from consumers import metrics
 from edge.routes import _tenant
@@ -69,6 +70,25 @@ async def request_timeline(request_id: str, request: Request,
 
         raise ApiError(404, f"request {request_id} not found", "not_found_error", code="not_found")
     return {"request_id": request_id, "events": events}
+
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+@router.get("/dashboard", response_class=HTMLResponse)
+async def dashboard() -> HTMLResponse:
+    # The page holds no data: it calls the API with the key the user gives it.
+    return HTMLResponse((STATIC / "dashboard.html").read_text())
+
+
+@router.get("/dashboard/plotly.min.js")
+async def plotly_js() -> FileResponse:
+    import plotly
+
+    # The charting library ships inside the plotly wheel: no CDN, no network at run time.
+    bundle = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+    return FileResponse(bundle, media_type="application/javascript",
+                        headers={"Cache-Control": "public, max-age=86400"})
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
