@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Reinstall the Python dependencies only when pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install up down status demo test test-unit test-integration lint clean bench bench-sink
+.PHONY: install up down status demo test test-unit test-integration lint clean bench bench-sink bench-freshness
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -58,3 +58,8 @@ bench: install
 bench-sink: install
 	$(BIN)/conflux up
 	$(BIN)/python -m producers.sink_bench
+
+# Freshness: answer delivered -> visible in the metrics API, under 8 streams of load (goal p99 < 5 s).
+bench-freshness: install
+	$(BIN)/conflux up
+	$(BIN)/python -m producers.freshness_bench
