@@ -29,21 +29,29 @@ def event_counts(client: Any, tenant: str, minutes: int) -> list[dict[str, Any]]
                  "ORDER BY event_type", tenant, minutes)
 
 
+def _typed(table: str) -> str:
+    """Scope over a typed table fed by a materialized view (migration 0002)."""
+    return (f"FROM {table} FINAL WHERE tenant_id = {{tenant:String}} "
+            "AND event_time >= now64(6) - toIntervalMinute({minutes:UInt32})")
+
+
 def requests_per_minute(client: Any, tenant: str, minutes: int) -> list[dict[str, Any]]:
     return _rows(client, "SELECT toStartOfMinute(event_time) AS minute, count() AS requests, "
-                 "countIf(JSONExtractString(body, 'error') != '') AS errors, "
-                 "countIf(JSONExtractBool(body, 'blocked')) AS blocks "
-                 f"{_scope('response_delivered')} GROUP BY minute ORDER BY minute", tenant, minutes)
+                 "countIf(error != '') AS errors, countIf(blocked = 1) AS blocks "
+                 f"{_typed('responses')} GROUP BY minute ORDER BY minute", tenant, minutes)
 
 
 def latency_by_model(client: Any, tenant: str, minutes: int) -> list[dict[str, Any]]:
-    return _rows(client, "SELECT JSONExtractString(body, 'model') AS model, count() AS completions, "
-                 "quantiles(0.5, 0.95, 0.99)(JSONExtractFloat(body, 'ttft_ms')) AS ttft_ms, "
-                 "quantiles(0.5, 0.95, 0.99)(JSONExtractFloat(body, 'duration_ms')) AS duration_ms, "
-                 "sum(JSONExtractInt(body, 'completion_tokens')) / "
-                 "greatest(sum(JSONExtractFloat(body, 'duration_ms')) / 1000, 0.001) AS tokens_per_s, "
-                 "sum(JSONExtractFloat(body, 'cost_usd')) AS cost_usd "
-                 f"{_scope('inference_completed')} GROUP BY model ORDER BY model", tenant, minutes)
+    # Aliases must not reuse column names: in ClickHouse an alias shadows the column in the whole SELECT.
+    rows = _rows(client, "SELECT model, count() AS completions, "
+                 "quantiles(0.5, 0.95, 0.99)(ttft_ms) AS ttft_q, "
+                 "quantiles(0.5, 0.95, 0.99)(duration_ms) AS duration_q, "
+                 "sum(completion_tokens) / greatest(sum(duration_ms) / 1000, 0.001) AS tokens_per_s, "
+                 "sum(cost_usd) AS total_cost_usd "
+                 f"{_typed('completions')} GROUP BY model ORDER BY model", tenant, minutes)
+    return [{"model": r["model"], "completions": r["completions"], "ttft_ms": r["ttft_q"],
+             "duration_ms": r["duration_q"], "tokens_per_s": r["tokens_per_s"], "cost_usd": r["total_cost_usd"]}
+            for r in rows]
 
 
 def safety_by_category(client: Any, tenant: str, minutes: int) -> list[dict[str, Any]]:
@@ -82,12 +90,9 @@ def per_hop_latency(client: Any, tenant: str, minutes: int) -> list[dict[str, An
 
 
 def recent_requests(client: Any, tenant: str, minutes: int, limit: int = 50) -> list[dict[str, Any]]:
-    return _rows(client, "SELECT request_id, event_time, JSONExtractString(body, 'model') AS model, "
-                 "JSONExtractString(body, 'finish_reason') AS finish_reason, "
-                 "JSONExtractBool(body, 'blocked') AS blocked, JSONExtractString(body, 'error') AS error, "
-                 "JSONExtractFloat(body, 'latency_ms') AS latency_ms, "
-                 "JSONExtractInt(body, 'completion_tokens') AS completion_tokens "
-                 f"{_scope('response_delivered')} ORDER BY event_time DESC LIMIT {int(limit)}", tenant, minutes)
+    return _rows(client, "SELECT request_id, event_time, model, finish_reason, blocked, error, latency_ms, "
+                 f"completion_tokens {_typed('responses')} ORDER BY event_time DESC LIMIT {int(limit)}",
+                 tenant, minutes)
 
 
 def timeline(client: Any, tenant: str, request_id: str) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import uuid
 from collections.abc import Iterator
@@ -102,8 +103,8 @@ async def test_clickhouse_outage_loses_nothing(stack: Settings, ch: Any) -> None
 async def test_duplicates_and_garbage(stack: Settings, ch: Any) -> None:
     tag = f"sinkdup-{uuid.uuid4().hex[:8]}"
     same = str(uuid.uuid4())
-    values = [feedback(tag, 0, event_id=same), feedback(tag, 0, event_id=same), b"\x00garbage",
-              feedback(tag, 1)]
+    garbage = b"\x00garbage-" + tag.encode()
+    values = [feedback(tag, 0, event_id=same), feedback(tag, 0, event_id=same), garbage, feedback(tag, 1)]
     await produce(stack, values)
     assert await asyncio.to_thread(wait_rows, ch, tag, 2) == (2, 2)  # the duplicate became no second row
     deadline = time.monotonic() + 30
@@ -113,7 +114,7 @@ async def test_duplicates_and_garbage(stack: Settings, ch: Any) -> None:
                         "JSONExtractString(body, 'consumer') = 'clickhouse-sink' AND "
                         "JSONExtractString(body, 'source_topic') = 'chat.feedback' AND "
                         "JSONExtractString(body, 'payload') = {p:String}",
-                        parameters={"p": "AGdhcmJhZ2U="}).result_rows[0][0]
+                        parameters={"p": base64.b64encode(garbage).decode()}).result_rows[0][0]
         await asyncio.sleep(0.5)
     assert dead == 1  # the garbage went to the dead-letter topic (and from there into ClickHouse)
 
