@@ -130,7 +130,7 @@ def cmd_edge(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from streams.app import run_worker
 
-    run_worker(settings, args.worker_id)
+    run_worker(settings, args.worker_id, args.metrics_port)
     return 0
 
 
@@ -145,7 +145,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
     from consumers.sink import run_sink
 
-    run_sink(settings, args.name)
+    run_sink(settings, args.name, args.metrics_port)
     return 0
 
 
@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_edge)
     p = sub.add_parser("worker", help="run a worker of the conversation chain (Faust agents)")
     p.add_argument("--worker-id", default=None)
+    p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on 127.0.0.1 (0: off)")
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("ingest", help="publish text and Markdown files to documents.ingest for retrieval")
     p.add_argument("paths", nargs="+", help="files or folders (.txt, .md, .markdown)")
@@ -223,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ingest)
     p = sub.add_parser("sink", help="run the ClickHouse sink (every topic into the events table)")
     p.add_argument("--name", default="sink-1")
+    p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on 127.0.0.1 (0: off)")
     p.set_defaults(func=cmd_sink)
     p = sub.add_parser("export", help="training data (SFT and preference pairs) from the event log")
     p.add_argument("--out", default=".conflux/export", help="output folder")

@@ -53,6 +53,9 @@ class Settings:
     vector_backend: str = "auto"  # auto | weaviate | lancedb
     kafka_version: str = "3.9.1"
     edge_port: int = 8080
+    worker_metrics_port: int = 9101
+    sink_metrics_port: int = 9102
+    metrics_host: str = "127.0.0.1"  # 0.0.0.0 in containers, where Prometheus scrapes from another host
     # Seconds a generation may take, and an edge may wait for the chain, before the caller gets an error.
     inference_timeout_s: float = 60.0
     # Whether `conflux up` also runs Conflux's own edge and worker (off for engine-only test sessions).
@@ -110,6 +113,9 @@ class Settings:
             vector_backend=backend,
             kafka_version=e.get("CONFLUX_KAFKA_VERSION", "3.9.1"),
             edge_port=_int(e, "CONFLUX_EDGE_PORT", 8080),
+            worker_metrics_port=_int(e, "CONFLUX_WORKER_METRICS_PORT", 9101),
+            sink_metrics_port=_int(e, "CONFLUX_SINK_METRICS_PORT", 9102),
+            metrics_host=e.get("CONFLUX_METRICS_HOST", "127.0.0.1"),
             inference_timeout_s=float(_int(e, "CONFLUX_INFERENCE_TIMEOUT_S", 60)),
             run_platform=e.get("CONFLUX_RUN_PLATFORM", "1") not in ("0", "false", "no"),
         )

@@ -25,6 +25,7 @@ from aiokafka.errors import KafkaError
 from conflux.config import Settings
 from conflux.errors import DecodeError
 from conflux.kafka import EventPublisher, make_consumer, make_producer
+from conflux.promserve import Metrics, serve_metrics
 from conflux.schemas import SchemaRegistry
 from conflux.serde import AvroSerde, new_envelope
 from conflux.topics import Catalogue, load_catalogue
@@ -84,6 +85,7 @@ class ClickHouseSink:
         self.serde = AvroSerde(self.registry)
         self.catalogue: Catalogue = load_catalogue(registry=self.registry)
         self.stored = 0
+        self.metrics = Metrics("conflux_sink", {"instance": self.instance})
         self.ready = False  # migrations applied and the consumer started
         self._stop = asyncio.Event()
 
@@ -137,6 +139,7 @@ class ClickHouseSink:
         try:
             decoded = self.serde.decode(msg.value or b"", expected=self.catalogue.get(tp.topic).schema)
         except DecodeError as exc:
+            self.metrics.inc("dead_letters_total", help_text="messages that could not be decoded", topic=tp.topic)
             if tp.topic == "conflux.deadletter":
                 log.error("undecodable dead letter at %s[%s]@%s: %s", tp.topic, tp.partition, msg.offset, exc)
                 return None
@@ -156,6 +159,7 @@ class ClickHouseSink:
                 written = await asyncio.to_thread(self._insert_new, client, batch.rows)
                 break
             except Exception as exc:  # noqa: BLE001 - any ClickHouse failure: keep the batch, retry, commit nothing
+                self.metrics.inc("insert_retries_total", help_text="failed inserts retried")
                 log.warning("insert of %d rows failed (%r); retrying in %.1fs", len(batch.rows), exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
@@ -165,6 +169,9 @@ class ClickHouseSink:
             # The rows are stored: an uncommitted batch is read again later and dropped as known ids.
             log.warning("offset commit failed (%r); the batch will be re-read and deduplicated", exc)
         self.stored += written
+        self.metrics.inc("rows_stored_total", written, help_text="rows inserted into ClickHouse")
+        self.metrics.inc("messages_read_total", len(batch.rows), help_text="messages consumed and decoded")
+        self.metrics.inc("batches_total", help_text="batches flushed")
 
     @staticmethod
     def _insert_new(client: Any, rows: list[list[Any]]) -> int:
@@ -203,7 +210,7 @@ async def heartbeat(settings: Settings, sink: ClickHouseSink, name: str) -> None
         await r.aclose()
 
 
-def run_sink(settings: Settings, name: str = "sink-1") -> None:
+def run_sink(settings: Settings, name: str = "sink-1", metrics_port: int = 0) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
@@ -212,10 +219,14 @@ def run_sink(settings: Settings, name: str = "sink-1") -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, sink.stop)
         beat = asyncio.create_task(heartbeat(settings, sink, name))
+        server = await serve_metrics(metrics_port, sink.metrics.render, settings.metrics_host) \
+            if metrics_port else None
         try:
             await sink.run()
         finally:
             beat.cancel()
+            if server:
+                server.close()
         log.info("stopped after storing %d rows", sink.stored)
 
     asyncio.run(main())

@@ -24,6 +24,7 @@ from conflux.inference import TritonClient
 from conflux.kafka import EventPublisher, make_producer
 from conflux.llm import Tokenizer
 from conflux.models import load_models
+from conflux.promserve import Metrics, serve_metrics
 from conflux.schemas import SchemaRegistry
 from conflux.serde import AvroSerde
 from conflux.telemetry import extract_context, setup_tracing
@@ -72,7 +73,8 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
                 publisher=EventPublisher(producer, serde, catalogue, tracer), producer=producer,
                 ctx=ContextStore(redis), redis=redis, vectors=vectors, tokenizer=Tokenizer(),
                 triton=TritonClient(settings.triton_grpc_url), tracer=tracer,
-                worker_id=worker_id, inference_timeout_s=settings.inference_timeout_s)
+                worker_id=worker_id, metrics=Metrics("conflux_worker", {"instance": worker_id}),
+                inference_timeout_s=settings.inference_timeout_s)
 
 
 def _handler(module: ModuleType) -> Callable[[Deps, dict[str, Any]], Awaitable[None]]:
@@ -82,7 +84,7 @@ def _handler(module: ModuleType) -> Callable[[Deps, dict[str, Any]], Awaitable[N
     return module.handle  # type: ignore[no-any-return]
 
 
-def create_worker_app(settings: Settings, worker_id: str | None = None) -> faust.App:
+def create_worker_app(settings: Settings, worker_id: str | None = None, metrics_port: int = 0) -> faust.App:
     wid = worker_id or f"worker-{socket.gethostname()}-{os.getpid()}"
     app = faust.App(
         "conflux-chain",
@@ -100,6 +102,12 @@ def create_worker_app(settings: Settings, worker_id: str | None = None) -> faust
     lazy = _LazyDeps(settings, wid)
     for module, concurrency in STAGES:
         _register(app, lazy, module, concurrency)
+
+    if metrics_port:
+        @app.task  # type: ignore[untyped-decorator]
+        async def metrics_endpoint() -> None:
+            deps = await lazy.get()
+            await serve_metrics(metrics_port, deps.metrics.render, settings.metrics_host)
 
     @app.timer(2.0)  # type: ignore[untyped-decorator]
     async def heartbeat() -> None:
@@ -126,11 +134,14 @@ def _register(app: faust.App, lazy: _LazyDeps, module: ModuleType, concurrency: 
                 with deps.tracer.start_as_current_span(f"{stage}", context=extract_context(headers),
                                                        kind=trace.SpanKind.CONSUMER):
                     await handle(deps, record)
+                deps.metrics.inc("events_processed_total", help_text="events handled by a stage", stage=stage)
             except (ConfluxError, KeyError, TypeError, ValueError) as exc:
+                deps.metrics.inc("dead_letters_total", help_text="events a stage gave up on", stage=stage)
                 await dead_letter(deps, stage, msg.topic, msg.partition, msg.offset, event.value, event.key,
                                   headers, exc)
-            except Exception as exc:
+            except Exception as exc:  # an agent must survive any single message
                 log.exception("%s: unexpected error", stage)
+                deps.metrics.inc("dead_letters_total", help_text="events a stage gave up on", stage=stage)
                 await dead_letter(deps, stage, msg.topic, msg.partition, msg.offset, event.value, event.key,
                                   headers, exc)
 
@@ -138,7 +149,7 @@ def _register(app: faust.App, lazy: _LazyDeps, module: ModuleType, concurrency: 
     app.agent(topic, name=f"conflux.{stage}", concurrency=concurrency)(agent)
 
 
-def run_worker(settings: Settings, worker_id: str | None = None) -> None:
-    app = create_worker_app(settings, worker_id)
+def run_worker(settings: Settings, worker_id: str | None = None, metrics_port: int = 0) -> None:
+    app = create_worker_app(settings, worker_id, metrics_port)
     worker = faust.Worker(app, loglevel="info", quiet=True)
     worker.execute_from_commandline()

@@ -15,6 +15,7 @@ from conflux.inference import TritonClient
 from conflux.kafka import EventPublisher
 from conflux.llm import Tokenizer
 from conflux.models import ModelCatalogue
+from conflux.promserve import Metrics
 from conflux.serde import AvroSerde, new_envelope
 from conflux.topics import Catalogue
 from conflux.vectorstore import VectorStore
@@ -43,6 +44,7 @@ class Deps:
     triton: TritonClient
     tracer: trace.Tracer
     worker_id: str
+    metrics: Metrics
     inference_timeout_s: float = 60.0
     retrieval_k: int = 4
     collection: str = "documents"

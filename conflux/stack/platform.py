@@ -47,7 +47,8 @@ class WorkerService(Service):
         return "Faust agents of the chain (consumer group conflux-chain)"
 
     def launch(self) -> LaunchSpec:
-        return LaunchSpec([sys.executable, "-m", "conflux.cli", "worker", "--worker-id", "worker-1"],
+        return LaunchSpec([sys.executable, "-m", "conflux.cli", "worker", "--worker-id", "worker-1",
+                           "--metrics-port", str(self.settings.worker_metrics_port)],
                           cwd=self.settings.repo_root)
 
     def health(self) -> Health:
@@ -64,7 +65,8 @@ class SinkService(Service):
         return f"every topic -> ClickHouse table `events` ({self.settings.clickhouse_url})"
 
     def launch(self) -> LaunchSpec:
-        return LaunchSpec([sys.executable, "-m", "conflux.cli", "sink", "--name", "sink-1"],
+        return LaunchSpec([sys.executable, "-m", "conflux.cli", "sink", "--name", "sink-1",
+                           "--metrics-port", str(self.settings.sink_metrics_port)],
                           cwd=self.settings.repo_root)
 
     def health(self) -> Health:

@@ -109,3 +109,12 @@ def test_timeline_and_tenant_isolation(stack: Settings, session: dict[str, objec
 def test_prometheus_metrics_from_the_edge(session: dict[str, object]) -> None:
     text = httpx.get(f"{session['base']}/metrics", timeout=10).text
     assert "conflux_edge_open_streams" in text and 'code="200"' in text
+
+
+def test_prometheus_metrics_from_worker_and_sink(stack: Settings, session: dict[str, object]) -> None:
+    worker = httpx.get(f"http://127.0.0.1:{stack.worker_metrics_port}/metrics", timeout=10).text
+    assert 'conflux_worker_events_processed_total{instance="worker-1",stage="input_safety"}' in worker
+    sink = httpx.get(f"http://127.0.0.1:{stack.sink_metrics_port}/metrics", timeout=10).text
+    stored = [line for line in sink.splitlines() if line.startswith("conflux_sink_rows_stored_total")]
+    assert stored and float(stored[0].rsplit(" ", 1)[1]) > 0
+    assert httpx.get(f"http://127.0.0.1:{stack.sink_metrics_port}/nope", timeout=10).status_code == 404
