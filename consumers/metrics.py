@@ -18,27 +18,22 @@ def _rows(client: Any, sql: str, tenant: str, minutes: int) -> list[dict[str, An
     return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
 
 
-def _scope(event_type: str) -> str:
-    return (f"FROM events FINAL WHERE tenant_id = {{tenant:String}} AND event_type = '{event_type}' "
+def _from(table: str = "events", event_type: str | None = None) -> str:
+    """FROM ... WHERE for one tenant and the look-back window; `table` may be a typed table (migration 0002)."""
+    kind = f" AND event_type = '{event_type}'" if event_type else ""
+    return (f"FROM {table} FINAL WHERE tenant_id = {{tenant:String}}{kind} "
             "AND event_time >= now64(6) - toIntervalMinute({minutes:UInt32})")
 
 
 def event_counts(client: Any, tenant: str, minutes: int) -> list[dict[str, Any]]:
-    return _rows(client, "SELECT event_type, count() AS rows FROM events FINAL WHERE tenant_id = {tenant:String} "
-                 "AND event_time >= now64(6) - toIntervalMinute({minutes:UInt32}) GROUP BY event_type "
-                 "ORDER BY event_type", tenant, minutes)
-
-
-def _typed(table: str) -> str:
-    """Scope over a typed table fed by a materialized view (migration 0002)."""
-    return (f"FROM {table} FINAL WHERE tenant_id = {{tenant:String}} "
-            "AND event_time >= now64(6) - toIntervalMinute({minutes:UInt32})")
+    return _rows(client, f"SELECT event_type, count() AS rows {_from()} GROUP BY event_type ORDER BY event_type",
+                 tenant, minutes)
 
 
 def requests_per_minute(client: Any, tenant: str, minutes: int) -> list[dict[str, Any]]:
     return _rows(client, "SELECT toStartOfMinute(event_time) AS minute, count() AS requests, "
                  "countIf(error != '') AS errors, countIf(blocked = 1) AS blocks "
-                 f"{_typed('responses')} GROUP BY minute ORDER BY minute", tenant, minutes)
+                 f"{_from('responses')} GROUP BY minute ORDER BY minute", tenant, minutes)
 
 
 def latency_by_model(client: Any, tenant: str, minutes: int) -> list[dict[str, Any]]:
@@ -48,7 +43,7 @@ def latency_by_model(client: Any, tenant: str, minutes: int) -> list[dict[str, A
                  "quantiles(0.5, 0.95, 0.99)(duration_ms) AS duration_q, "
                  "sum(completion_tokens) / greatest(sum(duration_ms) / 1000, 0.001) AS tokens_per_s, "
                  "sum(cost_usd) AS total_cost_usd "
-                 f"{_typed('completions')} GROUP BY model ORDER BY model", tenant, minutes)
+                 f"{_from('completions')} GROUP BY model ORDER BY model", tenant, minutes)
     return [{"model": r["model"], "completions": r["completions"], "ttft_ms": r["ttft_q"],
              "duration_ms": r["duration_q"], "tokens_per_s": r["tokens_per_s"], "cost_usd": r["total_cost_usd"]}
             for r in rows]
@@ -59,7 +54,7 @@ def safety_by_category(client: Any, tenant: str, minutes: int) -> list[dict[str,
                  "JSONExtractString(body, 'verdict') AS verdict, "
                  "arrayJoin(if(empty(JSONExtractArrayRaw(body, 'categories')), ['none'], "
                  "JSONExtract(body, 'categories', 'Array(String)'))) AS category, count() AS verdicts "
-                 f"{_scope('safety_verdict')} GROUP BY stage, verdict, category ORDER BY verdicts DESC",
+                 f"{_from(event_type='safety_verdict')} GROUP BY stage, verdict, category ORDER BY verdicts DESC",
                  tenant, minutes)
 
 
@@ -69,7 +64,7 @@ def feedback_by_model(client: Any, tenant: str, minutes: int) -> list[dict[str, 
                  "avgIf(f.rating, f.rating > 0) AS mean_rating FROM "
                  "(SELECT JSONExtractString(body, 'response_id') AS response_id, "
                  "JSONExtractRaw(body, 'thumbs_up') AS thumbs, JSONExtractInt(body, 'rating') AS rating "
-                 f"{_scope('feedback_given')}) AS f "
+                 f"{_from(event_type='feedback_given')}) AS f "
                  "INNER JOIN (SELECT request_id, JSONExtractString(body, 'model') AS model FROM events FINAL "
                  "WHERE tenant_id = {tenant:String} AND event_type = 'response_delivered') AS r "
                  "ON f.response_id = r.request_id GROUP BY model ORDER BY model", tenant, minutes)
@@ -81,9 +76,8 @@ def per_hop_latency(client: Any, tenant: str, minutes: int) -> list[dict[str, An
     hops = ", ".join(
         f"quantilesIf(0.5, 0.99)(dateDiff('microsecond', t{i}, t{i + 1}) / 1000, t{i} > 0 AND t{i + 1} > 0) AS h{i}"
         for i in range(len(CHAIN) - 1))
-    sql = (f"SELECT {hops}, count() AS requests FROM (SELECT request_id, {cols} FROM events FINAL "
-           "WHERE tenant_id = {tenant:String} AND event_time >= now64(6) - toIntervalMinute({minutes:UInt32}) "
-           "GROUP BY request_id HAVING t0 > 0)")
+    sql = (f"SELECT {hops}, count() AS requests "
+           f"FROM (SELECT request_id, {cols} {_from()} GROUP BY request_id HAVING t0 > 0)")
     row = _rows(client, sql, tenant, minutes)[0]
     return [{"from": CHAIN[i], "to": CHAIN[i + 1], "p50_ms": row[f"h{i}"][0], "p99_ms": row[f"h{i}"][1],
              "requests": row["requests"]} for i in range(len(CHAIN) - 1)]
@@ -91,7 +85,7 @@ def per_hop_latency(client: Any, tenant: str, minutes: int) -> list[dict[str, An
 
 def recent_requests(client: Any, tenant: str, minutes: int, limit: int = 50) -> list[dict[str, Any]]:
     return _rows(client, "SELECT request_id, event_time, model, finish_reason, blocked, error, latency_ms, "
-                 f"completion_tokens {_typed('responses')} ORDER BY event_time DESC LIMIT {int(limit)}",
+                 f"completion_tokens {_from('responses')} ORDER BY event_time DESC LIMIT {int(limit)}",
                  tenant, minutes)
 
 
