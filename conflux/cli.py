@@ -153,8 +153,8 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     from datetime import UTC, datetime, timedelta
     from pathlib import Path
 
+    from conflux.clickhouse import clickhouse_client
     from consumers.export import run_export
-    from consumers.sink import clickhouse_client
 
     def when(text: str | None, default: datetime) -> datetime:
         if not text:

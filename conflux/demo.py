@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import Any
 
+from conflux.clickhouse import clickhouse_client
 from conflux.config import Settings
 from conflux.errors import ConfluxError
 from conflux.inference import stream_generate
@@ -28,7 +29,6 @@ def toy_vector(text: str, dim: int = 8) -> list[float]:
 
 
 async def run_demo(settings: Settings, progress: Progress) -> int:
-    import clickhouse_connect
     import redis
 
     registry = SchemaRegistry()
@@ -76,9 +76,7 @@ async def run_demo(settings: Settings, progress: Progress) -> int:
     progress(f"triton: echo streamed {len(pieces)} pieces, first after {pieces[0].elapsed_ms:.1f} ms, "
              f"total {(time.perf_counter() - t0) * 1000:.1f} ms: {''.join(p.text for p in pieces)!r}")
 
-    ch = clickhouse_connect.get_client(dsn=settings.clickhouse_url, compress=False) \
-        if not settings.clickhouse_url.startswith("chdb") else \
-        clickhouse_connect.get_client(interface="chdb", path=settings.clickhouse_url[len("chdb://"):])
+    ch = clickhouse_client(settings)
     ch.command("CREATE TABLE IF NOT EXISTS demo_events (event_id String, request_id String, tenant_id String, "
                "event_time DateTime64(6, 'UTC'), kind LowCardinality(String)) "
                "ENGINE = ReplacingMergeTree ORDER BY event_id")

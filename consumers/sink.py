@@ -22,6 +22,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
+from conflux.clickhouse import clickhouse_client
 from conflux.config import Settings
 from conflux.errors import DecodeError
 from conflux.kafka import EventPublisher, make_consumer, make_producer
@@ -50,16 +51,6 @@ def to_row(event_type: str, topic: str, partition: int, offset: int, record: dic
     return [env["event_id"], event_type, topic, env["event_time"], env["tenant_id"], env["conversation_id"],
             env["request_id"], env.get("traceparent") or "", env["schema_version"], env.get("producer") or "",
             json.dumps(record, default=_json_default, separators=(",", ":")), partition, offset]
-
-
-def clickhouse_client(settings: Settings) -> Any:
-    import clickhouse_connect
-
-    if settings.clickhouse_url.startswith("chdb://"):
-        return clickhouse_connect.get_client(interface="chdb", path=settings.clickhouse_url[len("chdb://"):])
-    # No session id: the edge shares one client across threads, and a server locks a session per query.
-    return clickhouse_connect.get_client(dsn=settings.clickhouse_url, compress=False, send_receive_timeout=60,
-                                         connect_timeout=5, autogenerate_session_id=False)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response
 
+from conflux.clickhouse import clickhouse_client
 from conflux.config import Settings
 from conflux.kafka import EventPublisher, make_producer
 from conflux.models import load_models
@@ -20,7 +21,6 @@ from conflux.serde import AvroSerde
 from conflux.telemetry import setup_tracing
 from conflux.tenants import ApiKeyStore
 from conflux.topics import apply_topics, load_catalogue
-from consumers.sink import clickhouse_client
 from edge.api_routes import router as api_router
 from edge.chat import ChatService
 from edge.errors import ApiError, install_error_handlers

@@ -10,8 +10,7 @@ import statistics
 import time
 import uuid
 
-import clickhouse_connect
-
+from conflux.clickhouse import clickhouse_client
 from conflux.config import Settings
 from conflux.kafka import make_producer
 from conflux.schemas import SchemaRegistry
@@ -45,7 +44,7 @@ def run_once(settings: Settings, n: int) -> dict[str, float]:
     manager.down(settings, lambda m: None, ["sink"])
     produce_s = asyncio.run(produce(settings, tag, n))
     manager.up(settings, lambda m: None, ["sink"])
-    ch = clickhouse_connect.get_client(dsn=settings.clickhouse_url, compress=False)
+    ch = clickhouse_client(settings)
     try:
         deadline = time.monotonic() + 600
         stored = 0
