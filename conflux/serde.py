@@ -7,6 +7,7 @@ files in schemas/. Decoding never raises anything but a DecodeError subclass.
 
 from __future__ import annotations
 
+import base64
 import io
 import uuid
 from dataclasses import dataclass
@@ -63,6 +64,24 @@ def new_envelope(
         "schema_version": 0,
         "producer": producer,
     }
+
+
+def json_default(value: object) -> str:
+    """json.dumps default for decoded records: datetimes as ISO 8601, bytes as base64."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def dead_letter_record(envelope: dict[str, Any], *, topic: str, partition: int, offset: int, consumer: str,
+                       exc: BaseException, payload: bytes | None, key: bytes | None,
+                       headers: list[tuple[str, bytes]] | None) -> dict[str, Any]:
+    """A DeadLetter event: the message byte for byte, where it came from, who gave up on it and why."""
+    return {"envelope": envelope, "source_topic": topic, "source_partition": partition, "source_offset": offset,
+            "consumer": consumer, "error_type": type(exc).__name__, "reason": str(exc)[:2000],
+            "payload": payload or b"", "key": key, "headers": {k: v for k, v in (headers or []) if v is not None}}
 
 
 class AvroSerde:

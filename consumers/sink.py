@@ -9,14 +9,12 @@ is down the sink retries the same batch with backoff and reads nothing more, so 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import os
 import signal
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -28,7 +26,7 @@ from conflux.errors import DecodeError
 from conflux.kafka import EventPublisher, make_consumer, make_producer
 from conflux.promserve import Metrics, serve_metrics
 from conflux.schemas import SchemaRegistry
-from conflux.serde import AvroSerde, new_envelope
+from conflux.serde import AvroSerde, dead_letter_record, json_default, new_envelope
 from conflux.topics import Catalogue, load_catalogue
 from consumers import migrations
 
@@ -38,19 +36,11 @@ COLUMNS = ["event_id", "event_type", "topic", "event_time", "tenant_id", "conver
            "traceparent", "schema_version", "producer", "body", "kafka_partition", "kafka_offset"]
 
 
-def _json_default(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, bytes | bytearray):
-        return base64.b64encode(value).decode()
-    raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
 def to_row(event_type: str, topic: str, partition: int, offset: int, record: dict[str, Any]) -> list[Any]:
     env = record["envelope"]
     return [env["event_id"], event_type, topic, env["event_time"], env["tenant_id"], env["conversation_id"],
             env["request_id"], env.get("traceparent") or "", env["schema_version"], env.get("producer") or "",
-            json.dumps(record, default=_json_default, separators=(",", ":")), partition, offset]
+            json.dumps(record, default=json_default, separators=(",", ":")), partition, offset]
 
 
 @dataclass
@@ -134,12 +124,10 @@ class ClickHouseSink:
             if tp.topic == "conflux.deadletter":
                 log.error("undecodable dead letter at %s[%s]@%s: %s", tp.topic, tp.partition, msg.offset, exc)
                 return None
-            await publisher.publish("conflux.deadletter", {
-                "envelope": new_envelope(tenant_id="", conversation_id="", request_id="", producer=self.instance),
-                "source_topic": tp.topic, "source_partition": tp.partition, "source_offset": msg.offset,
-                "consumer": "clickhouse-sink", "error_type": type(exc).__name__, "reason": str(exc)[:2000],
-                "payload": msg.value or b"", "key": msg.key,
-                "headers": {k: v for k, v in (msg.headers or []) if v is not None}}, key=tp.topic)
+            envelope = new_envelope(tenant_id="", conversation_id="", request_id="", producer=self.instance)
+            await publisher.publish("conflux.deadletter", dead_letter_record(
+                envelope, topic=tp.topic, partition=tp.partition, offset=msg.offset, consumer="clickhouse-sink",
+                exc=exc, payload=msg.value, key=msg.key, headers=list(msg.headers or [])), key=tp.topic)
             return None
         return to_row(decoded.name, tp.topic, tp.partition, msg.offset, decoded.record)
 

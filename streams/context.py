@@ -7,16 +7,11 @@ request; any worker can process any event, so stages scale and fail over indepen
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any
 
+from conflux.serde import json_default
+
 CTX_TTL_S = 900
-
-
-def _json_default(value: object) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"cannot store {type(value).__name__}")
 
 
 class ContextStore:
@@ -26,7 +21,7 @@ class ContextStore:
     async def put(self, request_id: str, **fields: Any) -> None:
         key = f"conflux:ctx:{request_id}"
         async with self._r.pipeline(transaction=False) as pipe:  # one round trip
-            pipe.hset(key, mapping={k: json.dumps(v, default=_json_default) for k, v in fields.items()})
+            pipe.hset(key, mapping={k: json.dumps(v, default=json_default) for k, v in fields.items()})
             pipe.expire(key, CTX_TTL_S)
             await pipe.execute()
 

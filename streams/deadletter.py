@@ -8,6 +8,7 @@ from typing import Any
 
 from conflux.errors import ConfluxError
 from conflux.inference import InferenceError
+from conflux.serde import dead_letter_record
 from streams.deps import Deps, ReplyTopicError
 
 log = logging.getLogger("conflux.streams")
@@ -26,11 +27,9 @@ async def dead_letter(deps: Deps, stage: str, topic: str, partition: int, offset
     except (ConfluxError, KeyError, TypeError, ValueError):
         pass  # undecodable: no request to answer
     dead = deps.envelope(envelope)
-    await deps.publisher.publish("conflux.deadletter", {
-        "envelope": dead, "source_topic": topic, "source_partition": partition,
-        "source_offset": offset, "consumer": stage, "error_type": type(exc).__name__, "reason": str(exc)[:2000],
-        "payload": value or b"", "key": key, "headers": {k: v for k, v in (headers or []) if v is not None},
-    }, key=topic)
+    await deps.publisher.publish("conflux.deadletter", dead_letter_record(
+        dead, topic=topic, partition=partition, offset=offset, consumer=stage, exc=exc, payload=value, key=key,
+        headers=headers), key=topic)
     if request is not None and not isinstance(exc, ReplyTopicError):
         # The caller learns what failed and how to find it, not internal addresses or stack details.
         what = "the model server is unavailable" if isinstance(exc, InferenceError) else "processing failed"
