@@ -11,6 +11,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse
 
 from consumers import metrics
+from edge.errors import ApiError
 from edge.routes import _tenant
 
 router = APIRouter()
@@ -46,8 +47,6 @@ async def metric_view(view: str, request: Request, minutes: int = Minutes,
     if view == "cache":
         return {"view": "cache", "implemented": False, "note": "Conflux has no response cache yet"}
     if view not in _VIEWS:
-        from edge.errors import ApiError
-
         raise ApiError(404, f"unknown metric view {view!r}; known: {sorted([*_VIEWS, 'cache'])}",
                        "not_found_error", code="unknown_view")
     return {"view": view, "minutes": minutes, "rows": await _run(request, _VIEWS[view], tenant.tenant_id, minutes)}
@@ -66,8 +65,6 @@ async def request_timeline(request_id: str, request: Request,
     tenant = await _tenant(request, authorization)
     events = await _run(request, metrics.timeline, tenant.tenant_id, request_id)
     if not events:
-        from edge.errors import ApiError
-
         raise ApiError(404, f"request {request_id} not found", "not_found_error", code="not_found")
     return {"request_id": request_id, "events": events}
 

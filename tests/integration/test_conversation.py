@@ -12,13 +12,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from conflux.config import Settings
 from conflux.schemas import SchemaRegistry
 from conflux.serde import AvroSerde
-from conflux.tenants import ApiKeyStore, Tenant
+from tests.integration.helpers import new_tenant_key
 
 CHAIN_TOPICS = ("chat.requests", "safety.verdicts", "retrieval.completed", "prompt.built", "routing.decisions",
                 "inference.requests", "inference.tokens", "inference.completed", "chat.responses")
@@ -146,19 +145,8 @@ def test_bad_json_oversized_and_missing_key(base: str, dev_key: str) -> None:
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
 
 
-async def _tenant_key(stack: Settings, plan: str) -> tuple[str, str]:
-    r = aioredis.Redis.from_url(stack.redis_url)
-    try:
-        store = ApiKeyStore(r)
-        tid = f"t-{uuid.uuid4().hex[:8]}"
-        await store.upsert_tenant(Tenant(tid, plan))
-        return tid, await store.create_key(tid)
-    finally:
-        await r.aclose()
-
-
 async def test_token_limit_answers_429_with_retry_after_before_any_work(stack: Settings, base: str) -> None:
-    _, key = await _tenant_key(stack, "free")  # 20,000 tokens a minute
+    _, key = await new_tenant_key(stack, "free")  # 20,000 tokens a minute
     body = {"model": "echo", "max_tokens": 4, "messages": [{"role": "user", "content": "word " * 14000}]}
     async with httpx.AsyncClient(timeout=60) as http:
         first = await http.post(f"{base}/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
@@ -177,7 +165,7 @@ async def test_feedback_only_on_own_responses(stack: Settings, client: openai.Op
     ok = httpx.post(f"{base}/feedback", json={"response_id": r.id, "rating": 5, "thumbs_up": True},
                     headers={"Authorization": f"Bearer {dev_key}"})
     assert ok.status_code == 200 and ok.json()["topic"] == "chat.feedback"
-    _, other_key = await _tenant_key(stack, "pro")
+    _, other_key = await new_tenant_key(stack, "pro")
     theirs = httpx.post(f"{base}/feedback", json={"response_id": r.id, "rating": 1},
                         headers={"Authorization": f"Bearer {other_key}"})
     assert theirs.status_code == 404 and theirs.json()["error"]["type"] == "not_found_error"
@@ -227,8 +215,8 @@ async def test_ingested_documents_are_retrieved_and_cited_for_their_tenant_only(
     from conflux.ingest import ingest_paths
     from conflux.vectorstore import open_vector_store
 
-    tenant, key = await _tenant_key(stack, "pro")
-    other, other_key = await _tenant_key(stack, "pro")
+    tenant, key = await new_tenant_key(stack, "pro")
+    other, other_key = await new_tenant_key(stack, "pro")
     doc = tmp_path / "lighthouse.md"
     doc.write_text("# Lighthouse\n\nThe Conflux lighthouse keeper is named Ottoline Brackwater.\n\n"
                    "She has kept the light on Gull Rock since 1987.")

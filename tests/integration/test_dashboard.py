@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from conflux.config import Settings
-from tests.integration.test_metrics_api import _key
+from tests.integration.helpers import new_tenant_key_sync
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -31,7 +31,7 @@ def chromium(*args: str) -> str:
 
 
 def test_dashboard_shows_the_values_in_clickhouse(stack: Settings) -> None:
-    tenant, key = _key(stack)
+    tenant, key = new_tenant_key_sync(stack)
     base = f"http://127.0.0.1:{stack.edge_port}"
     ids = []
     with httpx.Client(timeout=60) as http:

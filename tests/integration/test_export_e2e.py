@@ -12,13 +12,13 @@ import httpx
 import pyarrow.parquet as pq
 
 from conflux.config import Settings
-from tests.integration.test_metrics_api import _key
+from tests.integration.helpers import new_tenant_key_sync
 from tests.unit.test_export import validate_openai_dpo, validate_openai_sft
 
 
 def test_export_after_a_scripted_session(stack: Settings, tmp_path: Path) -> None:
-    tenant, key = _key(stack)
-    _, other_key = _key(stack)
+    tenant, key = new_tenant_key_sync(stack)
+    _, other_key = new_tenant_key_sync(stack)
     base = f"http://127.0.0.1:{stack.edge_port}"
     with httpx.Client(timeout=60) as http:
         def chat(k: str, text: str) -> str:

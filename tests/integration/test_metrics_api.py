@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-import uuid
 
 import httpx
 import pytest
 
 from conflux.config import Settings
-from conflux.tenants import Tenant
+from tests.integration.helpers import new_tenant_key_sync
 
 # Three chats (one refused by input safety: no retrieval..inference for it) and two feedbacks.
 EXPECTED = {"prompt_submitted": 3, "safety_verdict": 5, "retrieval_completed": 2, "prompt_built": 2,
@@ -17,30 +16,10 @@ EXPECTED = {"prompt_submitted": 3, "safety_verdict": 5, "retrieval_completed": 2
             "feedback_given": 2}
 
 
-def _key(stack: Settings, plan: str = "pro") -> tuple[str, str]:
-    import asyncio
-
-    import redis.asyncio as aioredis
-
-    from conflux.tenants import ApiKeyStore
-
-    async def make() -> tuple[str, str]:
-        r = aioredis.Redis.from_url(stack.redis_url)
-        try:
-            tid = f"m-{uuid.uuid4().hex[:8]}"
-            store = ApiKeyStore(r)
-            await store.upsert_tenant(Tenant(tid, plan))
-            return tid, await store.create_key(tid)
-        finally:
-            await r.aclose()
-
-    return asyncio.run(make())
-
-
 @pytest.fixture(scope="module")
 def session(stack: Settings) -> dict[str, object]:
     """A scripted session for a fresh tenant: 3 chats (one refused), 2 feedbacks."""
-    _, key = _key(stack)
+    _, key = new_tenant_key_sync(stack)
     base = f"http://127.0.0.1:{stack.edge_port}"
     auth = {"Authorization": f"Bearer {key}"}
     ids = []
@@ -101,7 +80,7 @@ def test_timeline_and_tenant_isolation(stack: Settings, session: dict[str, objec
     kinds = [e["event_type"] for e in events]
     assert kinds[0] == "prompt_submitted" and "response_delivered" in kinds
     assert all(e["since_previous_ms"] >= 0 for e in events)
-    _, other = _key(stack)
+    _, other = new_tenant_key_sync(stack)
     assert _get(session, f"/api/requests/{rid}/timeline", other).status_code == 404
     assert _get(session, "/api/events/counts", other).json()["counts"] == {}
 
