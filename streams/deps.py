@@ -66,15 +66,23 @@ class Deps:
         except TimeoutError:
             raise ReplyTopicError(f"reply topic {request['reply_topic']} unavailable") from None
 
+    async def end_request(self, request: dict[str, Any], *, finish_reason: str, text: str = "",
+                          error: str | None = None, blocked: bool = False, model: str | None = None,
+                          seq: int = 0, latency_ms: float = 0.0) -> None:
+        """Ends a request that will get no (further) generation - a refusal or an error: the caller's final
+        chunk, the chain's final event, and its context dropped. Usage is 0 when a model is named."""
+        env = request["envelope"]
+        usage = 0 if model else None
+        await self.reply(request, {"envelope": self.envelope(env), "sequence": seq, "text": text, "is_final": True,
+                                   "finish_reason": finish_reason, "error": error, "model": model,
+                                   "prompt_tokens": usage, "completion_tokens": usage})
+        await self.publisher.publish("chat.responses", {
+            "envelope": self.envelope(env), "model": request.get("model", ""), "content": text,
+            "finish_reason": finish_reason, "blocked": blocked, "error": error, "prompt_tokens": 0,
+            "completion_tokens": 0, "citations": [], "latency_ms": latency_ms}, key=env["conversation_id"])
+        await self.ctx.drop(env["request_id"])
+
     async def finish_with_error(self, request: dict[str, Any], message: str, finish_reason: str = "error",
                                 seq: int = 0) -> None:
         """Ends the caller's stream with an explicit error, and records it as the chain's final event."""
-        env = request["envelope"]
-        await self.reply(request, {"envelope": self.envelope(env), "sequence": seq, "text": "", "is_final": True,
-                                   "finish_reason": finish_reason, "error": message, "model": None,
-                                   "prompt_tokens": None, "completion_tokens": None})
-        await self.publisher.publish("chat.responses", {
-            "envelope": self.envelope(env), "model": request.get("model", ""), "content": "",
-            "finish_reason": finish_reason, "blocked": False, "error": message, "prompt_tokens": 0,
-            "completion_tokens": 0, "citations": [], "latency_ms": 0.0}, key=env["conversation_id"])
-        await self.ctx.drop(env["request_id"])
+        await self.end_request(request, finish_reason=finish_reason, error=message, seq=seq)

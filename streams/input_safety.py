@@ -83,12 +83,5 @@ async def handle(deps: Deps, request: dict[str, Any], bank: AttackBank) -> None:
         "reasons": reasons, "score": score, "checker": "rules+minilm_embed",
         "latency_ms": (time.perf_counter() - t0) * 1000}, key=env["conversation_id"])
     if verdict == "BLOCK":
-        await deps.reply(request, {"envelope": deps.envelope(env), "sequence": 0, "text": REFUSAL, "is_final": True,
-                                   "finish_reason": "content_filter", "error": None, "model": request["model"],
-                                   "prompt_tokens": 0, "completion_tokens": 0})
-        await deps.publisher.publish("chat.responses", {
-            "envelope": deps.envelope(env), "model": request["model"], "content": REFUSAL,
-            "finish_reason": "content_filter", "blocked": True, "error": None, "prompt_tokens": 0,
-            "completion_tokens": 0, "citations": [], "latency_ms": (time.perf_counter() - t0) * 1000},
-            key=env["conversation_id"])
-        await deps.ctx.drop(env["request_id"])
+        await deps.end_request(request, text=REFUSAL, finish_reason="content_filter", blocked=True,
+                               model=request["model"], latency_ms=(time.perf_counter() - t0) * 1000)
