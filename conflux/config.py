@@ -58,6 +58,8 @@ class Settings:
     metrics_host: str = "127.0.0.1"  # 0.0.0.0 in containers, where Prometheus scrapes from another host
     # Seconds a generation may take, and an edge may wait for the chain, before the caller gets an error.
     inference_timeout_s: float = 60.0
+    # Seconds the edge waits for the broker to acknowledge an event before answering 503 (broker down).
+    publish_timeout_s: float = 5.0
     # Whether `conflux up` also runs Conflux's own edge and worker (off for engine-only test sessions).
     run_platform: bool = True
 
@@ -117,5 +119,6 @@ class Settings:
             sink_metrics_port=_int(e, "CONFLUX_SINK_METRICS_PORT", 9102),
             metrics_host=e.get("CONFLUX_METRICS_HOST", "127.0.0.1"),
             inference_timeout_s=float(_int(e, "CONFLUX_INFERENCE_TIMEOUT_S", 60)),
+            publish_timeout_s=float(_int(e, "CONFLUX_PUBLISH_TIMEOUT_S", 5)),
             run_platform=e.get("CONFLUX_RUN_PLATFORM", "1") not in ("0", "false", "no"),
         )

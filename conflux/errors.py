@@ -47,3 +47,7 @@ class ServiceError(ConfluxError):
 
 class VectorStoreError(ConfluxError):
     """The vector store rejected a request or is unreachable."""
+
+
+class PublishError(ConfluxError):
+    """The broker did not acknowledge an event in time (it is down or unreachable)."""

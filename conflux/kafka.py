@@ -3,12 +3,15 @@ consumers that commit only what they processed, and typed event publishing."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from opentelemetry import trace
 
+from conflux.errors import PublishError
 from conflux.serde import AvroSerde
 from conflux.telemetry import Headers, inject_headers, traceparent_of
 from conflux.topics import Catalogue
@@ -56,8 +59,11 @@ class EventPublisher:
     """Encodes an event against its topic's schema and sends it with trace headers; returns where it landed."""
 
     def __init__(self, producer: AIOKafkaProducer, serde: AvroSerde, catalogue: Catalogue,
-                 tracer: trace.Tracer | None = None) -> None:
+                 tracer: trace.Tracer | None = None, timeout_s: float | None = None) -> None:
         self._producer = producer
+        # None: wait as long as the producer's own request timeout. The edge sets a few seconds, so a caller
+        # learns the broker is down (503) instead of waiting.
+        self._timeout_s = timeout_s
         self._serde = serde
         self._catalogue = catalogue
         self._tracer = tracer or trace.get_tracer("conflux.kafka")
@@ -72,8 +78,12 @@ class EventPublisher:
                 # The envelope repeats the header so the trace survives sinks that drop headers.
                 record = {**record, "envelope": {**envelope, "traceparent": traceparent_of(out_headers)}}
             value = self._serde.encode(schema_name, record)
-            meta = await self._producer.send_and_wait(
-                topic, value=value, key=key.encode() if key is not None else None, headers=out_headers)
+            try:
+                meta = await asyncio.wait_for(self._producer.send_and_wait(
+                    topic, value=value, key=key.encode() if key is not None else None, headers=out_headers),
+                    self._timeout_s)
+            except (TimeoutError, KafkaError) as exc:
+                raise PublishError(f"the event broker did not acknowledge {topic} in time: {exc!r}") from exc
             span.set_attribute("messaging.destination.name", topic)
             span.set_attribute("messaging.kafka.destination.partition", meta.partition)
             return Delivered(meta.topic, meta.partition, meta.offset)

@@ -50,7 +50,7 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
         redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
         replies = ReplyRouter(settings.kafka_bootstrap, reply.name, serde)
         await replies.start()
-        publisher = EventPublisher(producer, serde, catalogue, tracer)
+        publisher = EventPublisher(producer, serde, catalogue, tracer, timeout_s=settings.publish_timeout_s)
         models = load_models()
         app.state.clickhouse = await asyncio.to_thread(clickhouse_client, settings)
         app.state.catalogue = catalogue

@@ -4,12 +4,15 @@ chunks from this instance's reply topic. No model work happens here."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from conflux.kafka import EventPublisher
 from conflux.models import CatalogueModelError, ModelCatalogue, ModelSpec, Plan
@@ -110,6 +113,10 @@ class ChatService:
             await self._publisher.publish("chat.requests", record, key=adm.conversation_id)
         except Exception:
             self._replies.unregister(adm.request_id)
+            # The send may still be delivered once the broker is back; the chain must not then generate
+            # an answer nobody waits for.
+            with contextlib.suppress(RedisError):
+                await self.cancel(adm.request_id)
             raise
         return queue
 

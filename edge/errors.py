@@ -8,9 +8,13 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from conflux.errors import PublishError
+
 log = logging.getLogger("conflux.edge")
+RETRY_AFTER_S = 5  # what a client is told to wait while the broker or Redis is unavailable
 
 
 class ApiError(Exception):
@@ -51,11 +55,29 @@ def install_error_handlers(app: FastAPI) -> None:
         type_ = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return ApiError(exc.status_code, str(exc.detail), type_, code=str(exc.status_code)).response()
 
+    # A dependency down is the service being unavailable, not the client's fault nor an internal error: 503
+    # with Retry-After, so clients and load balancers back off and retry. Both fail closed: without Redis the
+    # edge cannot check keys or meter limits, and without the broker it cannot hand the request on.
+    @app.exception_handler(PublishError)
+    async def broker_down(request: Request, exc: PublishError) -> JSONResponse:
+        log.warning("broker unavailable on %s: %s", request.url.path, exc)
+        return unavailable("the event broker").response()
+
+    @app.exception_handler(RedisError)
+    async def redis_down(request: Request, exc: RedisError) -> JSONResponse:
+        log.warning("redis unavailable on %s: %r", request.url.path, exc)
+        return unavailable("the key and limit store").response()
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return ApiError(500, "internal error; the request id in x-request-id identifies it in the logs",
                         "server_error", code="internal_error").response()
+
+
+def unavailable(what: str) -> ApiError:
+    return ApiError(503, f"{what} is unavailable; retry after {RETRY_AFTER_S}s", "server_error",
+                    code="service_unavailable", headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 def sse(data: object) -> str:

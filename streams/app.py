@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import Any
@@ -17,9 +18,10 @@ from typing import Any
 import faust
 import redis.asyncio as aioredis
 from opentelemetry import trace
+from redis.exceptions import RedisError
 
 from conflux.config import Settings
-from conflux.errors import ConfluxError
+from conflux.errors import ConfluxError, PublishError
 from conflux.inference import TritonClient
 from conflux.kafka import EventPublisher, make_producer
 from conflux.llm import Tokenizer
@@ -34,8 +36,11 @@ from streams import inference, ingest, input_safety, output_safety, prompt_build
 from streams.context import ContextStore
 from streams.deadletter import dead_letter
 from streams.deps import Deps
+from streams.once import Once
 
 log = logging.getLogger("conflux.streams")
+HEARTBEAT_TTL_S = 10
+RETRY_FOR_S = 30.0
 STAGES: tuple[tuple[ModuleType, int], ...] = (
     # (module, concurrent actors): inference holds a Triton stream per actor, the others are quick.
     (input_safety, 8), (retrieval, 8), (prompt_build, 8), (routing_stage, 8), (inference, 32), (output_safety, 8),
@@ -71,7 +76,8 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
     vectors.ensure_collection("documents", 384)
     return Deps(settings=settings, serde=serde, catalogue=catalogue, models=load_models(),
                 publisher=EventPublisher(producer, serde, catalogue, tracer), producer=producer,
-                ctx=ContextStore(redis), redis=redis, vectors=vectors, tokenizer=Tokenizer(),
+                ctx=ContextStore(redis), redis=redis, once=Once(redis, worker_id), vectors=vectors,
+                tokenizer=Tokenizer(),
                 triton=TritonClient(settings.triton_grpc_url), tracer=tracer,
                 worker_id=worker_id, metrics=Metrics("conflux_worker", {"instance": worker_id}),
                 inference_timeout_s=settings.inference_timeout_s)
@@ -111,9 +117,13 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, metrics_
 
     @app.timer(2.0)  # type: ignore[untyped-decorator]
     async def heartbeat() -> None:
-        # `conflux status` reads this: the agents' event loop is alive and Redis is reachable.
+        # `conflux status` reads this: the agents' event loop is alive and Redis is reachable. Claims held
+        # by this worker count as orphaned once it stops (streams/once.py).
         deps = await lazy.get()
-        await deps.redis.set(f"conflux:worker:{wid}:heartbeat", str(os.getpid()), ex=10)
+        try:
+            await deps.redis.set(f"conflux:worker:{wid}:heartbeat", str(os.getpid()), ex=HEARTBEAT_TTL_S)
+        except RedisError as exc:  # a missing heartbeat is the report; the timer must not take the worker down
+            log.warning("heartbeat failed: %r", exc)
 
     return app
 
@@ -133,20 +143,52 @@ def _register(app: faust.App, lazy: _LazyDeps, module: ModuleType, concurrency: 
                 record = deps.serde.decode(event.value or b"", expected=module.EVENT).record
                 with deps.tracer.start_as_current_span(f"{stage}", context=extract_context(headers),
                                                        kind=trace.SpanKind.CONSUMER):
-                    await handle(deps, record)
+                    await _with_retries(stage, handle, deps, record)
                 deps.metrics.inc("events_processed_total", help_text="events handled by a stage", stage=stage)
-            except (ConfluxError, KeyError, TypeError, ValueError) as exc:
-                deps.metrics.inc("dead_letters_total", help_text="events a stage gave up on", stage=stage)
-                await dead_letter(deps, stage, msg.topic, msg.partition, msg.offset, event.value, event.key,
-                                  headers, exc)
             except Exception as exc:  # an agent must survive any single message
-                log.exception("%s: unexpected error", stage)
-                deps.metrics.inc("dead_letters_total", help_text="events a stage gave up on", stage=stage)
-                await dead_letter(deps, stage, msg.topic, msg.partition, msg.offset, event.value, event.key,
-                                  headers, exc)
+                if not isinstance(exc, ConfluxError | KeyError | TypeError | ValueError):
+                    log.exception("%s: unexpected error", stage)
+                await _give_up(deps, stage, msg, event.value, event.key, headers, exc)
 
     agent.__name__ = stage
     app.agent(topic, name=f"conflux.{stage}", concurrency=concurrency)(agent)
+
+
+async def _with_retries(stage: str, handle: Callable[[Deps, dict[str, Any]], Awaitable[None]], deps: Deps,
+                        record: dict[str, Any]) -> None:
+    """Runs a stage, retrying while Redis or the broker is unavailable (they come back: a restart, a failover)
+    for up to RETRY_FOR_S; a message is dead-lettered only for its own faults or a longer outage. A retry
+    may repeat the stage's intermediate events; the request's end happens once (streams/once.py)."""
+    deadline = time.monotonic() + RETRY_FOR_S
+    delay = 0.2
+    while True:
+        try:
+            await handle(deps, record)
+            return
+        except (RedisError, PublishError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: dependency unavailable, retrying in %.1fs: %r", stage, delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def _give_up(deps: Deps, stage: str, msg: Any, value: bytes | None, key: bytes | None,
+                   headers: list[tuple[str, bytes]], exc: Exception) -> None:
+    """Dead-letters a message the stage could not process, unless it belongs to a request that already has
+    its answer (a replay after a failover finds its context gone: that is not a failure)."""
+    try:
+        rid = deps.serde.decode(value or b"").record["envelope"]["request_id"]
+        if rid and await deps.once.is_done("end", rid):
+            log.info("%s: skipping a replayed event of ended request %s", stage, rid)
+            return
+    except (ConfluxError, KeyError, TypeError, RedisError):
+        pass
+    deps.metrics.inc("dead_letters_total", help_text="events a stage gave up on", stage=stage)
+    try:
+        await dead_letter(deps, stage, msg.topic, msg.partition, msg.offset, value, key, headers, exc)
+    except Exception:  # Kafka or Redis down too: log it; the agent must keep running
+        log.exception("%s: could not dead-letter %s[%s]@%s", stage, msg.topic, msg.partition, msg.offset)
 
 
 def run_worker(settings: Settings, worker_id: str | None = None, metrics_port: int = 0) -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from conflux.errors import ConfluxError
 from conflux.inference import InferenceError
 from conflux.serde import dead_letter_record
-from streams.deps import Deps, ReplyTopicError
+from streams.deps import Deps
 
 log = logging.getLogger("conflux.streams")
 
@@ -24,13 +26,13 @@ async def dead_letter(deps: Deps, stage: str, topic: str, partition: int, offset
         envelope = decoded["envelope"]
         ctx = await deps.ctx.get(envelope["request_id"], "request")
         request = ctx.get("request")
-    except (ConfluxError, KeyError, TypeError, ValueError):
-        pass  # undecodable: no request to answer
+    except (ConfluxError, KeyError, TypeError, ValueError, RedisError):
+        pass  # undecodable, or its context unreachable: no request to answer
     dead = deps.envelope(envelope)
     await deps.publisher.publish("conflux.deadletter", dead_letter_record(
         dead, topic=topic, partition=partition, offset=offset, consumer=stage, exc=exc, payload=value, key=key,
         headers=headers), key=topic)
-    if request is not None and not isinstance(exc, ReplyTopicError):
+    if request is not None:
         # The caller learns what failed and how to find it, not internal addresses or stack details.
         what = "the model server is unavailable" if isinstance(exc, InferenceError) else "processing failed"
         await deps.finish_with_error(request, f"{stage}: {what}; recorded as dead letter {dead['event_id']}")

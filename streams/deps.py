@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,7 @@ from conflux.serde import AvroSerde, new_envelope
 from conflux.topics import Catalogue
 from conflux.vectorstore import VectorStore
 from streams.context import ContextStore
+from streams.once import Claim, Once
 
 log = logging.getLogger("conflux.streams")
 REPLY_TIMEOUT_S = 5.0
@@ -45,6 +48,7 @@ class Deps:
     tracer: trace.Tracer
     worker_id: str
     metrics: Metrics
+    once: Once
     inference_timeout_s: float = 60.0
     retrieval_k: int = 4
     collection: str = "documents"
@@ -66,6 +70,20 @@ class Deps:
         except TimeoutError:
             raise ReplyTopicError(f"reply topic {request['reply_topic']} unavailable") from None
 
+    @contextlib.asynccontextmanager
+    async def ending(self, request_id: str) -> AsyncIterator[bool]:
+        """Yields True to the one caller that should end the request (final chunk + chat.responses); False
+        to a replay of a request that is already ended or being ended by a live worker."""
+        if await self.once.claim("end", request_id) in (Claim.BUSY, Claim.DONE):
+            yield False
+            return
+        try:
+            yield True
+        except BaseException:
+            await self.once.release("end", request_id)
+            raise
+        await self.once.done("end", request_id)
+
     async def end_request(self, request: dict[str, Any], *, finish_reason: str, text: str = "",
                           error: str | None = None, blocked: bool = False, model: str | None = None,
                           seq: int = 0, latency_ms: float = 0.0) -> None:
@@ -73,13 +91,20 @@ class Deps:
         chunk, the chain's final event, and its context dropped. Usage is 0 when a model is named."""
         env = request["envelope"]
         usage = 0 if model else None
-        await self.reply(request, {"envelope": self.envelope(env), "sequence": seq, "text": text, "is_final": True,
-                                   "finish_reason": finish_reason, "error": error, "model": model,
-                                   "prompt_tokens": usage, "completion_tokens": usage})
-        await self.publisher.publish("chat.responses", {
-            "envelope": self.envelope(env), "model": request.get("model", ""), "content": text,
-            "finish_reason": finish_reason, "blocked": blocked, "error": error, "prompt_tokens": 0,
-            "completion_tokens": 0, "citations": [], "latency_ms": latency_ms}, key=env["conversation_id"])
+        async with self.ending(env["request_id"]) as mine:
+            if not mine:
+                return
+            try:
+                await self.reply(request, {"envelope": self.envelope(env), "sequence": seq, "text": text,
+                                           "is_final": True, "finish_reason": finish_reason, "error": error,
+                                           "model": model, "prompt_tokens": usage, "completion_tokens": usage})
+            except ReplyTopicError:
+                log.warning("caller of %s is gone (reply topic unavailable); recording the end anyway",
+                            env["request_id"])
+            await self.publisher.publish("chat.responses", {
+                "envelope": self.envelope(env), "model": request.get("model", ""), "content": text,
+                "finish_reason": finish_reason, "blocked": blocked, "error": error, "prompt_tokens": 0,
+                "completion_tokens": 0, "citations": [], "latency_ms": latency_ms}, key=env["conversation_id"])
         await self.ctx.drop(env["request_id"])
 
     async def finish_with_error(self, request: dict[str, Any], message: str, finish_reason: str = "error",

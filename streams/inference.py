@@ -11,6 +11,7 @@ from typing import Any
 from conflux.inference import InferenceError
 from conflux.llm import Message, render_chatml
 from streams.deps import Deps
+from streams.once import Claim
 
 log = logging.getLogger("conflux.streams")
 SOURCE = "routing.decisions"
@@ -31,8 +32,28 @@ async def handle(deps: Deps, decision: dict[str, Any]) -> None:
     if not decision["chosen_model"]:
         return  # refused by routing, already answered
     env = decision["envelope"]
-    ctx = await deps.ctx.get(env["request_id"], "request", "built", "prompt_tokens", "t0")
+    rid = env["request_id"]
+    claim = await deps.once.claim("gen", rid)
+    if claim in (Claim.BUSY, Claim.DONE):
+        return  # a replay of a generation that is running elsewhere or has finished
+    ctx = await deps.ctx.get(rid, "request", "built", "prompt_tokens", "t0", "streamed")
     request, built = ctx["request"], ctx["built"]
+    if claim is Claim.ORPHANED and ctx.get("streamed"):
+        # The worker generating this answer died after the caller saw part of it. Starting again would
+        # splice two different answers together: end it with an explicit error instead (the client retries).
+        await deps.finish_with_error(request, "generation was interrupted by a worker failure; retry the request")
+        await deps.once.done("gen", rid)
+        return
+    try:
+        await _generate(deps, env, decision, ctx, request, built)
+    except BaseException:
+        await deps.once.release("gen", rid)
+        raise
+    await deps.once.done("gen", rid)
+
+
+async def _generate(deps: Deps, env: dict[str, Any], decision: dict[str, Any], ctx: dict[str, Any],
+                    request: dict[str, Any], built: list[dict[str, Any]]) -> None:
     model = deps.models.get(decision["chosen_model"])
     prompt = render(model.template, built)
     max_tokens = int(request["max_tokens"] or 256)
@@ -57,6 +78,8 @@ async def handle(deps: Deps, decision: dict[str, Any]) -> None:
         nonlocal sent_chunks, last_flush
         if not unsent:
             return
+        if sent_chunks == 0:  # a replay after a crash must know the caller already saw part of an answer
+            pending.append(asyncio.ensure_future(deps.ctx.put(env["request_id"], streamed=True)))
         chunk = {"envelope": deps.envelope(env), "sequence": sent_chunks, "text": "".join(unsent),
                  "is_final": False, "finish_reason": None, "error": None, "model": None,
                  "prompt_tokens": None, "completion_tokens": None}

@@ -51,12 +51,17 @@ def expired(deps: Deps, request: dict[str, Any]) -> bool:
 async def handle(deps: Deps, request: dict[str, Any], bank: AttackBank) -> None:
     t0 = time.perf_counter()
     env = request["envelope"]
+    if await deps.once.is_done("end", env["request_id"]):
+        return  # a replay (after a worker failed over) of a request that has its answer
     if expired(deps, request):
-        await deps.publisher.publish("chat.responses", {
-            "envelope": deps.envelope(env), "model": request["model"], "content": "", "finish_reason": "expired",
-            "blocked": False, "error": "expired: the caller stopped waiting before the request was processed",
-            "prompt_tokens": 0, "completion_tokens": 0, "citations": [], "latency_ms": 0.0},
-            key=env["conversation_id"])
+        async with deps.ending(env["request_id"]) as mine:
+            if mine:
+                await deps.publisher.publish("chat.responses", {
+                    "envelope": deps.envelope(env), "model": request["model"], "content": "",
+                    "finish_reason": "expired", "blocked": False,
+                    "error": "expired: the caller stopped waiting before the request was processed",
+                    "prompt_tokens": 0, "completion_tokens": 0, "citations": [], "latency_ms": 0.0},
+                    key=env["conversation_id"])
         return
     tenant = await deps.redis.hgetall(f"conflux:tenant:{env['tenant_id']}")
     # Read once here; later stages take the plan and system prompt from the request context.

@@ -4,11 +4,16 @@ memory for the conversation's next request."""
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from conflux.safety import check_rules
-from streams.deps import Deps
+from streams.deps import Deps, ReplyTopicError
+
+log = logging.getLogger("conflux.streams")
 
 SOURCE = "inference.completed"
 EVENT = "inference_completed"
@@ -20,6 +25,14 @@ async def handle(deps: Deps, done: dict[str, Any]) -> None:
     t0 = time.perf_counter()
     env = done["envelope"]
     ctx = await deps.ctx.get(env["request_id"], "request", "text", "chunks", "chunks_sent", "started", "t0")
+    async with deps.ending(env["request_id"]) as mine:
+        if not mine:
+            return  # a replay: this request was already ended
+        await _end(deps, env, done, ctx, t0)
+    await deps.ctx.drop(env["request_id"])
+
+
+async def _end(deps: Deps, env: dict[str, Any], done: dict[str, Any], ctx: dict[str, Any], t0: float) -> None:
     request, text = ctx["request"], ctx.get("text", "")
     rules = check_rules(text)
     # Attack markup in an answer means an injection got through: block. Personal data is flagged.
@@ -29,10 +42,14 @@ async def handle(deps: Deps, done: dict[str, Any]) -> None:
         "reasons": list(rules.reasons), "score": None, "checker": "rules",
         "latency_ms": (time.perf_counter() - t0) * 1000}, key=env["conversation_id"])
     finish = "content_filter" if verdict == "BLOCK" else done["finish_reason"]
-    await deps.reply(request, {
-        "envelope": deps.envelope(env), "sequence": int(ctx.get("chunks_sent", 0)), "text": "", "is_final": True,
-        "finish_reason": finish, "error": None, "model": done["model"], "prompt_tokens": done["prompt_tokens"],
-        "completion_tokens": done["completion_tokens"], "citations": [c["chunk_id"] for c in ctx.get("chunks") or []]})
+    try:
+        await deps.reply(request, {
+            "envelope": deps.envelope(env), "sequence": int(ctx.get("chunks_sent", 0)), "text": "", "is_final": True,
+            "finish_reason": finish, "error": None, "model": done["model"], "prompt_tokens": done["prompt_tokens"],
+            "completion_tokens": done["completion_tokens"],
+            "citations": [c["chunk_id"] for c in ctx.get("chunks") or []]})
+    except ReplyTopicError:  # the caller's edge is gone; the answer is still recorded below
+        log.warning("caller of %s is gone; recording the response anyway", env["request_id"])
     started = ctx.get("started") or ctx.get("t0") or time.time()
     chunks = ctx.get("chunks") or []
     await deps.publisher.publish("chat.responses", {
@@ -43,6 +60,9 @@ async def handle(deps: Deps, done: dict[str, Any]) -> None:
         key=env["conversation_id"])
     last_user = next((m["content"] for m in reversed(request["messages"]) if m["role"] == "user"), "")
     if verdict != "BLOCK":
-        await deps.ctx.remember(env["tenant_id"], env["conversation_id"],
-                                [{"role": "user", "content": last_user}, {"role": "assistant", "content": text}])
-    await deps.ctx.drop(env["request_id"])
+        try:
+            await deps.ctx.remember(env["tenant_id"], env["conversation_id"],
+                                    [{"role": "user", "content": last_user}, {"role": "assistant", "content": text}])
+        except RedisError as exc:  # memory fails open: the answer is already delivered, only the turn is lost
+            deps.metrics.inc("memory_unavailable_total", help_text="session memory reads or writes skipped: Redis unavailable")
+            log.warning("turn of %s not remembered: %r", env["request_id"], exc)

@@ -3,7 +3,10 @@ truncated to fit the model's context window as counted by the model's own tokeni
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from conflux.llm import Message, render_chatml
 from streams.deps import Deps
@@ -11,6 +14,7 @@ from streams.deps import Deps
 SOURCE = "retrieval.completed"
 EVENT = "retrieval_completed"
 MEMORY_TURNS = 12
+log = logging.getLogger("conflux.streams")
 
 
 def _context_block(chunks: list[dict[str, Any]]) -> str:
@@ -46,6 +50,16 @@ def build_messages(system_prompt: str, memory: list[dict[str, str]], chunks: lis
             conversation = [{**last, "content": last["content"][-max(200, len(last["content"]) // 2):]}]
 
 
+async def recall(deps: Deps, env: dict[str, Any]) -> list[dict[str, str]]:
+    """Earlier turns; memory fails open: without Redis the prompt is built without them (memory_turns=0)."""
+    try:
+        return await deps.ctx.memory(env["tenant_id"], env["conversation_id"], MEMORY_TURNS)
+    except RedisError as exc:
+        deps.metrics.inc("memory_unavailable_total", help_text="session memory reads or writes skipped: Redis unavailable")
+        log.warning("session memory of %s unavailable: %r", env["request_id"], exc)
+        return []
+
+
 async def handle(deps: Deps, retrieval: dict[str, Any]) -> None:
     env = retrieval["envelope"]
     ctx = await deps.ctx.get(env["request_id"], "request", "plan", "system_prompt")
@@ -53,7 +67,7 @@ async def handle(deps: Deps, retrieval: dict[str, Any]) -> None:
     system_prompt = ctx.get("system_prompt", "")
     # A client that sends earlier assistant turns manages its own history; memory is for those that don't.
     own_history = any(m["role"] == "assistant" for m in request["messages"])
-    memory = [] if own_history else await deps.ctx.memory(env["tenant_id"], env["conversation_id"], MEMORY_TURNS)
+    memory = [] if own_history else await recall(deps, env)
     plan = deps.models.plan(ctx.get("plan", "free"))
     if request["model"] != "auto":
         window = deps.models.get(request["model"]).context_length

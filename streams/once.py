@@ -1,0 +1,67 @@
+"""Once per request, across workers: the end of a request (its final chunk and `chat.responses` event) and
+its generation happen once even though Kafka delivers at least once.
+
+A stage is replayed when a worker dies before committing its offsets, or when partitions move. A replayed
+stage asks here first. Claims live in Redis as `conflux:once:<what>:<request id>` holding the claiming
+worker's id, then `done`. A claim held by a worker whose heartbeat has stopped is orphaned and may be taken
+over; a claim held by a live worker is left to it.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from streams.context import CTX_TTL_S
+
+DONE_TTL_S = 24 * 3600
+
+
+class Claim(enum.Enum):
+    MINE = "mine"  # first to claim: go ahead
+    ORPHANED = "orphaned"  # an earlier holder died part-way; now mine, but it may have left traces
+    BUSY = "busy"  # a live worker (or this one, in another actor) holds it: it will finish the job
+    DONE = "done"  # already done: nothing to do
+
+
+class Once:
+    def __init__(self, redis: Any, worker_id: str) -> None:
+        self._r = redis
+        self.worker_id = worker_id
+        self._active: set[str] = set()  # "<what>:<request id>" claimed by this process and not yet done
+
+    async def claim(self, what: str, request_id: str) -> Claim:
+        key = f"conflux:once:{what}:{request_id}"
+        if await self._r.set(key, self.worker_id, nx=True, ex=CTX_TTL_S):
+            self._active.add(f"{what}:{request_id}")
+            return Claim.MINE
+        raw = await self._r.get(key)
+        holder = raw.decode() if isinstance(raw, bytes) else raw
+        if holder == "done":
+            return Claim.DONE
+        if holder is not None and await self._alive(holder, f"{what}:{request_id}"):
+            return Claim.BUSY
+        # The holder is gone (or the claim expired between the two calls): take it over.
+        await self._r.set(key, self.worker_id, ex=CTX_TTL_S)
+        self._active.add(f"{what}:{request_id}")
+        return Claim.ORPHANED
+
+    async def done(self, what: str, request_id: str) -> None:
+        await self._r.set(f"conflux:once:{what}:{request_id}", "done", ex=DONE_TTL_S)
+        self._active.discard(f"{what}:{request_id}")
+
+    async def release(self, what: str, request_id: str) -> None:
+        """This process gives up without finishing (it failed): the claim is dropped so a replay can take it."""
+        key = f"conflux:once:{what}:{request_id}"
+        self._active.discard(f"{what}:{request_id}")
+        if await self._r.get(key) in (self.worker_id, self.worker_id.encode()):
+            await self._r.delete(key)
+
+    async def is_done(self, what: str, request_id: str) -> bool:
+        return await self._r.get(f"conflux:once:{what}:{request_id}") in (b"done", "done")
+
+    async def _alive(self, holder: str, item: str) -> bool:
+        if holder == self.worker_id:
+            # Same id: this process if it is working on it now, else a previous incarnation that died.
+            return item in self._active
+        return bool(await self._r.exists(f"conflux:worker:{holder}:heartbeat"))
