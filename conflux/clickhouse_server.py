@@ -11,6 +11,7 @@ Run: python -m conflux.clickhouse_server --path .conflux/clickhouse --port 8123
 from __future__ import annotations
 
 import argparse
+import email.policy
 import gzip
 import json
 import logging
@@ -20,6 +21,7 @@ import tempfile
 import threading
 import uuid
 import zlib
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
@@ -69,6 +71,19 @@ def _decompress(body: bytes, encoding: str) -> bytes:
             rest = dec.unused_data
         return b"".join(bytes(o) for o in out)
     raise QueryFailed(1, f"Unknown Content-Encoding of HTTP request: {encoding}", 400)
+
+
+def _form_fields(content_type: str, body: bytes) -> dict[str, str]:
+    """The fields of a multipart/form-data body, as ClickHouse's HTTP interface accepts them."""
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+    fields: dict[str, str] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if isinstance(name, str) and isinstance(payload, bytes):
+            fields[name] = payload.decode()
+    return fields
 
 
 def _sql_string(value: str) -> str:
@@ -173,9 +188,12 @@ class Handler(BaseHTTPRequestHandler):
             self._fail(QueryFailed(27, f"cannot process request: {exc}", 400))
 
     def _query(self, params: dict[str, str], raw_body: bytes) -> None:
-        if self.headers.get("Content-Type", "").startswith("multipart/form-data"):
-            raise QueryFailed(48, "multipart (form-encoded) queries are not supported by conflux-chdb", 400)
         body = _decompress(raw_body, self.headers.get("Content-Encoding", ""))
+        content_type = self.headers.get("Content-Type", "")
+        if content_type.startswith("multipart/form-data"):
+            # Clients send long parameters (big IN lists) as form fields instead of in the URL.
+            params = {**params, **_form_fields(content_type, body)}
+            body = b""
         database = params.get("database") or None
         bind = {k[6:]: v for k, v in params.items() if k.startswith("param_")}
         settings = {

@@ -64,5 +64,5 @@ async def _end(deps: Deps, env: dict[str, Any], done: dict[str, Any], ctx: dict[
             await deps.ctx.remember(env["tenant_id"], env["conversation_id"],
                                     [{"role": "user", "content": last_user}, {"role": "assistant", "content": text}])
         except RedisError as exc:  # memory fails open: the answer is already delivered, only the turn is lost
-            deps.metrics.inc("memory_unavailable_total", help_text="session memory reads or writes skipped: Redis unavailable")
+            deps.metrics.inc("memory_unavailable_total", help_text="memory reads or writes skipped")
             log.warning("turn of %s not remembered: %r", env["request_id"], exc)

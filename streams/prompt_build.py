@@ -55,7 +55,7 @@ async def recall(deps: Deps, env: dict[str, Any]) -> list[dict[str, str]]:
     try:
         return await deps.ctx.memory(env["tenant_id"], env["conversation_id"], MEMORY_TURNS)
     except RedisError as exc:
-        deps.metrics.inc("memory_unavailable_total", help_text="session memory reads or writes skipped: Redis unavailable")
+        deps.metrics.inc("memory_unavailable_total", help_text="memory reads or writes skipped")
         log.warning("session memory of %s unavailable: %r", env["request_id"], exc)
         return []
 

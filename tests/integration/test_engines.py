@@ -120,6 +120,13 @@ def _vec(*xs: float) -> list[float]:
     return list(xs) + [0.0] * (4 - len(xs))
 
 
+def test_clickhouse_long_parameters_travel_as_form_fields(ch: clickhouse_connect.driver.Client) -> None:
+    # clickhouse-connect moves parameters too long for a URL into a multipart/form-data body.
+    ids = [f"id-{i:05d}-{'x' * 40}" for i in range(3000)]
+    rows = ch.query("SELECT length({ids:Array(String)}), {n:UInt8}", parameters={"ids": ids, "n": 7}).result_rows
+    assert rows == [(3000, 7)]
+
+
 def test_vector_store_search_upsert_and_tenant_isolation(vector_store: VectorStore) -> None:
     col = f"test_{uuid.uuid4().hex[:8]}"
     vector_store.ensure_collection(col, 4)

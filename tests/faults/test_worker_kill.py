@@ -1,0 +1,52 @@
+"""kill -9 one of two chain workers with 50 chats in flight: each accepted request ends exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import httpx
+
+from conflux.config import Settings
+from tests import procs
+from tests.faults.helpers import expected_echo, responses_by_request, stream_chat
+from tests.integration.helpers import new_tenant_key
+
+CHATS = 50
+TOKENS = 40  # echo-paced: 20 pieces/s, so each answer streams for about 2 s
+
+
+async def test_kill_one_of_two_workers_with_50_chats_in_flight(stack: Settings) -> None:
+    second = procs.worker(stack, "worker-fault-2").start()
+    try:
+        procs.wait_worker(second, "worker-fault-2")
+        _, key = await new_tenant_key(stack, "pro")
+        base = f"http://127.0.0.1:{stack.edge_port}/v1"
+        prompts = [f"fault {i} alpha beta gamma" for i in range(CHATS)]
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=CHATS + 8)) as http:
+            chats = [asyncio.create_task(stream_chat(http, base, key, p, max_tokens=TOKENS)) for p in prompts]
+            await asyncio.sleep(1.0)  # every chat accepted, many streaming
+            await asyncio.to_thread(second.kill9)
+            outcomes = await asyncio.wait_for(asyncio.gather(*chats), 150)  # none may hang
+    finally:
+        second.stop()
+
+    kinds = Counter(o.kind for o in outcomes)
+    assert kinds["transport"] == 0, [o for o in outcomes if o.kind == "transport"]  # the edge stayed up
+    for prompt, o in zip(prompts, outcomes, strict=True):
+        assert o.request_id, f"not accepted: {o}"
+        if o.kind == "ok":  # a whole answer, never two answers spliced together
+            assert o.text == expected_echo(prompt, TOKENS), o
+        else:
+            assert "interrupted" in o.detail or "retry" in o.detail, o
+    # The platform's own record: exactly one final event per request, agreeing with what the client saw.
+    ids = [o.request_id for o in outcomes if o.request_id]
+    responses = await asyncio.to_thread(responses_by_request, stack, ids)
+    missing = set(ids) - set(responses)
+    assert not missing, f"{len(missing)} requests never ended: {sorted(missing)[:5]}"
+    twice = {rid: rows for rid, rows in responses.items() if len(rows) != 1}
+    assert not twice, f"answered more than once: {twice}"
+    for o in outcomes:
+        finish, error = responses[o.request_id][0]
+        assert (o.kind == "error") == bool(error), (o, finish, error)
+    print(f"worker kill: {kinds['ok']} answered, {kinds['error']} explicit errors, 0 lost, 0 twice")

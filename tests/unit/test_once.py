@@ -1,0 +1,73 @@
+"""Once-per-request claims across workers (streams/once.py), and session memory failing open."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from conflux.promserve import Metrics
+from streams.once import Claim, Once
+from streams.prompt_build import recall
+
+
+class FakeRedis:
+    """The few commands Once uses, with NX semantics; expiry is not modelled."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def set(self, key: str, value: str, nx: bool = False, ex: int | None = None) -> bool:
+        if nx and key in self.data:
+            return False
+        self.data[key] = value.encode()
+        return True
+
+    async def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    async def exists(self, key: str) -> int:
+        return int(key in self.data)
+
+    async def delete(self, key: str) -> int:
+        return int(self.data.pop(key, None) is not None)
+
+
+async def test_first_claim_wins_and_done_is_final() -> None:
+    r = FakeRedis()
+    a, b = Once(r, "w1"), Once(r, "w2")
+    await r.set("conflux:worker:w1:heartbeat", "1")
+    assert await a.claim("end", "r1") is Claim.MINE
+    assert await a.claim("end", "r1") is Claim.BUSY  # a second actor of the same live process
+    assert await b.claim("end", "r1") is Claim.BUSY  # another worker while w1 is alive
+    await a.done("end", "r1")
+    assert await b.claim("end", "r1") is Claim.DONE and await b.is_done("end", "r1")
+
+
+async def test_a_dead_holders_claim_is_taken_over() -> None:
+    r = FakeRedis()
+    assert await Once(r, "w1").claim("gen", "r2") is Claim.MINE  # w1 has no heartbeat: it died
+    assert await Once(r, "w2").claim("gen", "r2") is Claim.ORPHANED
+    assert r.data["conflux:once:gen:r2"] == b"w2"
+    # A restarted process with the same id is a new incarnation: its predecessor's claim is orphaned too.
+    assert await Once(r, "w2").claim("gen", "r2") is Claim.ORPHANED
+
+
+async def test_release_lets_a_replay_start_again() -> None:
+    r = FakeRedis()
+    once = Once(r, "w1")
+    assert await once.claim("end", "r3") is Claim.MINE
+    await once.release("end", "r3")
+    assert await once.claim("end", "r3") is Claim.MINE
+
+
+async def test_session_memory_fails_open() -> None:
+    class DownStore:
+        async def memory(self, *args: Any) -> list[dict[str, str]]:
+            raise RedisConnectionError("connection refused")
+
+    metrics = Metrics("t", {})
+    deps: Any = SimpleNamespace(ctx=DownStore(), metrics=metrics)
+    assert await recall(deps, {"tenant_id": "t", "conversation_id": "c", "request_id": "r"}) == []
+    assert "memory_unavailable_total" in metrics.render()
