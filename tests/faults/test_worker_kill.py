@@ -47,6 +47,6 @@ async def test_kill_one_of_two_workers_with_50_chats_in_flight(stack: Settings) 
     twice = {rid: rows for rid, rows in responses.items() if len(rows) != 1}
     assert not twice, f"answered more than once: {twice}"
     for o in outcomes:
-        finish, error = responses[o.request_id][0]
+        finish, error = responses[str(o.request_id)][0]
         assert (o.kind == "error") == bool(error), (o, finish, error)
     print(f"worker kill: {kinds['ok']} answered, {kinds['error']} explicit errors, 0 lost, 0 twice")
