@@ -75,13 +75,23 @@ def json_default(value: object) -> str:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
+DEAD_LETTER_PAYLOAD_MAX = 256 * 1024
+
+
 def dead_letter_record(envelope: dict[str, Any], *, topic: str, partition: int, offset: int, consumer: str,
                        exc: BaseException, payload: bytes | None, key: bytes | None,
                        headers: list[tuple[str, bytes]] | None) -> dict[str, Any]:
-    """A DeadLetter event: the message byte for byte, where it came from, who gave up on it and why."""
+    """A DeadLetter event: the message byte for byte, where it came from, who gave up on it and why. A payload
+    over DEAD_LETTER_PAYLOAD_MAX is cut (and the reason says so): the dead letter must itself fit in a Kafka
+    message; the original stays at its source offset for the topic's retention."""
+    reason = str(exc)[:2000]
+    payload = payload or b""
+    if len(payload) > DEAD_LETTER_PAYLOAD_MAX:
+        reason += f" [payload of {len(payload)} bytes cut to its first {DEAD_LETTER_PAYLOAD_MAX}]"
+        payload = payload[:DEAD_LETTER_PAYLOAD_MAX]
     return {"envelope": envelope, "source_topic": topic, "source_partition": partition, "source_offset": offset,
-            "consumer": consumer, "error_type": type(exc).__name__, "reason": str(exc)[:2000],
-            "payload": payload or b"", "key": key, "headers": {k: v for k, v in (headers or []) if v is not None}}
+            "consumer": consumer, "error_type": type(exc).__name__, "reason": reason,
+            "payload": payload, "key": key, "headers": {k: v for k, v in (headers or []) if v is not None}}
 
 
 class AvroSerde:

@@ -7,6 +7,7 @@ import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response
@@ -17,7 +18,7 @@ from conflux.kafka import EventPublisher, make_producer
 from conflux.models import load_models
 from conflux.ratelimit import RateLimiter
 from conflux.schemas import SchemaRegistry
-from conflux.serde import AvroSerde
+from conflux.serde import AvroSerde, dead_letter_record, new_envelope
 from conflux.telemetry import setup_tracing
 from conflux.tenants import ApiKeyStore
 from conflux.topics import apply_topics, load_catalogue
@@ -48,9 +49,16 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
         producer = make_producer(settings.kafka_bootstrap, linger_ms=0)  # one event per request: no batching
         await producer.start()
         redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
-        replies = ReplyRouter(settings.kafka_bootstrap, reply.name, serde)
-        await replies.start()
         publisher = EventPublisher(producer, serde, catalogue, tracer, timeout_s=settings.publish_timeout_s)
+
+        async def dead_letter(msg: Any, exc: Exception) -> None:
+            envelope = new_envelope(tenant_id="", conversation_id="", request_id="", producer=instance)
+            await publisher.publish("conflux.deadletter", dead_letter_record(
+                envelope, topic=msg.topic, partition=msg.partition, offset=msg.offset, consumer=instance, exc=exc,
+                payload=msg.value, key=msg.key, headers=list(msg.headers or [])), key=msg.topic)
+
+        replies = ReplyRouter(settings.kafka_bootstrap, reply.name, serde, dead_letter=dead_letter)
+        await replies.start()
         models = load_models()
         app.state.clickhouse = await asyncio.to_thread(clickhouse_client, settings)
         app.state.catalogue = catalogue

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from conflux.errors import DecodeError
+from conflux.errors import ConfluxError, DecodeError
 from conflux.kafka import make_consumer
 from conflux.serde import AvroSerde
 
@@ -20,8 +21,10 @@ log = logging.getLogger("conflux.edge.replies")
 
 
 class ReplyRouter:
-    def __init__(self, bootstrap: str, topic: str, serde: AvroSerde, queue_size: int = 4096) -> None:
+    def __init__(self, bootstrap: str, topic: str, serde: AvroSerde, queue_size: int = 4096,
+                 dead_letter: Callable[[Any, Exception], Awaitable[None]] | None = None) -> None:
         self.topic = topic
+        self._dead_letter = dead_letter
         self._bootstrap = bootstrap
         self._serde = serde
         self._queue_size = queue_size
@@ -71,14 +74,18 @@ class ReplyRouter:
                 continue
             for msgs in batch.values():
                 for msg in msgs:
-                    self._dispatch(msg.value)
+                    try:
+                        self._dispatch(msg.value)
+                    except DecodeError as exc:
+                        log.warning("undecodable message on %s@%s: %s", self.topic, msg.offset, exc)
+                        if self._dead_letter is not None:
+                            try:
+                                await self._dead_letter(msg, exc)
+                            except ConfluxError as dl_exc:  # the broker is down: the reader keeps going
+                                log.error("could not dead-letter %s@%s: %s", self.topic, msg.offset, dl_exc)
 
     def _dispatch(self, value: bytes | None) -> None:
-        try:
-            chunk = self._serde.decode(value or b"", expected="token_chunk").record
-        except DecodeError as exc:
-            log.warning("undecodable message on %s: %s", self.topic, exc)
-            return
+        chunk = self._serde.decode(value or b"", expected="token_chunk").record
         q = self._queues.get(chunk["envelope"]["request_id"])
         if q is None:
             return  # the caller left; its generation is being cancelled
