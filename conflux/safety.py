@@ -15,19 +15,31 @@ _CARD = re.compile(r"(?<!\d)(?:\d[ -]?){13,19}(?!\d)")
 _SSN = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:\s?[A-Z0-9]{4}){3,7}\b")
 
+_RULES_NOUN = r"(instructions|rules|prompts?|guidelines|directions|programming|polic(y|ies)|safety)"
 JAILBREAK_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (name, re.compile(rx, re.IGNORECASE))
     for name, rx in (
-        ("ignore_instructions", r"\b(ignore|disregard|forget)\b.{0,40}\b(previous|prior|above|earlier|all)\b.{0,40}"
-                                r"\b(instructions|rules|prompts?|guidelines)\b"),
-        ("role_override", r"\byou are (now )?(dan|an? unfiltered|an? uncensored|jailbroken|free from)"),
-        ("dan", r"\bdo anything now\b|\bDAN mode\b"),
-        ("developer_mode", r"\b(developer|god|admin|debug) mode (enabled|on|activated)\b"),
-        ("system_prompt_leak", r"\b(reveal|print|show|repeat|output)\b.{0,30}\b(system prompt|hidden instructions|"
-                               r"initial instructions)\b"),
-        ("no_restrictions", r"\bwithout (any )?(restrictions|filters|limitations|censorship)\b"),
+        # "ignore all previous instructions", "disregard the rules above", "bypass your guidelines"
+        ("ignore_instructions", r"\b(ignore|disregard|forget|bypass|override)\b.{0,40}\b" + _RULES_NOUN + r"\b"),
+        ("ignore_above", r"\b(ignore|disregard|forget)\s+(everything|all|anything)\s+(above|before|said)\b"),
+        ("role_override", r"\byou are (now )?(dan|an? unfiltered|an? uncensored|jailbroken|free from|an? \w+ with "
+                          r"(no|zero) (limitations|limits|rules|restrictions))"),
+        ("dan", r"\bdo anything now\b|\bDAN mode\b|\bjailbroken (model|ai|assistant)\b"),
+        # "developer mode enabled", not "what does developer mode on a phone do"
+        ("developer_mode", r"\b(developer|god|admin|debug) mode (enabled|on|activated)\b(?!\s+(an?|the|my|your)\b)"),
+        ("system_prompt_leak", r"\b(reveal|print|show|repeat|output|disclose)\b.{0,30}\b(system prompt|hidden "
+                               r"instructions|initial instructions|hidden rules|internal notes)\b"),
+        ("no_restrictions", r"\b(without|no|zero) (any )?(restrictions|filters|limitations|censorship|content policy|"
+                            r"ethical guidelines|safety (rules|filters))\b"),
+        ("safety_off", r"\b(disable|turn off|switch off)\b.{0,20}\bsafety\b|\bsafety (is )?(disabled|off)\b"),
+        ("never_refuse", r"\bnever refuses?\b|\bobey (me|only this|this document)\b|\bstop following (its|your) rules"),
+        ("new_instructions", r"\b(new|real) (instructions|task|rules?)\b\s*(are|is)?\s*:?\s*(to )?"
+                             r"(obey|ignore|override|ask|leak|reveal|exfiltrate)"),
         ("pretend_unsafe", r"\bpretend (that )?you (have no|don't have|are not bound by)\b"),
-        ("injected_directive", r"(^|\n)\s*(system|assistant)\s*:\s*(ignore|override|new instructions)"),
+        # A document or message speaking as the system/assistant, or addressing the AI that reads it.
+        ("injected_directive", r"(^|\n|[.:!?]\s)\s*(system|assistant)\s*:\s*(ignore|override|new instructions)"),
+        ("addresses_the_ai", r"\b(to any ai|if you are an ai|note (to|for) (ai|llms?|ai assistants)|"
+                             r"ai (models|assistants) (reading|processing) this)\b"),
         ("token_smuggling", r"<\|im_start\|>|<\|im_end\|>|\[/?INST\]|<<SYS>>"),
     )
 )

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from conflux.safety import check_rules
+from conflux.safety import RuleResult, check_rules
 from streams.deps import Deps
 
 SOURCE = "chat.requests"
@@ -39,6 +39,18 @@ class AttackBank:
             self.vectors = await deps.triton.embed(list(ATTACKS))
         v = (await deps.triton.embed([text[:2000]]))[0]
         return float(np.max(self.vectors @ v)), [round(float(x), 6) for x in v]
+
+
+def judge(rules: RuleResult, score: float) -> tuple[str, list[str], list[str]]:
+    """(verdict, categories, reasons) of a prompt from its rule result and its model score."""
+    categories = list(rules.categories)
+    reasons = list(rules.reasons)
+    if score >= MODEL_THRESHOLD and "jailbreak" not in categories:
+        categories.append("jailbreak")
+        reasons.append(f"model: similarity {score:.2f} to a known attack")
+    # Personal data in a prompt is flagged (and scrubbed from exports later), not refused: users paste
+    # their own details all the time. Attacks are refused.
+    return ("BLOCK" if "jailbreak" in categories else ("FLAG" if categories else "ALLOW")), categories, reasons
 
 
 def expired(deps: Deps, request: dict[str, Any]) -> bool:
@@ -75,14 +87,7 @@ async def handle(deps: Deps, request: dict[str, Any], bank: AttackBank) -> None:
     newest = next((m["content"] for m in reversed(request["messages"]) if m["role"] == "user"), "")
     score, query_vec = await bank.score(deps, newest)
     await deps.ctx.put(env["request_id"], query_vec=query_vec)
-    categories = list(rules.categories)
-    reasons = list(rules.reasons)
-    if score >= MODEL_THRESHOLD and "jailbreak" not in categories:
-        categories.append("jailbreak")
-        reasons.append(f"model: similarity {score:.2f} to a known attack")
-    # Personal data in a prompt is flagged (and scrubbed from exports later), not refused: users paste
-    # their own details all the time. Attacks are refused.
-    verdict = "BLOCK" if "jailbreak" in categories else ("FLAG" if categories else "ALLOW")
+    verdict, categories, reasons = judge(rules, score)
     await deps.publisher.publish("safety.verdicts", {
         "envelope": deps.envelope(env), "stage": "INPUT", "verdict": verdict, "categories": categories,
         "reasons": reasons, "score": score, "checker": "rules+minilm_embed",

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from conflux.errors import VectorStoreError
+from conflux.safety import check_rules
 from streams.deps import Deps
 
 SOURCE = "safety.verdicts"
@@ -32,7 +33,23 @@ async def handle(deps: Deps, verdict: dict[str, Any]) -> None:
             hits = []  # the tenant has no documents yet (no collection): answer without context
         chunks = [{"document_id": h.document_id, "chunk_id": h.chunk_id, "text": h.text, "score": h.score,
                    "source": h.source or None} for h in hits]
+        chunks = await _drop_injected(deps, env, chunks)
     await deps.ctx.put(env["request_id"], chunks=chunks)
     await deps.publisher.publish("retrieval.completed", {
         "envelope": deps.envelope(env), "query": query, "collection": deps.collection, "chunks": chunks,
         "latency_ms": (time.perf_counter() - t0) * 1000}, key=env["conversation_id"])
+
+
+async def _drop_injected(deps: Deps, env: dict[str, Any], chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Retrieved text is data, never instructions: a chunk carrying an injection attempt is left out of the
+    prompt, and a RETRIEVAL verdict records which chunk and why. The request itself goes on."""
+    t0 = time.perf_counter()
+    flagged = {c["chunk_id"]: check_rules(c["text"]) for c in chunks}
+    flagged = {cid: r for cid, r in flagged.items() if r.jailbreak}
+    if not flagged:
+        return chunks
+    await deps.publisher.publish("safety.verdicts", {
+        "envelope": deps.envelope(env), "stage": "RETRIEVAL", "verdict": "FLAG", "categories": ["prompt_injection"],
+        "reasons": [f"{cid}: {', '.join(r.reasons)}" for cid, r in flagged.items()], "score": None,
+        "checker": "rules", "latency_ms": (time.perf_counter() - t0) * 1000}, key=env["conversation_id"])
+    return [c for c in chunks if c["chunk_id"] not in flagged]
