@@ -25,6 +25,7 @@ from conflux.topics import apply_topics, load_catalogue
 from edge.api_routes import router as api_router
 from edge.chat import ChatService
 from edge.errors import ApiError, install_error_handlers
+from edge.protocol import ERROR_RESPONSES
 from edge.replies import ReplyRouter
 from edge.routes import router
 
@@ -76,7 +77,7 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
             await redis.aclose()
             app.state.clickhouse.close()
 
-    app = FastAPI(title="Conflux edge", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="Conflux edge", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES,
                   description="OpenAI-compatible chat API in front of Conflux's event streams.")
 
     app.state.http_counts = {}

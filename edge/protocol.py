@@ -43,3 +43,34 @@ class FeedbackRequest(BaseModel):
     rating: int | None = Field(default=None, ge=1, le=5)
     comment: str | None = Field(default=None, max_length=10_000)
     corrected_answer: str | None = Field(default=None, max_length=100_000)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """Every error the edge answers, in OpenAI's format."""
+
+    error: ErrorDetail
+
+
+# Documented on every route (FastAPI's default 422 schema is replaced: validation errors are 400s here).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": why} for status, why in (
+        (400, "malformed request: bad JSON, a missing or invalid field"),
+        (401, "missing, unknown or revoked API key"),
+        (403, "the tenant's plan does not allow this"),
+        (404, "unknown model, topic or id (another tenant's ids look unknown too)"),
+        (409, "a request with this Idempotency-Key is still running"),
+        (413, "request body over 1 MiB"),
+        (422, "event does not match its topic's schema (HTTP bridge)"),
+        (429, "rate limit: requests or tokens per minute (Retry-After says when to retry)"),
+        (502, "the chain or the model server failed for this request"),
+        (503, "the event broker or the key/limit store is unavailable (Retry-After)"),
+        (504, "no answer within the configured timeout"),
+    )
+}

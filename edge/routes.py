@@ -172,6 +172,9 @@ async def publish_event(topic: str, request: Request, authorization: str | None 
         raise ApiError(400, "request body is not valid JSON", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the event must be a JSON object", code="invalid_value")
+    if topic == "chat.feedback" and await _svc(request).owner(str(body.get("response_id"))) != tenant.tenant_id:
+        # The same rule as /v1/feedback: another tenant's response id looks exactly like an unknown one.
+        raise ApiError(404, f"response {body.get('response_id')} not found", "not_found_error", code="not_found")
     catalogue = request.app.state.catalogue
     spec = catalogue.get(topic)
     # The envelope is the edge's: tenant comes from the API key, never from the body.
