@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 # Reinstall the Python dependencies only when pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install up down status demo test test-unit test-integration lint clean bench bench-sink bench-freshness
+.PHONY: install up down status demo test test-unit test-integration test-faults lint clean bench bench-sink \
+	bench-freshness soak safety-eval
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +47,10 @@ test-unit: install
 test-integration: install
 	$(BIN)/pytest -m integration
 
+# Kill or stop parts of the running stack and check nothing was lost (also part of `make test`).
+test-faults: install
+	$(BIN)/pytest -m faults
+
 clean: down
 	rm -rf .conflux
 
@@ -63,3 +68,13 @@ bench-sink: install
 bench-freshness: install
 	$(BIN)/conflux up
 	$(BIN)/python -m producers.freshness_bench
+
+# 10 minutes of constant load: throughput, latency per minute, errors, memory of every service (<= 10% growth).
+soak: install
+	$(BIN)/conflux up
+	$(BIN)/python -m producers.soak
+
+# Precision and recall of the safety checks on the labelled set.
+safety-eval: install
+	$(BIN)/conflux up
+	$(BIN)/python -m producers.safety_eval

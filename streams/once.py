@@ -14,7 +14,9 @@ from typing import Any
 
 from streams.context import CTX_TTL_S
 
-DONE_TTL_S = 24 * 3600
+# A replay can only come from offsets not yet committed (seconds, or a rebalance); after CTX_TTL_S a stray
+# replay finds its context gone and is dead-lettered anyway. Longer would only grow Redis with traffic.
+DONE_TTL_S = CTX_TTL_S
 
 
 class Claim(enum.Enum):

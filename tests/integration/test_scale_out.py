@@ -3,53 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import redis
 
 from conflux.config import Settings
+from tests import procs
 
 EXTRA_EDGE_PORT = 8181
 
 
 @pytest.fixture(scope="module")
 def second_edge_and_worker(stack: Settings) -> Iterator[str]:
-    log = open(stack.logs_dir / "test-scale-out.log", "ab")  # noqa: SIM115 - closed below
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "conflux.cli", "edge", "--port", str(EXTRA_EDGE_PORT),
-                          "--instance-id", "edge-test-2"], stdout=log, stderr=log, start_new_session=True),
-        subprocess.Popen([sys.executable, "-m", "conflux.cli", "worker", "--worker-id", "worker-test-2"],
-                         stdout=log, stderr=log, start_new_session=True),
-    ]
-    r = redis.Redis.from_url(stack.redis_url)
+    edge = procs.edge(stack, "edge-test-2", EXTRA_EDGE_PORT).start()
+    worker = procs.worker(stack, "worker-test-2").start()
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            edge_up = False
-            with contextlib.suppress(httpx.HTTPError):
-                edge_up = httpx.get(f"http://127.0.0.1:{EXTRA_EDGE_PORT}/healthz", timeout=1).status_code == 200
-            if edge_up and r.get("conflux:worker:worker-test-2:heartbeat") == str(procs[1].pid).encode():
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail("second edge or worker did not become healthy")
+        procs.wait_edge(edge, EXTRA_EDGE_PORT)
+        procs.wait_worker(worker, "worker-test-2")
         yield f"http://127.0.0.1:{EXTRA_EDGE_PORT}/v1"
     finally:
-        for p in procs:
-            os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            p.wait(timeout=30)
-        r.close()
-        log.close()
+        edge.stop()
+        worker.stop()
 
 
 async def _chat(http: httpx.AsyncClient, base: str, key: str, i: int) -> tuple[str, str, str]:
