@@ -60,6 +60,9 @@ class Settings:
     inference_timeout_s: float = 60.0
     # Seconds the edge waits for the broker to acknowledge an event before answering 503 (broker down).
     publish_timeout_s: float = 5.0
+    # Signs response ids so an edge can tell which tenant owns one without a lookup (conflux/ids.py). Every
+    # edge of a deployment must share it; empty = the local stack's .conflux/id-secret.
+    id_secret: str = field(default="", repr=False)
     # Whether `conflux up` also runs Conflux's own edge and worker (off for engine-only test sessions).
     run_platform: bool = True
 
@@ -120,5 +123,6 @@ class Settings:
             metrics_host=e.get("CONFLUX_METRICS_HOST", "127.0.0.1"),
             inference_timeout_s=float(_int(e, "CONFLUX_INFERENCE_TIMEOUT_S", 60)),
             publish_timeout_s=float(_int(e, "CONFLUX_PUBLISH_TIMEOUT_S", 5)),
+            id_secret=e.get("CONFLUX_ID_SECRET", ""),
             run_platform=e.get("CONFLUX_RUN_PLATFORM", "1") not in ("0", "false", "no"),
         )

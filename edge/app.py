@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request, Response
 
 from conflux.clickhouse import clickhouse_client
 from conflux.config import Settings
+from conflux.ids import ResponseIds, load_secret
 from conflux.kafka import EventPublisher, make_producer
 from conflux.models import load_models
 from conflux.ratelimit import RateLimiter
@@ -68,7 +69,7 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
         app.state.keys = ApiKeyStore(redis)
         app.state.chat = ChatService(publisher=publisher, replies=replies, models=models,
                                      limiter=RateLimiter(redis), redis=redis, instance_id=instance,
-                                     chain_timeout_s=chain_timeout_s)
+                                     chain_timeout_s=chain_timeout_s, ids=ResponseIds(load_secret(settings)))
         try:
             yield
         finally:

@@ -7,13 +7,13 @@ import asyncio
 import contextlib
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
 
+from conflux.ids import ResponseIds
 from conflux.kafka import EventPublisher
 from conflux.models import CatalogueModelError, ModelCatalogue, ModelSpec, Plan
 from conflux.ratelimit import RateLimiter
@@ -23,7 +23,6 @@ from edge.errors import ApiError
 from edge.protocol import ChatCompletionRequest
 from edge.replies import ReplyRouter
 
-OWNER_TTL_S = 30 * 24 * 3600
 IDEMPOTENCY_TTL_S = 24 * 3600
 
 
@@ -45,13 +44,11 @@ class Completion:
     citations: list[str]
 
 
-def new_request_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
-
-
 class ChatService:
     def __init__(self, *, publisher: EventPublisher, replies: ReplyRouter, models: ModelCatalogue,
-                 limiter: RateLimiter, redis: Any, instance_id: str, chain_timeout_s: float) -> None:
+                 limiter: RateLimiter, redis: Any, instance_id: str, chain_timeout_s: float,
+                 ids: ResponseIds) -> None:
+        self._ids = ids
         self._publisher = publisher
         self._replies = replies
         self._models = models
@@ -93,13 +90,12 @@ class ChatService:
             raise ApiError(429, f"rate limit of plan '{plan.name}' reached; retry after {verdict.retry_after_s}s",
                            "rate_limit_error", code="rate_limit_exceeded",
                            headers={"Retry-After": str(verdict.retry_after_s)})
-        request_id = new_request_id()
+        request_id = self._ids.new(tenant.tenant_id)
         return Admitted(request_id, conversation_id or request_id, max_tokens, model)
 
     async def submit(self, tenant: Tenant, req: ChatCompletionRequest, adm: Admitted,
                      traceparent: str | None = None) -> asyncio.Queue[dict[str, Any]]:
         queue = self._replies.register(adm.request_id)
-        await self._r.set(f"conflux:owner:{adm.request_id}", tenant.tenant_id, ex=OWNER_TTL_S)
         record = {
             "envelope": new_envelope(tenant_id=tenant.tenant_id, conversation_id=adm.conversation_id,
                                      request_id=adm.request_id, producer=self.instance_id, traceparent=traceparent),
@@ -151,9 +147,9 @@ class ChatService:
                           final.get("prompt_tokens") or 0, final.get("completion_tokens") or 0,
                           list(final.get("citations") or []))
 
-    async def owner(self, request_id: str) -> str | None:
-        raw = await self._r.get(f"conflux:owner:{request_id}")
-        return raw.decode() if isinstance(raw, bytes) else raw
+    def owns(self, tenant_id: str, request_id: str) -> bool:
+        """Whether this tenant was issued this response id (the id carries a signature: no lookup)."""
+        return self._ids.owned_by(request_id, tenant_id)
 
     # Idempotency-Key: the first request with a key runs; repeats get its stored answer, or 409 meanwhile.
     async def idempotent_start(self, tenant_id: str, key: str) -> dict[str, Any] | None:

@@ -142,7 +142,7 @@ async def feedback(body: FeedbackRequest, request: Request,
     tenant = await _tenant(request, authorization)
     svc = _svc(request)
     # Another tenant's response id looks exactly like an unknown one: nothing leaks about it.
-    if await svc.owner(body.response_id) != tenant.tenant_id:
+    if not svc.owns(tenant.tenant_id, body.response_id):
         raise ApiError(404, f"response {body.response_id} not found", "not_found_error", code="not_found")
     kinds = [k for k, v in (("CORRECTION", body.corrected_answer), ("RATING", body.rating),
                             ("THUMBS", body.thumbs_up), ("COMMENT", body.comment)) if v is not None]
@@ -172,7 +172,7 @@ async def publish_event(topic: str, request: Request, authorization: str | None 
         raise ApiError(400, "request body is not valid JSON", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the event must be a JSON object", code="invalid_value")
-    if topic == "chat.feedback" and await _svc(request).owner(str(body.get("response_id"))) != tenant.tenant_id:
+    if topic == "chat.feedback" and not _svc(request).owns(tenant.tenant_id, str(body.get("response_id"))):
         # The same rule as /v1/feedback: another tenant's response id looks exactly like an unknown one.
         raise ApiError(404, f"response {body.get('response_id')} not found", "not_found_error", code="not_found")
     catalogue = request.app.state.catalogue

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--rate", type=float, default=10.0, help="new chats per second (open loop)")
     p.add_argument("--window", type=float, default=60.0, help="seconds per reported window")
-    p.add_argument("--warmup", type=float, default=60.0, help="seconds of load before memory is first sampled")
+    p.add_argument("--warmup", type=float, default=120.0, help="seconds of load before memory is first sampled")
     args = p.parse_args(argv)
     settings = Settings.from_env()
 

@@ -83,6 +83,7 @@ class Deps:
             await self.once.release("end", request_id)
             raise
         await self.once.done("end", request_id)
+        await self.once.forget("gen", request_id)  # the end marker alone stops replays from here on
 
     async def end_request(self, request: dict[str, Any], *, finish_reason: str, text: str = "",
                           error: str | None = None, blocked: bool = False, model: str | None = None,

@@ -36,16 +36,15 @@ async def handle(deps: Deps, decision: dict[str, Any]) -> None:
     claim = await deps.once.claim("gen", rid)
     if claim in (Claim.BUSY, Claim.DONE):
         return  # a replay of a generation that is running elsewhere or has finished
-    ctx = await deps.ctx.get(rid, "request", "built", "prompt_tokens", "t0", "streamed")
-    request, built = ctx["request"], ctx["built"]
-    if claim is Claim.ORPHANED and ctx.get("streamed"):
-        # The worker generating this answer died after the caller saw part of it. Starting again would
-        # splice two different answers together: end it with an explicit error instead (the client retries).
-        await deps.finish_with_error(request, "generation was interrupted by a worker failure; retry the request")
-        await deps.once.done("gen", rid)
-        return
     try:
-        await _generate(deps, env, decision, ctx, request, built)
+        ctx = await deps.ctx.get(rid, "request", "built", "prompt_tokens", "t0", "streamed")
+        request, built = ctx["request"], ctx["built"]
+        if claim is Claim.ORPHANED and ctx.get("streamed"):
+            # The worker generating this answer died after the caller saw part of it. Starting again would
+            # splice two different answers together: end it with an explicit error instead (the client retries).
+            await deps.finish_with_error(request, "generation was interrupted by a worker failure; retry the request")
+        else:
+            await _generate(deps, env, decision, ctx, request, built)
     except BaseException:
         await deps.once.release("gen", rid)
         raise

@@ -71,3 +71,15 @@ async def test_session_memory_fails_open() -> None:
     deps: Any = SimpleNamespace(ctx=DownStore(), metrics=metrics)
     assert await recall(deps, {"tenant_id": "t", "conversation_id": "c", "request_id": "r"}) == []
     assert "memory_unavailable_total" in metrics.render()
+
+
+def test_response_ids_prove_their_tenant() -> None:
+    from conflux.ids import ResponseIds
+
+    ids = ResponseIds(b"0123456789abcdef0123")
+    rid = ids.new("tenant-a")
+    assert rid.startswith("chatcmpl-") and len(rid) == len("chatcmpl-") + 48
+    assert ids.owned_by(rid, "tenant-a")
+    assert not ids.owned_by(rid, "tenant-b")  # another tenant's id looks unknown
+    assert not ids.owned_by(rid, "tenant-a|x") and not ids.owned_by("chatcmpl-nope", "tenant-a")
+    assert not ResponseIds(b"another-secret-of-20").owned_by(rid, "tenant-a")  # another deployment's id
