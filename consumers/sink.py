@@ -25,6 +25,7 @@ from conflux.config import Settings
 from conflux.errors import DecodeError
 from conflux.kafka import EventPublisher, make_consumer, make_producer
 from conflux.promserve import Metrics, serve_metrics
+from conflux.redis_client import redis_client
 from conflux.schemas import SchemaRegistry
 from conflux.serde import AvroSerde, dead_letter_record, json_default, new_envelope
 from conflux.topics import Catalogue, load_catalogue
@@ -174,9 +175,8 @@ class ClickHouseSink:
 
 async def heartbeat(settings: Settings, sink: ClickHouseSink, name: str) -> None:
     """`conflux status` reads this key: the sink's loop is alive (the value names its process)."""
-    import redis.asyncio as aioredis
 
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = redis_client(settings.redis_url)
     try:
         while True:
             try:

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response
 
 from conflux.clickhouse import clickhouse_client
@@ -18,6 +17,7 @@ from conflux.ids import ResponseIds, load_secret
 from conflux.kafka import EventPublisher, make_producer
 from conflux.models import load_models
 from conflux.ratelimit import RateLimiter
+from conflux.redis_client import redis_client
 from conflux.schemas import SchemaRegistry
 from conflux.serde import AvroSerde, dead_letter_record, new_envelope
 from conflux.telemetry import setup_tracing
@@ -50,7 +50,7 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
         tracer = setup_tracing(f"conflux-edge/{instance}").get_tracer("conflux.edge")
         producer = make_producer(settings.kafka_bootstrap, linger_ms=0)  # one event per request: no batching
         await producer.start()
-        redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        redis = redis_client(settings.redis_url)
         publisher = EventPublisher(producer, serde, catalogue, tracer, timeout_s=settings.publish_timeout_s)
 
         async def dead_letter(msg: Any, exc: Exception) -> None:

@@ -16,7 +16,6 @@ from types import ModuleType
 from typing import Any
 
 import faust
-import redis.asyncio as aioredis
 from opentelemetry import trace
 from redis.exceptions import RedisError
 
@@ -27,6 +26,7 @@ from conflux.kafka import EventPublisher, make_producer
 from conflux.llm import Tokenizer
 from conflux.models import load_models
 from conflux.promserve import Metrics, serve_metrics
+from conflux.redis_client import redis_client
 from conflux.schemas import SchemaRegistry
 from conflux.serde import AvroSerde
 from conflux.telemetry import extract_context, setup_tracing
@@ -70,7 +70,7 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
     catalogue = load_catalogue(registry=registry)
     producer = make_producer(settings.kafka_bootstrap, linger_ms=0)
     await producer.start()
-    redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    redis = redis_client(settings.redis_url)
     tracer = setup_tracing(f"conflux-worker/{worker_id}").get_tracer("conflux.streams")
     vectors = open_vector_store(settings)
     vectors.ensure_collection("documents", 384)

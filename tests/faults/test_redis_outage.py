@@ -5,11 +5,19 @@ restarting anything. Session memory fails open (tests/unit/test_chain_logic.py).
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
 from conflux.config import Settings
 from conflux.stack import manager
+
+
+def burst(base: str, auth: dict[str, str], chat: dict[str, object]) -> list[int]:
+    """40 chats, 20 at a time."""
+    with ThreadPoolExecutor(20) as pool:
+        return list(pool.map(lambda _: httpx.post(f"{base}/chat/completions", headers=auth, json=chat,
+                                                  timeout=30).status_code, range(40)))
 
 
 def test_edge_fails_closed_while_redis_is_down_and_recovers(stack: Settings) -> None:
@@ -22,6 +30,7 @@ def test_edge_fails_closed_while_redis_is_down_and_recovers(stack: Settings) -> 
     with httpx.Client(timeout=30) as http:
         first = http.post(f"{base}/chat/completions", headers=auth, json=chat)
         assert first.status_code == 200, first.text
+        assert burst(base, auth, chat) == [200] * 40  # the edge now holds many pooled Redis connections
         redis_svc.stop()
         try:
             for method, path, body in (("POST", "/chat/completions", chat), ("GET", "/models", None),
@@ -40,6 +49,9 @@ def test_edge_fails_closed_while_redis_is_down_and_recovers(stack: Settings) -> 
             assert time.monotonic() < deadline, r.text
             time.sleep(0.5)
         assert r.json()["choices"][0]["message"]["content"] == "redis test redis"
+    # Recovered for everyone at once: no burst of 503s from connections that died with the old Redis.
+    statuses = burst(base, auth, chat)
+    assert statuses == [200] * 40, statuses
     # Everyone rode it out in place (the worker's heartbeat is back, so `conflux status` is healthy again).
     assert {s.name: s.pid() for s in manager.services(stack) if s.name in pids} == pids
     manager.by_name(stack, "worker").wait_healthy(15)
