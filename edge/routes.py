@@ -85,7 +85,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     if not body.stream:
         try:
             completion = await svc.collect(adm.request_id, queue, body.model)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, ApiError):  # an error answer names its request like any other answer
+                exc.headers = {**exc.headers, **headers}
             await svc.cancel(adm.request_id)
             if idempotency_key:
                 await svc.idempotent_finish(tenant.tenant_id, idempotency_key, None)

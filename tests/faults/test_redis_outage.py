@@ -11,6 +11,7 @@ import httpx
 
 from conflux.config import Settings
 from conflux.stack import manager
+from tests.faults.helpers import responses_by_request
 
 
 def burst(base: str, auth: dict[str, str], chat: dict[str, object]) -> list[int]:
@@ -52,6 +53,9 @@ def test_edge_fails_closed_while_redis_is_down_and_recovers(stack: Settings) -> 
     # Recovered for everyone at once: no burst of 503s from connections that died with the old Redis.
     statuses = burst(base, auth, chat)
     assert statuses == [200] * 40, statuses
+    # The record agrees: the answers before and after the outage each ended once.
+    ended = responses_by_request(stack, [first.json()["id"], r.json()["id"]])
+    assert all(len(rows) == 1 and not rows[0][1] for rows in ended.values()) and len(ended) == 2
     # Everyone rode it out in place (the worker's heartbeat is back, so `conflux status` is healthy again).
     assert {s.name: s.pid() for s in manager.services(stack) if s.name in pids} == pids
     manager.by_name(stack, "worker").wait_healthy(15)

@@ -8,6 +8,7 @@ import openai
 
 from conflux.config import Settings
 from conflux.stack import manager
+from tests.faults.helpers import responses_by_request
 
 
 def test_requests_fail_fast_while_triton_is_down_and_succeed_after(stack: Settings) -> None:
@@ -22,6 +23,7 @@ def test_requests_fail_fast_while_triton_is_down_and_succeed_after(stack: Settin
             raise AssertionError("answered without a model server")
         except openai.APIStatusError as exc:
             assert exc.status_code == 502
+            failed = exc.response.headers["x-request-id"]
             message = str(exc.body)
             assert "model server is unavailable" in message and "dead letter" in message
             assert "127.0.0.1" not in message  # no internal addresses in client errors
@@ -39,3 +41,7 @@ def test_requests_fail_fast_while_triton_is_down_and_succeed_after(stack: Settin
                 raise
             time.sleep(0.5)
     assert answer.choices[0].message.content == "back again"
+    # The record agrees: one final event each, an error for the request Triton could not serve.
+    ended = responses_by_request(stack, [failed, answer.id])
+    assert len(ended[failed]) == 1 and ended[failed][0][1] and len(ended[answer.id]) == 1
+    assert not ended[answer.id][0][1]
