@@ -12,7 +12,7 @@ from aiokafka.errors import KafkaError
 from opentelemetry import trace
 
 from conflux.errors import PublishError
-from conflux.serde import AvroSerde
+from conflux.serde import AvroSerde, dead_letter_record, new_envelope
 from conflux.telemetry import Headers, inject_headers, traceparent_of
 from conflux.topics import Catalogue
 
@@ -87,3 +87,11 @@ class EventPublisher:
             span.set_attribute("messaging.destination.name", topic)
             span.set_attribute("messaging.kafka.destination.partition", meta.partition)
             return Delivered(meta.topic, meta.partition, meta.offset)
+
+    async def publish_undecodable(self, msg: Any, exc: Exception, *, consumer: str, producer: str) -> Delivered:
+        """A consumed message that could not be decoded, byte for byte with the reason, to the dead-letter
+        topic; no request can be attributed to it, so the envelope's ids are empty."""
+        envelope = new_envelope(tenant_id="", conversation_id="", request_id="", producer=producer)
+        return await self.publish("conflux.deadletter", dead_letter_record(
+            envelope, topic=msg.topic, partition=msg.partition, offset=msg.offset, consumer=consumer, exc=exc,
+            payload=msg.value, key=msg.key, headers=list(msg.headers or [])), key=msg.topic)

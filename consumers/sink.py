@@ -27,7 +27,7 @@ from conflux.kafka import EventPublisher, make_consumer, make_producer
 from conflux.promserve import Metrics, serve_metrics
 from conflux.redis_client import redis_client
 from conflux.schemas import SchemaRegistry
-from conflux.serde import AvroSerde, dead_letter_record, json_default, new_envelope
+from conflux.serde import AvroSerde, json_default
 from conflux.topics import Catalogue, load_catalogue
 from consumers import migrations
 
@@ -125,10 +125,7 @@ class ClickHouseSink:
             if tp.topic == "conflux.deadletter":
                 log.error("undecodable dead letter at %s[%s]@%s: %s", tp.topic, tp.partition, msg.offset, exc)
                 return None
-            envelope = new_envelope(tenant_id="", conversation_id="", request_id="", producer=self.instance)
-            await publisher.publish("conflux.deadletter", dead_letter_record(
-                envelope, topic=tp.topic, partition=tp.partition, offset=msg.offset, consumer="clickhouse-sink",
-                exc=exc, payload=msg.value, key=msg.key, headers=list(msg.headers or [])), key=tp.topic)
+            await publisher.publish_undecodable(msg, exc, consumer="clickhouse-sink", producer=self.instance)
             return None
         return to_row(decoded.name, tp.topic, tp.partition, msg.offset, decoded.record)
 

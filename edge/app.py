@@ -19,7 +19,7 @@ from conflux.models import load_models
 from conflux.ratelimit import RateLimiter
 from conflux.redis_client import redis_client
 from conflux.schemas import SchemaRegistry
-from conflux.serde import AvroSerde, dead_letter_record, new_envelope
+from conflux.serde import AvroSerde
 from conflux.telemetry import setup_tracing
 from conflux.tenants import ApiKeyStore
 from conflux.topics import apply_topics, load_catalogue
@@ -54,10 +54,7 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
         publisher = EventPublisher(producer, serde, catalogue, tracer, timeout_s=settings.publish_timeout_s)
 
         async def dead_letter(msg: Any, exc: Exception) -> None:
-            envelope = new_envelope(tenant_id="", conversation_id="", request_id="", producer=instance)
-            await publisher.publish("conflux.deadletter", dead_letter_record(
-                envelope, topic=msg.topic, partition=msg.partition, offset=msg.offset, consumer=instance, exc=exc,
-                payload=msg.value, key=msg.key, headers=list(msg.headers or [])), key=msg.topic)
+            await publisher.publish_undecodable(msg, exc, consumer=instance, producer=instance)
 
         replies = ReplyRouter(settings.kafka_bootstrap, reply.name, serde, dead_letter=dead_letter)
         await replies.start()
