@@ -70,6 +70,15 @@ class Deps:
         except TimeoutError:
             raise ReplyTopicError(f"reply topic {request['reply_topic']} unavailable") from None
 
+    async def reply_final(self, request: dict[str, Any], record: dict[str, Any]) -> None:
+        """The caller's final chunk. Its edge may be gone (reply topic unavailable): the request's end is
+        still recorded by the caller of this, so that is logged, not raised."""
+        try:
+            await self.reply(request, record)
+        except ReplyTopicError:
+            log.warning("caller of %s is gone (reply topic unavailable); recording the end anyway",
+                        request["envelope"]["request_id"])
+
     @contextlib.asynccontextmanager
     async def ending(self, request_id: str) -> AsyncIterator[bool]:
         """Yields True to the one caller that should end the request (final chunk + chat.responses); False
@@ -95,13 +104,10 @@ class Deps:
         async with self.ending(env["request_id"]) as mine:
             if not mine:
                 return
-            try:
-                await self.reply(request, {"envelope": self.envelope(env), "sequence": seq, "text": text,
-                                           "is_final": True, "finish_reason": finish_reason, "error": error,
-                                           "model": model, "prompt_tokens": usage, "completion_tokens": usage})
-            except ReplyTopicError:
-                log.warning("caller of %s is gone (reply topic unavailable); recording the end anyway",
-                            env["request_id"])
+            await self.reply_final(request, {
+                "envelope": self.envelope(env), "sequence": seq, "text": text, "is_final": True,
+                "finish_reason": finish_reason, "error": error, "model": model, "prompt_tokens": usage,
+                "completion_tokens": usage})
             await self.publisher.publish("chat.responses", {
                 "envelope": self.envelope(env), "model": request.get("model", ""), "content": text,
                 "finish_reason": finish_reason, "blocked": blocked, "error": error, "prompt_tokens": 0,

@@ -11,7 +11,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from conflux.safety import check_rules
-from streams.deps import Deps, ReplyTopicError
+from streams.deps import Deps
 
 log = logging.getLogger("conflux.streams")
 
@@ -42,16 +42,12 @@ async def _end(deps: Deps, env: dict[str, Any], done: dict[str, Any], ctx: dict[
         "reasons": list(rules.reasons), "score": None, "checker": "rules",
         "latency_ms": (time.perf_counter() - t0) * 1000}, key=env["conversation_id"])
     finish = "content_filter" if verdict == "BLOCK" else done["finish_reason"]
-    try:
-        await deps.reply(request, {
-            "envelope": deps.envelope(env), "sequence": int(ctx.get("chunks_sent", 0)), "text": "", "is_final": True,
-            "finish_reason": finish, "error": None, "model": done["model"], "prompt_tokens": done["prompt_tokens"],
-            "completion_tokens": done["completion_tokens"],
-            "citations": [c["chunk_id"] for c in ctx.get("chunks") or []]})
-    except ReplyTopicError:  # the caller's edge is gone; the answer is still recorded below
-        log.warning("caller of %s is gone; recording the response anyway", env["request_id"])
-    started = ctx.get("started") or ctx.get("t0") or time.time()
     chunks = ctx.get("chunks") or []
+    await deps.reply_final(request, {
+        "envelope": deps.envelope(env), "sequence": int(ctx.get("chunks_sent", 0)), "text": "", "is_final": True,
+        "finish_reason": finish, "error": None, "model": done["model"], "prompt_tokens": done["prompt_tokens"],
+        "completion_tokens": done["completion_tokens"], "citations": [c["chunk_id"] for c in chunks]})
+    started = ctx.get("started") or ctx.get("t0") or time.time()
     await deps.publisher.publish("chat.responses", {
         "envelope": deps.envelope(env), "model": done["model"], "content": "" if verdict == "BLOCK" else text,
         "finish_reason": finish, "blocked": verdict == "BLOCK", "error": None,
