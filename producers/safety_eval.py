@@ -12,7 +12,6 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from conflux.config import REPO_ROOT, Settings
@@ -36,14 +35,14 @@ def scores(pairs: list[tuple[bool, bool]]) -> dict[str, Any]:
 
 
 async def evaluate(settings: Settings, rows: list[dict[str, str]]) -> dict[str, Any]:
-    deps: Any = SimpleNamespace(triton=TritonClient(settings.triton_grpc_url))
+    triton = TritonClient(settings.triton_grpc_url)
     bank = AttackBank()
     results: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     for row in rows:
         rules = check_rules(row["text"])
         if row["source"] == "prompt":
-            score, _ = await bank.score(deps, row["text"])
+            score, _ = await bank.score(triton, row["text"])
             verdict, _, reasons = judge(rules, score)
             flagged = verdict == "BLOCK"
         else:  # documents: what the retrieval stage does with each retrieved chunk

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -84,7 +85,8 @@ async def one_chat(http: httpx.AsyncClient, base: str, key: str, n: int, window:
 
 
 def memory(settings: Settings) -> dict[str, float | None]:
-    return {name: s["rss_mb"] for name, s in manager.status(settings).items() if s.get("pid")}
+    """Resident memory of each running local service (no health probes: the sampler must not add load)."""
+    return {s.name: s.rss_mb() for s in manager.services(settings) if s.pid() is not None}
 
 
 async def sample_memory(settings: Settings, every_s: float, samples: list[dict[str, float | None]],
@@ -157,7 +159,7 @@ async def soak(settings: Settings, minutes: float, rate: float, window_s: float,
     return {
         "conditions": {"minutes": minutes, "rate_per_s": rate, "model": "echo", "max_tokens": 16, "stream": True,
                        "feedback_every": 10, "conversations": CONVERSATIONS, "warmup_s": warmup_s,
-                       "window_s": window_s, "machine_cpus": _cpus()},
+                       "window_s": window_s, "machine_cpus": os.cpu_count()},
         "chats": len(all_lat), "chats_per_s": round(len(all_lat) / seconds, 2), "errors": errors,
         "client_refused": refused, "error_samples": [s for w in windows for s in w.error_samples][:10],
         "latency_ms": {"p50": pct(all_lat, 0.5), "p95": pct(all_lat, 0.95), "p99": pct(all_lat, 0.99)},
@@ -166,12 +168,6 @@ async def soak(settings: Settings, minutes: float, rate: float, window_s: float,
         "memory": mem, "memory_samples": len(samples), "memory_every_s": MEMORY_EVERY_S,
         "memory_ok": bool(mem) and all(m["growth_pct"] <= GROWTH_LIMIT_PCT for m in mem.values()),
     }
-
-
-def _cpus() -> int:
-    import os
-
-    return os.cpu_count() or 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from conflux.inference import TritonClient
 from conflux.safety import RuleResult, check_rules
 from streams.deps import Deps
 
@@ -33,11 +34,11 @@ class AttackBank:
     def __init__(self) -> None:
         self.vectors: Any = None
 
-    async def score(self, deps: Deps, text: str) -> tuple[float, list[float]]:
+    async def score(self, triton: TritonClient, text: str) -> tuple[float, list[float]]:
         """Highest similarity to a known attack, and the text's embedding (reused by retrieval)."""
         if self.vectors is None:
-            self.vectors = await deps.triton.embed(list(ATTACKS))
-        v = (await deps.triton.embed([text[:2000]]))[0]
+            self.vectors = await triton.embed(list(ATTACKS))
+        v = (await triton.embed([text[:2000]]))[0]
         return float(np.max(self.vectors @ v)), [round(float(x), 6) for x in v]
 
 
@@ -85,7 +86,7 @@ async def handle(deps: Deps, request: dict[str, Any], bank: AttackBank) -> None:
     # The model looks at the newest user message (earlier turns were checked when they were sent); its
     # embedding is the retrieval query too, so the request is embedded once.
     newest = next((m["content"] for m in reversed(request["messages"]) if m["role"] == "user"), "")
-    score, query_vec = await bank.score(deps, newest)
+    score, query_vec = await bank.score(deps.triton, newest)
     await deps.ctx.put(env["request_id"], query_vec=query_vec)
     verdict, categories, reasons = judge(rules, score)
     await deps.publisher.publish("safety.verdicts", {

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import httpx
-import redis
 
 from conflux.config import Settings
+from conflux.stack.platform import redis_heartbeat
 
 
 class Proc:
@@ -77,15 +77,11 @@ def wait_edge(proc: Proc, port: int, timeout_s: float = 90) -> None:
 
 
 def wait_worker(proc: Proc, worker_id: str, timeout_s: float = 90) -> None:
-    """Healthy once its agents beat in Redis with this process's pid."""
-    r = redis.Redis.from_url(proc.settings.redis_url)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            assert proc.popen is not None and proc.popen.poll() is None, f"{proc.name} exited; see {proc.log_path}"
-            if r.get(f"conflux:worker:{worker_id}:heartbeat") == str(proc.pid).encode():
-                return
-            time.sleep(0.3)
-    finally:
-        r.close()
+    """Healthy once its agents beat in Redis with this process's pid (the check `conflux status` uses)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.popen is not None and proc.popen.poll() is None, f"{proc.name} exited; see {proc.log_path}"
+        if redis_heartbeat(proc.settings.redis_url, f"conflux:worker:{worker_id}:heartbeat", proc.pid).ok:
+            return
+        time.sleep(0.3)
     raise AssertionError(f"{proc.name} not healthy after {timeout_s}s; see {proc.log_path}")
