@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -83,3 +84,45 @@ def test_response_ids_prove_their_tenant() -> None:
     assert not ids.owned_by(rid, "tenant-b")  # another tenant's id looks unknown
     assert not ids.owned_by(rid, "tenant-a|x") and not ids.owned_by("chatcmpl-nope", "tenant-a")
     assert not ResponseIds(b"another-secret-of-20").owned_by(rid, "tenant-a")  # another deployment's id
+
+
+async def test_the_streamed_mark_is_written_before_the_first_chunk_can_leave() -> None:
+    """A replay decides "restart" or "explicit error" from this mark: written after (or beside) the first
+    chunk, a kill -9 between the two spliced a second answer behind the first piece (a CI failure)."""
+    from conflux.inference import Piece
+    from streams import inference
+
+    log: list[str] = []
+
+    class Ctx:
+        async def put(self, request_id: str, **fields: Any) -> None:
+            log.extend(f"mark:{k}" for k in fields if k == "streamed")
+
+        async def cancelled(self, request_id: str) -> bool:
+            return False
+
+    class Producer:
+        async def send(self, topic: str, **kwargs: Any) -> Any:
+            log.append(f"send:{topic}")
+            fut = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+            return fut
+
+    class Triton:
+        async def stream(self, *args: Any, **kwargs: Any) -> Any:
+            for text in ("a", "b"):
+                yield Piece(text, 0.0)
+
+    class Publisher:
+        async def publish(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    model = SimpleNamespace(id="m", template="raw", triton_stream="echo", cost=lambda p, c: 0.0)
+    deps: Any = SimpleNamespace(
+        models=SimpleNamespace(get=lambda _id: model), publisher=Publisher(), producer=Producer(), ctx=Ctx(),
+        triton=Triton(), serde=SimpleNamespace(encode=lambda name, record: b"x"), envelope=lambda env: env,
+        inference_timeout_s=5.0)
+    env = {"request_id": "r1", "conversation_id": "c1"}
+    request = {"max_tokens": 2, "temperature": 0.0, "reply_topic": "replies", "reply_partition": 0}
+    await inference._generate(deps, env, {"chosen_model": "m"}, {}, request, [{"role": "user", "content": "q"}])
+    assert log[0] == "mark:streamed" and log.index("send:replies") > 0, log
