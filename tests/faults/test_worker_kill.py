@@ -9,7 +9,7 @@ import httpx
 
 from conflux.config import Settings
 from tests import procs
-from tests.faults.helpers import expected_echo, responses_by_request, stream_chat
+from tests.faults.helpers import expected_echo, responses_by_request, stream_chat, wait_until_generating
 from tests.integration.helpers import new_tenant_key
 
 CHATS = 50
@@ -24,6 +24,7 @@ async def test_kill_one_of_two_workers_with_50_chats_in_flight(stack: Settings) 
         base = f"http://127.0.0.1:{stack.edge_port}/v1"
         prompts = [f"fault {i} alpha beta gamma" for i in range(CHATS)]
         async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=CHATS + 8)) as http:
+            await wait_until_generating(stack, http, base, key, "worker-fault-2")
             chats = [asyncio.create_task(stream_chat(http, base, key, p, max_tokens=TOKENS)) for p in prompts]
             await asyncio.sleep(1.0)  # every chat accepted, many streaming
             await asyncio.to_thread(second.kill9)
@@ -49,4 +50,9 @@ async def test_kill_one_of_two_workers_with_50_chats_in_flight(stack: Settings) 
     for o in outcomes:
         finish, error = responses[str(o.request_id)][0]
         assert (o.kind == "error") == bool(error), (o, finish, error)
-    print(f"worker kill: {kinds['ok']} answered, {kinds['error']} explicit errors, 0 lost, 0 twice")
+    # The kill must have hit work in flight: a chat of the dead worker either ends with the explicit error or
+    # waits for the consumer group to hand its partitions over (the session timeout, 10 s; unaffected: ~3 s).
+    failed_over = [o for o in outcomes if o.kind == "error" or o.seconds > 8]
+    assert failed_over, f"the kill hit no chat in flight (slowest {max(o.seconds for o in outcomes):.1f}s)"
+    print(f"worker kill: {kinds['ok']} answered, {kinds['error']} explicit errors, "
+          f"{len(failed_over)} failed over, 0 lost, 0 twice")
