@@ -105,14 +105,16 @@ async def wait_until_generating(settings: Settings, http: httpx.AsyncClient, bas
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            await asyncio.gather(*[stream_chat(http, base, key, f"warm-up {i}", model="echo", max_tokens=2)
-                                   for i in range(8)])  # a new conversation (partition key) each
-            rows = await asyncio.to_thread(
-                lambda: client.query("SELECT count() FROM events WHERE topic = 'inference.completed' "
-                                     "AND producer = {w:String}", parameters={"w": worker_id}).result_rows)
-            if rows[0][0]:
+            warm = await asyncio.gather(*[stream_chat(http, base, key, f"warm-up {i}", model="echo", max_tokens=2)
+                                          for i in range(8)])  # a new conversation (partition key) each
+            ids = [o.request_id for o in warm if o.request_id]
+            await asyncio.sleep(1.0)  # the sink's batch reaches ClickHouse
+            result = await asyncio.to_thread(
+                client.query, "SELECT count() FROM events WHERE topic = 'inference.completed' "
+                "AND producer = {w:String} AND request_id IN {ids:Array(String)}",
+                parameters={"w": worker_id, "ids": ids})
+            if result.result_rows[0][0]:
                 return
-            await asyncio.sleep(0.5)
         raise AssertionError(f"{worker_id} generated no answer within {timeout_s:.0f}s (no partitions?)")
     finally:
         client.close()
