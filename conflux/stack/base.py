@@ -117,21 +117,24 @@ class Service(ABC):
         raise ServiceError(f"{self.name} not healthy after {timeout_s or self.start_timeout_s:.0f}s "
                            f"({last.detail}); see {self.log_file}:\n{tail(self.log_file)}")
 
-    def stop(self) -> bool:
-        """SIGTERM, then SIGKILL after stop_timeout_s. True if something was running."""
+    def stop(self) -> str | None:
+        """SIGTERM, then SIGKILL after stop_timeout_s. None if nothing was running, else how it stopped."""
         pid = self.pid()
         if pid is None:
-            return False
+            return None
+        t0 = time.monotonic()
         _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_timeout_s
-        while time.monotonic() < deadline and _alive(pid):
+        while time.monotonic() - t0 < self.stop_timeout_s and _alive(pid):
             time.sleep(0.1)
+        how = f"stopped in {time.monotonic() - t0:.1f}s"
         if _alive(pid):
+            # Said out loud: a service that needs SIGKILL did not shut down cleanly, and its log says why.
+            how = f"KILLED: still running {self.stop_timeout_s:.0f}s after SIGTERM (see {self.log_file})"
             _signal_group(pid, signal.SIGKILL)
             while _alive(pid):
                 time.sleep(0.05)
         self.pid_file.unlink(missing_ok=True)
-        return True
+        return how
 
     def kill(self) -> None:
         """SIGKILL without warning: what a crash looks like (used by the durability tests)."""

@@ -121,9 +121,10 @@ def down(settings: Settings, progress: Progress, only: list[str] | None = None) 
     for svc in reversed(services(settings)):
         if only is not None and svc.name not in only:
             continue
-        if svc.stop():
+        how = svc.stop()
+        if how is not None:
             stopped.append(svc.name)
-            progress(f"stopped {svc.name}")
+            progress(f"{svc.name}: {how}")
     return stopped
 
 
