@@ -121,9 +121,9 @@ class ChdbEngine:
             return res.bytes() or b"", summary
 
     def close(self) -> None:
-        """Cancels background merges (they resume at the next start), then closes the session. Without this
-        the interpreter's exit waited on a running merge: after CI's 10-minute soak ClickHouse was still
-        running 20 s after SIGTERM and had to be killed."""
+        """Cancels background merges (they resume at the next start), then closes the session. Without this,
+        after CI's 10-minute soak the interpreter's exit kept ClickHouse running 20 s past SIGTERM until it was
+        killed (most likely waiting on a merge; with this, it stopped in 0.6 s after the same soak)."""
         with self._lock:  # no request is mid-query
             t0 = time.monotonic()
             try:
