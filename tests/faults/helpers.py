@@ -104,10 +104,11 @@ async def wait_until_generating(settings: Settings, http: httpx.AsyncClient, bas
     client = clickhouse_client(settings)
     try:
         deadline = time.monotonic() + timeout_s
+        ids: list[str] = []  # every warm-up so far: one the sink has not stored yet still counts next round
         while time.monotonic() < deadline:
             warm = await asyncio.gather(*[stream_chat(http, base, key, f"warm-up {i}", model="echo", max_tokens=2)
                                           for i in range(8)])  # a new conversation (partition key) each
-            ids = [o.request_id for o in warm if o.request_id]
+            ids += [o.request_id for o in warm if o.request_id]
             await asyncio.sleep(1.0)  # the sink's batch reaches ClickHouse
             result = await asyncio.to_thread(
                 client.query, "SELECT count() FROM events WHERE topic = 'inference.completed' "
