@@ -79,9 +79,9 @@ async def _generate(deps: Deps, env: dict[str, Any], decision: dict[str, Any], c
             return
         if sent_chunks == 0:
             # A replay after a crash must know the caller may have seen part of an answer, so the mark is
-            # written *before* the first chunk can leave: in parallel with it, a kill -9 between the two let the
-            # replay start the answer again behind the dead worker's first piece ("faultfault 5 ...", CI run of
-            # stop 7). Dying after the mark but before the send costs an explicit error, never a spliced answer.
+            # written *before* the first chunk can leave: written beside it, a kill -9 between the two let the
+            # replay start the answer again behind the first piece. Dying after the mark but before the send
+            # costs an explicit error, never a spliced answer.
             await deps.ctx.put(env["request_id"], streamed=True)
         chunk = {"envelope": deps.envelope(env), "sequence": sent_chunks, "text": "".join(unsent),
                  "is_final": False, "finish_reason": None, "error": None, "model": None,

@@ -126,8 +126,9 @@ class Service(ABC):
         _signal_group(pid, signal.SIGTERM)
         while time.monotonic() - t0 < self.stop_timeout_s and _alive(pid):
             time.sleep(0.1)
-        how = f"stopped in {time.monotonic() - t0:.1f}s"
-        if _alive(pid):
+        if not _alive(pid):
+            how = f"stopped in {time.monotonic() - t0:.1f}s"
+        else:
             # Said out loud: a service that needs SIGKILL did not shut down cleanly, and its log says why.
             how = f"KILLED: still running {self.stop_timeout_s:.0f}s after SIGTERM (see {self.log_file})"
             _signal_group(pid, signal.SIGKILL)
