@@ -11,7 +11,7 @@ from conflux.clickhouse import clickhouse_client
 from conflux.config import Settings
 from conflux.errors import ConfluxError
 from conflux.inference import stream_generate
-from conflux.kafka import EventPublisher, make_consumer, make_producer
+from conflux.kafka import EventPublisher, ManagedProducer, make_consumer
 from conflux.schemas import SchemaRegistry
 from conflux.serde import AvroSerde, new_envelope
 from conflux.stack.base import Progress
@@ -45,7 +45,7 @@ async def run_demo(settings: Settings, progress: Progress) -> int:
     demo_replies = catalogue.pattern("chat.replies.{edge_id}").instantiate(edge_id="demo")
     await apply_topics(settings.kafka_bootstrap, [demo_replies])
     tracer = setup_tracing("conflux-demo").get_tracer("conflux.demo")
-    producer = make_producer(settings.kafka_bootstrap)
+    producer = ManagedProducer.of(settings.kafka_bootstrap)
     await producer.start()
     try:
         where = await EventPublisher(producer, serde, catalogue, tracer).publish("chat.requests", event, key=conv)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from conflux.config import Settings
 from conflux.errors import ConfluxError
-from conflux.kafka import EventPublisher, make_producer
+from conflux.kafka import EventPublisher, ManagedProducer
 from conflux.schemas import SchemaRegistry
 from conflux.serde import AvroSerde, new_envelope
 from conflux.stack.base import Progress
@@ -42,7 +42,7 @@ async def ingest_paths(settings: Settings, paths: list[str], tenant_id: str, pro
     files = collect(paths)
     registry = SchemaRegistry()
     serde = AvroSerde(registry)
-    producer = make_producer(settings.kafka_bootstrap)
+    producer = ManagedProducer.of(settings.kafka_bootstrap)
     await producer.start()
     try:
         publisher = EventPublisher(producer, serde, load_catalogue(registry=registry))

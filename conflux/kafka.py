@@ -4,17 +4,33 @@ consumers that commit only what they processed, and typed event publishing."""
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from opentelemetry import trace
 
 from conflux.errors import PublishError
 from conflux.serde import AvroSerde, dead_letter_record, new_envelope
 from conflux.telemetry import Headers, inject_headers, traceparent_of
 from conflux.topics import Catalogue
+
+log = logging.getLogger("conflux.kafka")
+T = TypeVar("T")
+# After one of these aiokafka's sender task has ended for good (aiokafka/producer/sender.py re-raises them) and
+# every later send of that producer fails the same way. The usual cause: sends that timed out while the broker
+# was away had used sequence numbers, so the restarted broker sees a gap. A new producer gets a new producer
+# id, and with it new sequences.
+PRODUCER_FATAL = (OutOfOrderSequenceNumber, ProducerFenced, UnknownProducerId, InvalidProducerEpoch)
 
 
 def make_producer(bootstrap: str, *, transactional_id: str | None = None, **overrides: Any) -> AIOKafkaProducer:
@@ -32,6 +48,88 @@ def make_producer(bootstrap: str, *, transactional_id: str | None = None, **over
         opts["transactional_id"] = transactional_id
     opts.update(overrides)
     return AIOKafkaProducer(**opts)
+
+
+class ManagedProducer:
+    """A process's one Kafka producer, replaced by a new one when aiokafka declares it unusable, so that a
+    broker restart does not leave a running service that can no longer publish anything."""
+
+    def __init__(self, factory: Callable[[], AIOKafkaProducer]) -> None:
+        self._factory = factory
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+        self.replacements = 0
+
+    @classmethod
+    def of(cls, bootstrap: str, **overrides: Any) -> ManagedProducer:
+        return cls(lambda: make_producer(bootstrap, **overrides))
+
+    async def start(self) -> None:
+        producer = self._factory()
+        await producer.start()
+        self._producer = producer
+
+    async def stop(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            await producer.stop()
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                   partition: int | None = None, headers: Headers | None = None) -> asyncio.Future[Any]:
+        """Enqueues; the returned future resolves when the broker acknowledges (ordering per partition)."""
+        return await self._on_live(lambda p: p.send(topic, value=value, key=key, partition=partition,
+                                                     headers=headers))
+
+    async def send_and_wait(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                            partition: int | None = None, headers: Headers | None = None) -> Any:
+        return await self._on_live(lambda p: p.send_and_wait(topic, value=value, key=key, partition=partition,
+                                                              headers=headers))
+
+    async def _on_live(self, op: Callable[[AIOKafkaProducer], Awaitable[T]]) -> T:
+        producer = self._current()
+        try:
+            return await op(producer)
+        except KafkaError as exc:
+            fatal = isinstance(exc, PRODUCER_FATAL)
+            if not fatal and not _sender_ended(producer):
+                raise  # the producer is fine (a timeout, the broker away): the caller decides
+            fresh = await self._replace(producer, exc)
+            if not fatal:
+                raise  # an unknown error: this send may or may not have landed, so it is not repeated here
+        # Sending again cannot duplicate: a send failed this way was refused by the broker or never queued.
+        return await op(fresh)
+
+    def _current(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            raise PublishError("the Kafka producer is not started")
+        return self._producer
+
+    async def _replace(self, dead: AIOKafkaProducer, exc: Exception) -> AIOKafkaProducer:
+        async with self._lock:  # concurrent sends fail together; the first replaces the producer, the rest use it
+            current = self._current()
+            if current is not dead:
+                return current
+            log.warning("Kafka producer unusable (%r); replacing it with a new producer id", exc)
+            fresh = self._factory()
+            try:
+                await fresh.start()
+            except BaseException:
+                await fresh.stop()
+                raise
+            self._producer = fresh
+            self.replacements += 1
+        try:
+            await asyncio.wait_for(current.stop(), 5)
+        except (TimeoutError, KafkaError) as stop_exc:  # its sends have all failed already; nothing is lost
+            log.warning("the replaced producer did not close cleanly: %r", stop_exc)
+        return fresh
+
+
+def _sender_ended(producer: AIOKafkaProducer) -> bool:
+    """aiokafka has no public "still usable" flag. Its sender task ends only on stop() or on an error it does
+    not recover from, after which every send fails."""
+    task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    return task is not None and task.done() and not getattr(producer, "_closed", False)
 
 
 def make_consumer(bootstrap: str, group_id: str | None, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
@@ -58,7 +156,7 @@ class Delivered:
 class EventPublisher:
     """Encodes an event against its topic's schema and sends it with trace headers; returns where it landed."""
 
-    def __init__(self, producer: AIOKafkaProducer, serde: AvroSerde, catalogue: Catalogue,
+    def __init__(self, producer: ManagedProducer, serde: AvroSerde, catalogue: Catalogue,
                  tracer: trace.Tracer | None = None, timeout_s: float | None = None) -> None:
         self._producer = producer
         # None: wait as long as the producer's own request timeout. The edge sets a few seconds, so a caller

@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 from conflux.clickhouse import clickhouse_client
 from conflux.config import Settings
 from conflux.errors import DecodeError
-from conflux.kafka import EventPublisher, make_consumer, make_producer
+from conflux.kafka import EventPublisher, ManagedProducer, make_consumer
 from conflux.promserve import Metrics, serve_metrics
 from conflux.redis_client import redis_client
 from conflux.schemas import SchemaRegistry
@@ -79,7 +79,7 @@ class ClickHouseSink:
         topics = [t.name for t in self.catalogue.topics]
         consumer = make_consumer(self.settings.kafka_bootstrap, GROUP, *topics, max_poll_interval_ms=600_000,
                                  isolation_level="read_uncommitted")
-        producer = make_producer(self.settings.kafka_bootstrap)
+        producer = ManagedProducer.of(self.settings.kafka_bootstrap)
         await consumer.start()
         await producer.start()
         self.ready = True

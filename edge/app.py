@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request, Response
 from conflux.clickhouse import clickhouse_client
 from conflux.config import Settings
 from conflux.ids import ResponseIds, load_secret
-from conflux.kafka import EventPublisher, make_producer
+from conflux.kafka import EventPublisher, ManagedProducer
 from conflux.models import load_models
 from conflux.ratelimit import RateLimiter
 from conflux.redis_client import redis_client
@@ -48,7 +48,7 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
         reply = catalogue.pattern("chat.replies.{edge_id}").instantiate(edge_id=instance)
         await apply_topics(settings.kafka_bootstrap, [reply])
         tracer = setup_tracing(f"conflux-edge/{instance}").get_tracer("conflux.edge")
-        producer = make_producer(settings.kafka_bootstrap, linger_ms=0)  # one event per request: no batching
+        producer = ManagedProducer.of(settings.kafka_bootstrap, linger_ms=0)  # one event per request: no batching
         await producer.start()
         redis = redis_client(settings.redis_url)
         publisher = EventPublisher(producer, serde, catalogue, tracer, timeout_s=settings.publish_timeout_s)

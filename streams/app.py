@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from conflux.config import Settings
 from conflux.errors import ConfluxError, PublishError
 from conflux.inference import TritonClient
-from conflux.kafka import EventPublisher, make_producer
+from conflux.kafka import EventPublisher, ManagedProducer
 from conflux.llm import Tokenizer
 from conflux.models import load_models
 from conflux.promserve import Metrics, serve_metrics
@@ -68,7 +68,7 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
     registry = SchemaRegistry()
     serde = AvroSerde(registry)
     catalogue = load_catalogue(registry=registry)
-    producer = make_producer(settings.kafka_bootstrap, linger_ms=0)
+    producer = ManagedProducer.of(settings.kafka_bootstrap, linger_ms=0)
     await producer.start()
     redis = redis_client(settings.redis_url)
     tracer = setup_tracing(f"conflux-worker/{worker_id}").get_tracer("conflux.streams")

@@ -14,7 +14,7 @@ from opentelemetry import trace
 from conflux.config import Settings
 from conflux.errors import ConfluxError
 from conflux.inference import TritonClient
-from conflux.kafka import EventPublisher
+from conflux.kafka import EventPublisher, ManagedProducer
 from conflux.llm import Tokenizer
 from conflux.models import ModelCatalogue
 from conflux.promserve import Metrics
@@ -39,7 +39,7 @@ class Deps:
     catalogue: Catalogue
     models: ModelCatalogue
     publisher: EventPublisher
-    producer: Any  # aiokafka producer, for reply-topic chunks (not in the catalogue)
+    producer: ManagedProducer  # for reply-topic chunks (not in the catalogue)
     ctx: ContextStore
     redis: Any
     vectors: VectorStore | None
