@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -176,12 +177,14 @@ class EventPublisher:
                 # The envelope repeats the header so the trace survives sinks that drop headers.
                 record = {**record, "envelope": {**envelope, "traceparent": traceparent_of(out_headers)}}
             value = self._serde.encode(schema_name, record)
+            t0 = time.monotonic()
             try:
                 meta = await asyncio.wait_for(self._producer.send_and_wait(
                     topic, value=value, key=key.encode() if key is not None else None, headers=out_headers),
                     self._timeout_s)
             except (TimeoutError, KafkaError) as exc:
-                raise PublishError(f"the event broker did not acknowledge {topic} in time: {exc!r}") from exc
+                raise PublishError(f"the event broker did not acknowledge {topic} "
+                                   f"({time.monotonic() - t0:.1f}s): {exc!r}") from exc
             span.set_attribute("messaging.destination.name", topic)
             span.set_attribute("messaging.kafka.destination.partition", meta.partition)
             return Delivered(meta.topic, meta.partition, meta.offset)

@@ -4,6 +4,7 @@ lost, and the platform recovers by itself (no service restarted)."""
 from __future__ import annotations
 
 import asyncio
+import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -74,7 +75,10 @@ async def test_broker_restart_under_load(stack: Settings) -> None:
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200)) as http:
         clients = [asyncio.create_task(_load(http, base, key, load))]
         try:
-            await asyncio.sleep(3)
+            # The load must be flowing before the outage; a first chat on a just-started stack can take seconds.
+            deadline = time.monotonic() + 60
+            while len(load.chats_ok) < 5 and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
             before = len(load.chats_ok)
             await asyncio.to_thread(kafka.stop)
             await asyncio.sleep(8)  # down: callers must be told so, quickly
@@ -89,7 +93,11 @@ async def test_broker_restart_under_load(stack: Settings) -> None:
     assert before > 0, "no load before the outage"
     assert load.unavailable, f"no 503 while the broker was down: {load.statuses}"
     assert all(retry == "5" for _, retry in load.unavailable)
-    assert max(s for s, _ in load.unavailable) < 8, "503 must come within the publish timeout, not a hang"
+    # A 503 comes when the publish timeout runs out. The slack on the slowest covers this 2-core machine while
+    # the broker's JVM starts beside the edge and this test; a hang would show as the 30 s client timeout.
+    waits = sorted(s for s, _ in load.unavailable)
+    assert statistics.median(waits) < stack.publish_timeout_s + 1, f"503s too slow: {waits}"
+    assert waits[-1] < stack.publish_timeout_s + 5, f"503 must come within the publish timeout, not a hang: {waits}"
     assert load.ok_after_restart >= 10, f"did not recover: {load.statuses}"
     assert set(load.statuses) <= {200, 503, 504, 0}, load.statuses
     # The platform's own processes were not restarted to recover.
@@ -102,4 +110,5 @@ async def test_broker_restart_under_load(stack: Settings) -> None:
     assert set(responses) == set(load.chats_ok)
     assert all(len(rows) == 1 for rows in responses.values())
     print(f"broker restart: {dict(load.statuses)}; {len(load.feedback_ok)} acknowledged feedback events and "
-          f"{len(load.chats_ok)} answered chats all found; 503s in <= {max(s for s, _ in load.unavailable):.1f}s")
+          f"{len(load.chats_ok)} answered chats all found; 503s in median {statistics.median(waits):.1f}s, "
+          f"max {waits[-1]:.1f}s")
