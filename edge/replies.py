@@ -29,6 +29,7 @@ class ReplyRouter:
         self._serde = serde
         self._queue_size = queue_size
         self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._next_seq: dict[str, int] = {}  # per request: the sequence of the next chunk it should get
         self._consumer: Any = None
         self._task: asyncio.Task[None] | None = None
 
@@ -54,10 +55,12 @@ class ReplyRouter:
     def register(self, request_id: str) -> asyncio.Queue[dict[str, Any]]:
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._queue_size)
         self._queues[request_id] = q
+        self._next_seq[request_id] = 0
         return q
 
     def unregister(self, request_id: str) -> None:
         self._queues.pop(request_id, None)
+        self._next_seq.pop(request_id, None)
 
     @property
     def open_requests(self) -> int:
@@ -86,11 +89,18 @@ class ReplyRouter:
 
     def _dispatch(self, value: bytes | None) -> None:
         chunk = self._serde.decode(value or b"", expected="token_chunk").record
-        q = self._queues.get(chunk["envelope"]["request_id"])
+        request_id = chunk["envelope"]["request_id"]
+        q = self._queues.get(request_id)
         if q is None:
             return  # the caller left; its generation is being cancelled
+        seq, expected = chunk["sequence"], self._next_seq.get(request_id, 0)
+        if seq < expected and not chunk["is_final"]:
+            # Delivery is at least once: a chunk sent again must not repeat text the caller already has.
+            log.warning("dropping chunk %d of %s: a duplicate (next expected %d)", seq, request_id, expected)
+            return
+        self._next_seq[request_id] = max(expected, seq + 1)
         try:
             q.put_nowait(chunk)
         except asyncio.QueueFull:
-            log.warning("reader of %s too slow; ending its stream", chunk["envelope"]["request_id"])
-            self.unregister(chunk["envelope"]["request_id"])
+            log.warning("reader of %s too slow; ending its stream", request_id)
+            self.unregister(request_id)
