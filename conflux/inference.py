@@ -8,12 +8,14 @@ channel); opening a channel per call cost more CPU than the echo model itself.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 
 from conflux.errors import ConfluxError
@@ -48,6 +50,26 @@ def _text(result: Any) -> str:
         return ""
     raw = out.reshape(-1)[0]
     return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+DRAIN_S = 1.0
+
+
+async def _drain(responses: Any) -> None:
+    """After the final response, reads the stream to its end so that it closes normally. Left open, the gRPC
+    call is cancelled when it is collected; a cancelled stream is our suspect (not proven) for Triton's python
+    backend sometimes never unloading a model on SIGTERM."""
+    try:
+        async with asyncio.timeout(DRAIN_S):
+            async for _ in responses:
+                pass
+    except (TimeoutError, grpc.RpcError):
+        responses.cancel()
+
+
+def _rpc_detail(exc: grpc.RpcError) -> str:
+    details = getattr(exc, "details", None)
+    return str(details() if callable(details) else exc)
 
 
 class TritonClient:
@@ -96,7 +118,8 @@ class TritonClient:
 
         t0 = time.perf_counter()
         try:
-            async for result, error in self._client.stream_infer(requests(), stream_timeout=timeout_s):
+            responses = self._client.stream_infer(requests(), stream_timeout=timeout_s)
+            async for result, error in responses:
                 if error is not None:
                     raise InferenceError(f"{model}: {error}")
                 final = result.get_response().parameters.get("triton_final_response")
@@ -104,10 +127,13 @@ class TritonClient:
                 if text:
                     yield Piece(text, (time.perf_counter() - t0) * 1000)
                 if final is not None and final.bool_param:
+                    await _drain(responses)
                     return
             raise InferenceError(f"{model}: stream ended without a final response")
         except InferenceServerException as exc:
             raise InferenceError(f"{model}: {exc.message() or exc}") from exc
+        except grpc.RpcError as exc:  # the stream itself broke (server gone mid-answer, deadline): not a bug here
+            raise InferenceError(f"{model}: {_rpc_detail(exc)}") from exc
 
     async def embed(self, texts: list[str], model: str = "minilm_embed", timeout_s: float = 30.0) -> Any:
         """Unit-length embeddings (len(texts), dim); one request, batched further by Triton."""
