@@ -25,8 +25,9 @@ class Outcome:
 
 
 async def stream_chat(http: httpx.AsyncClient, base: str, key: str, content: str, *, model: str = "echo-paced",
-                      max_tokens: int = 40) -> Outcome:
-    """One streamed chat, classified. A stream that stops without [DONE] or an error event is `transport`."""
+                      max_tokens: int = 40, streaming: asyncio.Event | None = None) -> Outcome:
+    """One streamed chat, classified. A stream that stops without [DONE] or an error event is `transport`.
+    `streaming` is set once its first piece of text has arrived."""
     body = {"model": model, "stream": True, "max_tokens": max_tokens,
             "messages": [{"role": "user", "content": content}]}
     t0 = time.monotonic()
@@ -51,6 +52,8 @@ async def stream_chat(http: httpx.AsyncClient, base: str, key: str, content: str
                                    time.monotonic() - t0)
                 for choice in chunk["choices"]:
                     parts.append(choice["delta"].get("content") or "")
+                if streaming is not None and any(parts):
+                    streaming.set()
             return Outcome(rid, status, "transport", "".join(parts), "stream ended without [DONE]",
                            time.monotonic() - t0)
     except httpx.HTTPError as exc:

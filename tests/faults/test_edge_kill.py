@@ -14,7 +14,7 @@ from tests.integration.helpers import new_tenant_key
 
 PORT = 8182
 PER_EDGE = 10
-TOKENS = 40
+TOKENS = 60
 
 
 async def test_kill_one_of_two_edges(stack: Settings) -> None:
@@ -24,10 +24,16 @@ async def test_kill_one_of_two_edges(stack: Settings) -> None:
         _, key = await new_tenant_key(stack, "pro")
         bases = {"edge-1": f"http://127.0.0.1:{stack.edge_port}/v1", "edge-2": f"http://127.0.0.1:{PORT}/v1"}
         async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as http:
+            # Warm: on a just-started stack the first chats take seconds, and the kill must find every stream
+            # of the second edge open (one echo-paced stream lasts TOKENS x 50 ms).
+            for base in bases.values():
+                assert (await stream_chat(http, base, key, "warm up", max_tokens=2)).kind == "ok"
+            streaming = {(name, i): asyncio.Event() for name in bases for i in range(PER_EDGE)}
             tasks = {(name, i): asyncio.create_task(stream_chat(http, base, key, f"edge {name} {i} one two",
-                                                                max_tokens=TOKENS))
+                                                                max_tokens=TOKENS, streaming=streaming[name, i]))
                      for name, base in bases.items() for i in range(PER_EDGE)}
-            await asyncio.sleep(0.8)  # accepted and streaming
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for (name, _), e in streaming.items()
+                                                    if name == "edge-2")), 30)
             await asyncio.to_thread(edge2.kill9)
             results = dict(zip(tasks, await asyncio.wait_for(asyncio.gather(*tasks.values()), 120), strict=True))
 

@@ -49,8 +49,9 @@ async def events_of(settings: Settings, request_id: str, since_ms: int, topics: 
         parts = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or range(8))]
         parts = [tp for tp in parts if tp.partition < 8]
         consumer.assign(parts)
-        offsets = await consumer.offsets_for_times({tp: since_ms for tp in parts})
+        # Ends first: an event written between the two lookups is then after the end taken, not skipped.
         ends = await consumer.end_offsets(parts)
+        offsets = await consumer.offsets_for_times({tp: since_ms for tp in parts})
         for tp in parts:
             found_at = offsets.get(tp)
             consumer.seek(tp, found_at.offset if found_at else ends[tp])
