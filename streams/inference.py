@@ -8,6 +8,9 @@ import logging
 import time
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
+from conflux.errors import PublishError
 from conflux.inference import InferenceError
 from conflux.llm import Message, render_chatml
 from streams.deps import Deps
@@ -39,10 +42,12 @@ async def handle(deps: Deps, decision: dict[str, Any]) -> None:
     try:
         ctx = await deps.ctx.get(rid, "request", "built", "prompt_tokens", "t0", "streamed")
         request, built = ctx["request"], ctx["built"]
-        if claim is Claim.ORPHANED and ctx.get("streamed"):
-            # The worker generating this answer died after the caller saw part of it. Starting again would
-            # splice two different answers together: end it with an explicit error instead (the client retries).
-            await deps.finish_with_error(request, "generation was interrupted by a worker failure; retry the request")
+        if ctx.get("streamed"):
+            # The caller has seen part of this answer: its generator died (ORPHANED), or this worker is retrying
+            # after the broker or Redis failed mid-answer. Starting again would splice two different answers
+            # together: end it with an explicit error instead (the client retries).
+            why = "a worker failure" if claim is Claim.ORPHANED else "a broker or Redis failure"
+            await deps.finish_with_error(request, f"generation was interrupted by {why}; retry the request")
         else:
             await _generate(deps, env, decision, ctx, request, built)
     except BaseException:
@@ -111,7 +116,10 @@ async def _generate(deps: Deps, env: dict[str, Any], decision: dict[str, Any], c
             else:
                 finish = "length" if len(parts) >= max_tokens else "stop"
             await flush()
-        await asyncio.gather(*pending, requested)
+        try:
+            await asyncio.gather(*pending, requested)
+        except KafkaError as exc:  # an unacknowledged chunk: the broker is away, so the stage retries
+            raise PublishError(f"token chunks of {env['request_id']} not acknowledged: {exc!r}") from exc
     except (InferenceError, TimeoutError) as exc:
         log.warning("inference of %s failed: %r", env["request_id"], exc)
         error = "the model server failed during generation" if isinstance(exc, InferenceError) else \

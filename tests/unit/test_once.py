@@ -6,6 +6,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from conflux.promserve import Metrics
@@ -126,3 +127,35 @@ async def test_the_streamed_mark_is_written_before_the_first_chunk_can_leave() -
     request = {"max_tokens": 2, "temperature": 0.0, "reply_topic": "replies", "reply_partition": 0}
     await inference._generate(deps, env, {"chosen_model": "m"}, {}, request, [{"role": "user", "content": "q"}])
     assert log[0] == "mark:streamed" and log.index("send:replies") > 0, log
+
+
+async def test_a_retry_after_part_of_the_answer_left_ends_with_an_error_instead_of_generating_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage retries a request whose chunks were not acknowledged (broker away). Its own generation claim
+    was released, so the retry holds a fresh one; the streamed mark, not the claim, must decide."""
+    from streams import inference
+    from streams.once import Claim
+
+    ended: list[str] = []
+
+    class Once:
+        async def claim(self, what: str, rid: str) -> Claim:
+            return Claim.MINE
+
+        async def done(self, what: str, rid: str) -> None:
+            return None
+
+    class Ctx:
+        async def get(self, rid: str, *fields: str) -> dict[str, Any]:
+            return {"request": {"reply_topic": "replies"}, "built": [], "streamed": True}
+
+    async def finish_with_error(request: dict[str, Any], message: str) -> None:
+        ended.append(message)
+
+    async def must_not_generate(*args: Any) -> None:
+        raise AssertionError("generated again behind a partly delivered answer")
+
+    deps: Any = SimpleNamespace(once=Once(), ctx=Ctx(), finish_with_error=finish_with_error)
+    monkeypatch.setattr(inference, "_generate", must_not_generate)
+    await inference.handle(deps, {"chosen_model": "m", "envelope": {"request_id": "r1"}})
+    assert ended == ["generation was interrupted by a broker or Redis failure; retry the request"]
