@@ -63,12 +63,6 @@ class _LazyDeps:
                 self._deps = await build_deps(self._settings, self._worker_id)
             return self._deps
 
-    async def close(self) -> None:
-        async with self._lock:
-            if self._deps is not None:
-                await self._deps.close()
-                self._deps = None
-
 
 async def build_deps(settings: Settings, worker_id: str) -> Deps:
     registry = SchemaRegistry()
@@ -120,11 +114,6 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, metrics_
         async def metrics_endpoint() -> None:
             deps = await lazy.get()
             await serve_metrics(metrics_port, deps.metrics.render, settings.metrics_host)
-
-    @app.on_before_shutdown.connect
-    async def close_deps(_app: Any, /, *_args: Any, signal: Any, **_kwargs: Any) -> None:
-        # Faust stops its own producer, not ours; an unflushed send would be lost with the process.
-        await lazy.close()
 
     @app.timer(2.0)  # type: ignore[untyped-decorator]
     async def heartbeat() -> None:

@@ -59,12 +59,6 @@ class Deps:
                             request_id=src["request_id"], producer=self.worker_id,
                             traceparent=src.get("traceparent"))
 
-    async def close(self) -> None:
-        """On worker shutdown: sends still queued are flushed to the broker before the process exits."""
-        await self.producer.stop()
-        await self.triton.close()
-        await self.redis.aclose()
-
     async def reply(self, request: dict[str, Any], record: dict[str, Any]) -> None:
         """A token chunk to the reply topic of the edge instance holding the caller."""
         value = self.serde.encode("token_chunk", record)
