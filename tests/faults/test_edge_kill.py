@@ -28,12 +28,12 @@ async def test_kill_one_of_two_edges(stack: Settings) -> None:
             # of the second edge open (one echo-paced stream lasts TOKENS x 50 ms).
             for base in bases.values():
                 assert (await stream_chat(http, base, key, "warm up", max_tokens=2)).kind == "ok"
-            streaming = {(name, i): asyncio.Event() for name in bases for i in range(PER_EDGE)}
-            tasks = {(name, i): asyncio.create_task(stream_chat(http, base, key, f"edge {name} {i} one two",
-                                                                max_tokens=TOKENS, streaming=streaming[name, i]))
+            edge2_streaming = [asyncio.Event() for _ in range(PER_EDGE)]
+            tasks = {(name, i): asyncio.create_task(stream_chat(
+                         http, base, key, f"edge {name} {i} one two", max_tokens=TOKENS,
+                         streaming=edge2_streaming[i] if name == "edge-2" else None))
                      for name, base in bases.items() for i in range(PER_EDGE)}
-            await asyncio.wait_for(asyncio.gather(*(e.wait() for (name, _), e in streaming.items()
-                                                    if name == "edge-2")), 30)
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in edge2_streaming)), 30)
             await asyncio.to_thread(edge2.kill9)
             results = dict(zip(tasks, await asyncio.wait_for(asyncio.gather(*tasks.values()), 120), strict=True))
 
