@@ -60,6 +60,10 @@ class Settings:
     inference_timeout_s: float = 60.0
     # Seconds the edge waits for the broker to acknowledge an event before answering 503 (broker down).
     publish_timeout_s: float = 5.0
+    # Load shedding at the edge (edge/load.py): 503 + Retry-After once this instance's open requests, or the
+    # chain's backlog on chat.requests, passes the bound times the tenant plan's load_share.
+    edge_max_open: int = 256
+    max_request_lag: int = 2000  # Faust commits every few seconds, so a busy healthy chain shows hundreds
     # Signs response ids so an edge can tell which tenant owns one without a lookup (conflux/ids.py). Every
     # edge of a deployment must share it; empty = the local stack's .conflux/id-secret.
     id_secret: str = field(default="", repr=False)
@@ -123,6 +127,8 @@ class Settings:
             metrics_host=e.get("CONFLUX_METRICS_HOST", "127.0.0.1"),
             inference_timeout_s=float(_int(e, "CONFLUX_INFERENCE_TIMEOUT_S", 60)),
             publish_timeout_s=float(_int(e, "CONFLUX_PUBLISH_TIMEOUT_S", 5)),
+            edge_max_open=_int(e, "CONFLUX_EDGE_MAX_OPEN", 256),
+            max_request_lag=_int(e, "CONFLUX_MAX_REQUEST_LAG", 2000),
             id_secret=e.get("CONFLUX_ID_SECRET", ""),
             run_platform=e.get("CONFLUX_RUN_PLATFORM", "1") not in ("0", "false", "no"),
         )

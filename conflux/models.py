@@ -43,6 +43,9 @@ class Plan:
     requests_per_minute: int
     tokens_per_minute: int
     max_output_tokens: int
+    # The share of the platform's capacity this plan's requests may still be admitted at (edge/load.py): a
+    # free tenant is shed first, so its burst cannot starve an enterprise tenant.
+    load_share: float = 1.0
 
 
 @dataclass(frozen=True)

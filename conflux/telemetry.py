@@ -6,6 +6,7 @@ up across every agent, whatever language consumes the topic.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 
 from opentelemetry import trace
@@ -36,8 +37,14 @@ class _HeaderGetter(Getter[Sequence[tuple[str, bytes]]]):
 
 
 def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> TracerProvider:
-    """A provider for this process; spans are exported only when an exporter is given."""
+    """A provider for this process. Spans are exported to the exporter given, else over OTLP/HTTP when the
+    standard OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT) is set, else nowhere (no cost)."""
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    if exporter is None and (os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                             or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()  # reads the endpoint, headers and timeout from the standard variables
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=2048))
     return provider

@@ -26,6 +26,7 @@ from conflux.topics import apply_topics, load_catalogue
 from edge.api_routes import router as api_router
 from edge.chat import ChatService
 from edge.errors import ApiError, install_error_handlers
+from edge.load import LoadGauge, RequestLag
 from edge.protocol import ERROR_RESPONSES
 from edge.replies import ReplyRouter
 from edge.routes import router
@@ -56,8 +57,17 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
         async def dead_letter(msg: Any, exc: Exception) -> None:
             await publisher.publish_undecodable(msg, exc, consumer=instance, producer=instance)
 
-        replies = ReplyRouter(settings.kafka_bootstrap, reply.name, serde, dead_letter=dead_letter)
+        async def live_epochs(request_ids: list[str]) -> list[int | None]:
+            raw = await redis.mget([f"conflux:epoch:{rid}" for rid in request_ids])
+            return [int(v) if v is not None else None for v in raw]
+
+        replies = ReplyRouter(settings.kafka_bootstrap, reply.name, serde, dead_letter=dead_letter,
+                              live_epochs=live_epochs)
         await replies.start()
+        lag = RequestLag(settings.kafka_bootstrap)
+        await lag.start()
+        load = LoadGauge(lambda: replies.open_requests, settings.edge_max_open, lambda: lag.value,
+                         settings.max_request_lag)
         models = load_models()
         app.state.clickhouse = await asyncio.to_thread(clickhouse_client, settings)
         app.state.catalogue = catalogue
@@ -66,11 +76,13 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
         app.state.keys = ApiKeyStore(redis)
         app.state.chat = ChatService(publisher=publisher, replies=replies, models=models,
                                      limiter=RateLimiter(redis), redis=redis, instance_id=instance,
-                                     chain_timeout_s=chain_timeout_s, ids=ResponseIds(load_secret(settings)))
+                                     chain_timeout_s=chain_timeout_s, ids=ResponseIds(load_secret(settings)),
+                                     load=load)
         try:
             yield
         finally:
             await replies.stop()
+            await lag.stop()
             await producer.stop()
             await redis.aclose()
             app.state.clickhouse.close()

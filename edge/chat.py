@@ -20,6 +20,7 @@ from conflux.ratelimit import RateLimiter
 from conflux.serde import new_envelope
 from conflux.tenants import Tenant
 from edge.errors import ApiError
+from edge.load import LoadGauge
 from edge.protocol import ChatCompletionRequest
 from edge.replies import ReplyRouter
 
@@ -47,8 +48,9 @@ class Completion:
 class ChatService:
     def __init__(self, *, publisher: EventPublisher, replies: ReplyRouter, models: ModelCatalogue,
                  limiter: RateLimiter, redis: Any, instance_id: str, chain_timeout_s: float,
-                 ids: ResponseIds) -> None:
+                 ids: ResponseIds, load: LoadGauge | None = None) -> None:
         self._ids = ids
+        self._load = load
         self._publisher = publisher
         self._replies = replies
         self._models = models
@@ -67,6 +69,8 @@ class ChatService:
     async def admit(self, tenant: Tenant, req: ChatCompletionRequest, conversation_id: str | None) -> Admitted:
         """Every check that can refuse the request, before any work is queued."""
         plan = self._models.plan(tenant.plan)
+        if self._load is not None:
+            self._load.admit(plan)  # first: a request shed under load costs nothing more
         model = None
         if req.model != "auto":
             try:

@@ -42,7 +42,7 @@ async def evaluate(settings: Settings, rows: list[dict[str, str]]) -> dict[str, 
     for row in rows:
         rules = check_rules(row["text"])
         if row["source"] == "prompt":
-            score, _ = await bank.score(triton, row["text"])
+            score = await bank.score(triton, (await triton.embed([row["text"][:2000]]))[0])
             verdict, _, reasons = judge(rules, score)
             flagged = verdict == "BLOCK"
         else:  # documents: what the retrieval stage does with each retrieved chunk

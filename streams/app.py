@@ -1,4 +1,5 @@
-"""The chain's Faust app: one agent per stage module, each consuming the previous stage's topic.
+"""The chain's Faust app: one agent runs each chat request through the whole pipeline in-process
+(streams/pipeline.py); another indexes ingested documents.
 
 Values are Avro single-object bytes (raw to Faust); each agent decodes with the topic's schema, opens a
 span in the trace carried by the Kafka headers, and dead-letters what it cannot process.
@@ -32,19 +33,19 @@ from conflux.serde import AvroSerde
 from conflux.telemetry import extract_context, setup_tracing
 from conflux.topics import load_catalogue
 from conflux.vectorstore import open_vector_store
-from streams import inference, ingest, input_safety, output_safety, prompt_build, retrieval, routing_stage
+from streams import ingest, input_safety, pipeline
 from streams.context import ContextStore
 from streams.deadletter import dead_letter
 from streams.deps import Deps
 from streams.once import Once
+from streams.routing_stage import ReadyModels
 
 log = logging.getLogger("conflux.streams")
 HEARTBEAT_TTL_S = 10
 RETRY_FOR_S = 30.0
 STAGES: tuple[tuple[ModuleType, int], ...] = (
-    # (module, concurrent actors): inference holds a Triton stream per actor, the others are quick.
-    (input_safety, 8), (retrieval, 8), (prompt_build, 8), (routing_stage, 8), (inference, 32), (output_safety, 8),
-    (ingest, 1),
+    # (module, concurrent actors): a chat actor holds its request for the whole answer (a Triton stream).
+    (pipeline, 32), (ingest, 1),
 )
 
 
@@ -68,7 +69,9 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
     registry = SchemaRegistry()
     serde = AvroSerde(registry)
     catalogue = load_catalogue(registry=registry)
-    producer = ManagedProducer.of(settings.kafka_bootstrap, linger_ms=0)
+    # A 2 ms linger lets a request's events (and concurrent requests') share produce requests: fewer, larger
+    # requests cost the broker and this process less CPU than one per event.
+    producer = ManagedProducer.of(settings.kafka_bootstrap, linger_ms=2)
     await producer.start()
     redis = redis_client(settings.redis_url)
     tracer = setup_tracing(f"conflux-worker/{worker_id}").get_tracer("conflux.streams")
@@ -78,15 +81,15 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
                 publisher=EventPublisher(producer, serde, catalogue, tracer), producer=producer,
                 ctx=ContextStore(redis), redis=redis, once=Once(redis, worker_id), vectors=vectors,
                 tokenizer=Tokenizer(),
-                triton=TritonClient(settings.triton_grpc_url), tracer=tracer,
+                triton=TritonClient(settings.triton_grpc_url), tracer=tracer, ready_models=ReadyModels(),
                 worker_id=worker_id, metrics=Metrics("conflux_worker", {"instance": worker_id}),
                 inference_timeout_s=settings.inference_timeout_s)
 
 
 def _handler(module: ModuleType) -> Callable[[Deps, dict[str, Any]], Awaitable[None]]:
-    if module is input_safety:
+    if module is pipeline:
         bank = input_safety.AttackBank()
-        return lambda deps, record: input_safety.handle(deps, record, bank)
+        return lambda deps, record: pipeline.handle(deps, record, bank)
     return module.handle  # type: ignore[no-any-return]
 
 

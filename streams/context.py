@@ -1,8 +1,6 @@
-"""Per-request state shared by the chain's stages, in Redis (TTL-bound, so memory cannot grow with uptime).
-
-Each stage consumes the previous stage's public event and reads here what it needs of the original
-request; any worker can process any event, so stages scale and fail over independently.
-"""
+"""What of a request must outlive the worker running it, in Redis (TTL-bound, so memory cannot grow with
+uptime): the streamed mark, the cancel flag, and the conversation's session memory. Everything else about a
+request lives in the worker's memory (streams/request.py)."""
 
 from __future__ import annotations
 
@@ -25,14 +23,10 @@ class ContextStore:
             pipe.expire(key, CTX_TTL_S)
             await pipe.execute()
 
-    async def get(self, request_id: str, *fields: str) -> dict[str, Any]:
-        """The named fields (all when none are named); each stage reads only what it uses."""
-        key = f"conflux:ctx:{request_id}"
-        if not fields:
-            raw = await self._r.hgetall(key)
-            return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}
-        values = await self._r.hmget(key, list(fields))
-        return {f: json.loads(v) for f, v in zip(fields, values, strict=True) if v is not None}
+    async def streamed(self, request_id: str) -> bool:
+        """Whether the caller may have seen part of an answer to this request (the mark is set before the
+        first chunk leaves)."""
+        return await self._r.hget(f"conflux:ctx:{request_id}", "streamed") is not None
 
     async def drop(self, request_id: str) -> None:
         await self._r.delete(f"conflux:ctx:{request_id}")

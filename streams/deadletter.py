@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from conflux.errors import ConfluxError
 from conflux.inference import InferenceError
 from conflux.serde import dead_letter_record
@@ -24,10 +22,10 @@ async def dead_letter(deps: Deps, stage: str, topic: str, partition: int, offset
     try:
         decoded = deps.serde.decode(value or b"").record
         envelope = decoded["envelope"]
-        ctx = await deps.ctx.get(envelope["request_id"], "request")
-        request = ctx.get("request")
-    except (ConfluxError, KeyError, TypeError, ValueError, RedisError):
-        pass  # undecodable, or its context unreachable: no request to answer
+        # A chat request names where its caller waits; other events (documents) have no caller to answer.
+        request = decoded if decoded.get("reply_topic") else None
+    except (ConfluxError, KeyError, TypeError, ValueError):
+        pass  # undecodable: no request to answer
     dead = deps.envelope(envelope)
     await deps.publisher.publish("conflux.deadletter", dead_letter_record(
         dead, topic=topic, partition=partition, offset=offset, consumer=stage, exc=exc, payload=value, key=key,

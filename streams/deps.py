@@ -14,7 +14,7 @@ from opentelemetry import trace
 from conflux.config import Settings
 from conflux.errors import ConfluxError
 from conflux.inference import TritonClient
-from conflux.kafka import EventPublisher, ManagedProducer
+from conflux.kafka import EventPublisher, ManagedProducer, PendingEvents
 from conflux.llm import Tokenizer
 from conflux.models import ModelCatalogue
 from conflux.promserve import Metrics
@@ -49,6 +49,7 @@ class Deps:
     worker_id: str
     metrics: Metrics
     once: Once
+    ready_models: Any  # streams.routing_stage.ReadyModels (typed loosely: that module imports this one)
     inference_timeout_s: float = 60.0
     retrieval_k: int = 4
     collection: str = "documents"
@@ -96,25 +97,30 @@ class Deps:
 
     async def end_request(self, request: dict[str, Any], *, finish_reason: str, text: str = "",
                           error: str | None = None, blocked: bool = False, model: str | None = None,
-                          seq: int = 0, latency_ms: float = 0.0) -> None:
-        """Ends a request that will get no (further) generation - a refusal or an error: the caller's final
-        chunk, the chain's final event, and its context dropped. Usage is 0 when a model is named."""
+                          seq: int = 0, latency_ms: float = 0.0, events: PendingEvents | None = None,
+                          epoch: int | None = None) -> None:
+        """Ends a request that will get no (further) generation - a refusal or an error: its final event
+        and, once every event of the request is acknowledged, the caller's final chunk. Usage is 0 when a
+        model is named."""
         env = request["envelope"]
         usage = 0 if model else None
+        events = events or PendingEvents(self.publisher)
         async with self.ending(env["request_id"]) as mine:
             if not mine:
                 return
-            await self.reply_final(request, {
-                "envelope": self.envelope(env), "sequence": seq, "text": text, "is_final": True,
-                "finish_reason": finish_reason, "error": error, "model": model, "prompt_tokens": usage,
-                "completion_tokens": usage})
-            await self.publisher.publish("chat.responses", {
+            await events.add("chat.responses", {
                 "envelope": self.envelope(env), "model": request.get("model", ""), "content": text,
                 "finish_reason": finish_reason, "blocked": blocked, "error": error, "prompt_tokens": 0,
                 "completion_tokens": 0, "citations": [], "latency_ms": latency_ms}, key=env["conversation_id"])
+            await events.settle()
+            await self.reply_final(request, {
+                "envelope": self.envelope(env), "sequence": seq, "text": text, "is_final": True,
+                "finish_reason": finish_reason, "error": error, "model": model, "prompt_tokens": usage,
+                "completion_tokens": usage, "epoch": epoch})
         await self.ctx.drop(env["request_id"])
 
     async def finish_with_error(self, request: dict[str, Any], message: str, finish_reason: str = "error",
-                                seq: int = 0) -> None:
+                                seq: int = 0, events: PendingEvents | None = None, epoch: int | None = None) -> None:
         """Ends the caller's stream with an explicit error, and records it as the chain's final event."""
-        await self.end_request(request, finish_reason=finish_reason, error=message, seq=seq)
+        await self.end_request(request, finish_reason=finish_reason, error=message, seq=seq, events=events,
+                               epoch=epoch)

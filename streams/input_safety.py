@@ -1,5 +1,5 @@
-"""Stage 1, input safety: rules (personal data, jailbreak patterns) plus a model check served by Triton
-(MiniLM similarity to known attacks). A blocked prompt ends here with a refusal and a verdict saying why."""
+"""Input safety: rules (personal data, jailbreak patterns) plus a model check served by Triton (MiniLM
+similarity to known attacks). Runs beside retrieval and prompt building; a blocked prompt gets a refusal."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import numpy as np
 from conflux.inference import TritonClient
 from conflux.safety import RuleResult, check_rules
 from streams.deps import Deps
+from streams.request import RequestContext
 
-SOURCE = "chat.requests"
-EVENT = "prompt_submitted"
 REFUSAL = "I can't help with that request."
 MODEL_THRESHOLD = 0.72
 # Known attack phrasings; a prompt close to any of them in embedding space is flagged by the model check.
@@ -34,12 +33,11 @@ class AttackBank:
     def __init__(self) -> None:
         self.vectors: Any = None
 
-    async def score(self, triton: TritonClient, text: str) -> tuple[float, list[float]]:
-        """Highest similarity to a known attack, and the text's embedding (reused by retrieval)."""
+    async def score(self, triton: TritonClient, vector: Any) -> float:
+        """Highest similarity of an embedded text to a known attack."""
         if self.vectors is None:
             self.vectors = await triton.embed(list(ATTACKS))
-        v = (await triton.embed([text[:2000]]))[0]
-        return float(np.max(self.vectors @ v)), [round(float(x), 6) for x in v]
+        return float(np.max(self.vectors @ vector))
 
 
 def judge(rules: RuleResult, score: float) -> tuple[str, list[str], list[str]]:
@@ -61,38 +59,18 @@ def expired(deps: Deps, request: dict[str, Any]) -> bool:
     return age > deps.inference_timeout_s + 5
 
 
-async def handle(deps: Deps, request: dict[str, Any], bank: AttackBank) -> None:
+async def check(deps: Deps, rc: RequestContext, bank: AttackBank) -> str:
+    """The request's input verdict (ALLOW, FLAG or BLOCK), recorded on safety.verdicts. The caller refuses a
+    BLOCK before any token of the answer can leave."""
     t0 = time.perf_counter()
-    env = request["envelope"]
-    if await deps.once.is_done("end", env["request_id"]):
-        return  # a replay (after a worker failed over) of a request that has its answer
-    if expired(deps, request):
-        async with deps.ending(env["request_id"]) as mine:
-            if mine:
-                await deps.publisher.publish("chat.responses", {
-                    "envelope": deps.envelope(env), "model": request["model"], "content": "",
-                    "finish_reason": "expired", "blocked": False,
-                    "error": "expired: the caller stopped waiting before the request was processed",
-                    "prompt_tokens": 0, "completion_tokens": 0, "citations": [], "latency_ms": 0.0},
-                    key=env["conversation_id"])
-        return
-    tenant = await deps.redis.hgetall(f"conflux:tenant:{env['tenant_id']}")
-    # Read once here; later stages take the plan and system prompt from the request context.
-    await deps.ctx.put(env["request_id"], request=request, t0=time.time(),
-                       plan=(tenant.get(b"plan") or b"free").decode(),
-                       system_prompt=(tenant.get(b"system_prompt") or b"").decode())
-    text = "\n".join(m["content"] for m in request["messages"] if m["role"] == "user")
+    text = "\n".join(m["content"] for m in rc.request["messages"] if m["role"] == "user")
     rules = check_rules(text)
     # The model looks at the newest user message (earlier turns were checked when they were sent); its
     # embedding is the retrieval query too, so the request is embedded once.
-    newest = next((m["content"] for m in reversed(request["messages"]) if m["role"] == "user"), "")
-    score, query_vec = await bank.score(deps.triton, newest)
-    await deps.ctx.put(env["request_id"], query_vec=query_vec)
+    score = await bank.score(deps.triton, await rc.embedding(deps.triton))
     verdict, categories, reasons = judge(rules, score)
-    await deps.publisher.publish("safety.verdicts", {
-        "envelope": deps.envelope(env), "stage": "INPUT", "verdict": verdict, "categories": categories,
+    await rc.events.add("safety.verdicts", {
+        "envelope": deps.envelope(rc.env), "stage": "INPUT", "verdict": verdict, "categories": categories,
         "reasons": reasons, "score": score, "checker": "rules+minilm_embed",
-        "latency_ms": (time.perf_counter() - t0) * 1000}, key=env["conversation_id"])
-    if verdict == "BLOCK":
-        await deps.end_request(request, text=REFUSAL, finish_reason="content_filter", blocked=True,
-                               model=request["model"], latency_ms=(time.perf_counter() - t0) * 1000)
+        "latency_ms": (time.perf_counter() - t0) * 1000}, key=rc.key)
+    return verdict

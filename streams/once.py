@@ -48,6 +48,23 @@ class Once:
         self._active.add(f"{what}:{request_id}")
         return Claim.ORPHANED
 
+    async def new_epoch(self, request_id: str) -> int:
+        """Fences a generation: called by whoever now holds its claim, before it sends anything. Chunks carry
+        their epoch and the edge drops those of an older one, so a worker that stalled (not died) and resumes
+        after a takeover cannot reach the caller, whatever order its chunks arrive in."""
+        key = f"conflux:epoch:{request_id}"
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, CTX_TTL_S)
+            epoch, _ = await pipe.execute()
+        return int(epoch)
+
+    async def is_live_epoch(self, request_id: str, epoch: int) -> bool:
+        """False once another worker has taken the generation over (a stalled worker that resumes must not end
+        the request it no longer holds)."""
+        raw = await self._r.get(f"conflux:epoch:{request_id}")
+        return raw is None or int(raw) == epoch
+
     async def done(self, what: str, request_id: str) -> None:
         await self._r.set(f"conflux:once:{what}:{request_id}", "done", ex=DONE_TTL_S)
         self._active.discard(f"{what}:{request_id}")

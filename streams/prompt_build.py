@@ -1,18 +1,18 @@
-"""Stage 3, prompt build: tenant system prompt, session memory, retrieved context and the conversation,
+"""Prompt build: tenant system prompt, session memory, retrieved context and the conversation,
 truncated to fit the model's context window as counted by the model's own tokenizer."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from conflux.llm import Message, render_chatml
 from streams.deps import Deps
+from streams.request import RequestContext
 
-SOURCE = "retrieval.completed"
-EVENT = "retrieval_completed"
 MEMORY_TURNS = 12
 log = logging.getLogger("conflux.streams")
 
@@ -50,36 +50,38 @@ def build_messages(system_prompt: str, memory: list[dict[str, str]], chunks: lis
             conversation = [{**last, "content": last["content"][-max(200, len(last["content"]) // 2):]}]
 
 
-async def recall(deps: Deps, env: dict[str, Any]) -> list[dict[str, str]]:
-    """Earlier turns; memory fails open: without Redis the prompt is built without them (memory_turns=0)."""
+@dataclass(frozen=True)
+class Built:
+    messages: list[dict[str, Any]]
+    prompt_tokens: int
+
+
+async def recall(deps: Deps, rc: RequestContext) -> list[dict[str, str]]:
+    """Earlier turns; memory fails open: without Redis the prompt is built without them (memory_turns=0).
+    A client that sends earlier assistant turns manages its own history; memory is for those that don't."""
+    if any(m["role"] == "assistant" for m in rc.request["messages"]):
+        return []
     try:
-        return await deps.ctx.memory(env["tenant_id"], env["conversation_id"], MEMORY_TURNS)
+        return await deps.ctx.memory(rc.env["tenant_id"], rc.env["conversation_id"], MEMORY_TURNS)
     except RedisError as exc:
         deps.metrics.inc("memory_unavailable_total", help_text="memory reads or writes skipped")
-        log.warning("session memory of %s unavailable: %r", env["request_id"], exc)
+        log.warning("session memory of %s unavailable: %r", rc.request_id, exc)
         return []
 
 
-async def handle(deps: Deps, retrieval: dict[str, Any]) -> None:
-    env = retrieval["envelope"]
-    ctx = await deps.ctx.get(env["request_id"], "request", "plan", "system_prompt")
-    request = ctx["request"]
-    system_prompt = ctx.get("system_prompt", "")
-    # A client that sends earlier assistant turns manages its own history; memory is for those that don't.
-    own_history = any(m["role"] == "assistant" for m in request["messages"])
-    memory = [] if own_history else await recall(deps, env)
-    plan = deps.models.plan(ctx.get("plan", "free"))
+async def build(deps: Deps, rc: RequestContext, memory: list[dict[str, str]], chunks: list[dict[str, Any]]) -> Built:
+    """The prompt for the model, recorded on prompt.built."""
+    request = rc.request
+    plan = deps.models.plan(rc.plan)
     if request["model"] != "auto":
         window = deps.models.get(request["model"]).context_length
     else:  # routing comes next: fit the smallest window the plan could be routed to
         window = min(m.context_length for m in deps.models.models if m.quality > 0 and deps.models.allowed(m, plan))
-    budget = window - int(request["max_tokens"] or 256)
-    msgs, truncated = build_messages(system_prompt, memory, retrieval["chunks"], request["messages"], budget,
+    msgs, truncated = build_messages(rc.system_prompt, memory, chunks, request["messages"], window - rc.max_tokens,
                                      deps.tokenizer.count)
     prompt_tokens = deps.tokenizer.count(render_chatml(msgs))
     built = [{"role": m.role, "content": m.content, "name": None} for m in msgs]
-    await deps.ctx.put(env["request_id"], built=built, prompt_tokens=prompt_tokens)
-    await deps.publisher.publish("prompt.built", {
-        "envelope": deps.envelope(env), "messages": built, "prompt_tokens": prompt_tokens, "truncated": truncated,
-        "memory_turns": len(memory), "context_chunk_ids": [c["chunk_id"] for c in retrieval["chunks"]]},
-        key=env["conversation_id"])
+    await rc.events.add("prompt.built", {
+        "envelope": deps.envelope(rc.env), "messages": built, "prompt_tokens": prompt_tokens, "truncated": truncated,
+        "memory_turns": len(memory), "context_chunk_ids": [c["chunk_id"] for c in chunks]}, key=rc.key)
+    return Built(built, prompt_tokens)

@@ -1,4 +1,4 @@
-"""Stage 2, retrieval: the top-k chunks of the tenant's documents for the latest user message."""
+"""Retrieval: the top-k chunks of the tenant's documents for the latest user message."""
 
 from __future__ import annotations
 
@@ -9,38 +9,32 @@ from typing import Any
 from conflux.errors import VectorStoreError
 from conflux.safety import check_rules
 from streams.deps import Deps
-
-SOURCE = "safety.verdicts"
-EVENT = "safety_verdict"
+from streams.request import RequestContext
 
 
-async def handle(deps: Deps, verdict: dict[str, Any]) -> None:
-    if verdict["stage"] != "INPUT" or verdict["verdict"] == "BLOCK":
-        return  # output verdicts and refusals are not this stage's business
+async def retrieve(deps: Deps, rc: RequestContext) -> list[dict[str, Any]]:
+    """The chunks that go into the prompt, recorded on retrieval.completed."""
     t0 = time.perf_counter()
-    env = verdict["envelope"]
-    ctx = await deps.ctx.get(env["request_id"], "request", "query_vec")
-    request = ctx["request"]
-    query = next((m["content"] for m in reversed(request["messages"]) if m["role"] == "user"), "")
+    query = rc.newest_user_message
     chunks: list[dict[str, Any]] = []
     if deps.vectors is not None and query:
-        vec = ctx.get("query_vec") or (await deps.triton.embed([query[:2000]]))[0].tolist()
+        vec = [float(x) for x in await rc.embedding(deps.triton)]
         try:
-            # The vector store clients are synchronous: keep them off the event loop every agent shares.
-            hits = await asyncio.to_thread(deps.vectors.search, deps.collection, env["tenant_id"], vec,
+            # The vector store clients are synchronous: keep them off the event loop every request shares.
+            hits = await asyncio.to_thread(deps.vectors.search, deps.collection, rc.env["tenant_id"], vec,
                                            deps.retrieval_k)
         except VectorStoreError:
             hits = []  # the tenant has no documents yet (no collection): answer without context
         chunks = [{"document_id": h.document_id, "chunk_id": h.chunk_id, "text": h.text, "score": h.score,
                    "source": h.source or None} for h in hits]
-        chunks = await _drop_injected(deps, env, chunks)
-    await deps.ctx.put(env["request_id"], chunks=chunks)
-    await deps.publisher.publish("retrieval.completed", {
-        "envelope": deps.envelope(env), "query": query, "collection": deps.collection, "chunks": chunks,
-        "latency_ms": (time.perf_counter() - t0) * 1000}, key=env["conversation_id"])
+        chunks = await _drop_injected(deps, rc, chunks)
+    await rc.events.add("retrieval.completed", {
+        "envelope": deps.envelope(rc.env), "query": query, "collection": deps.collection, "chunks": chunks,
+        "latency_ms": (time.perf_counter() - t0) * 1000}, key=rc.key)
+    return chunks
 
 
-async def _drop_injected(deps: Deps, env: dict[str, Any], chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def _drop_injected(deps: Deps, rc: RequestContext, chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Retrieved text is data, never instructions: a chunk carrying an injection attempt is left out of the
     prompt, and a RETRIEVAL verdict records which chunk and why. The request itself goes on."""
     t0 = time.perf_counter()
@@ -48,8 +42,8 @@ async def _drop_injected(deps: Deps, env: dict[str, Any], chunks: list[dict[str,
     flagged = {cid: r for cid, r in flagged.items() if r.jailbreak}
     if not flagged:
         return chunks
-    await deps.publisher.publish("safety.verdicts", {
-        "envelope": deps.envelope(env), "stage": "RETRIEVAL", "verdict": "FLAG", "categories": ["prompt_injection"],
+    await rc.events.add("safety.verdicts", {
+        "envelope": deps.envelope(rc.env), "stage": "RETRIEVAL", "verdict": "FLAG", "categories": ["prompt_injection"],
         "reasons": [f"{cid}: {', '.join(r.reasons)}" for cid, r in flagged.items()], "score": None,
-        "checker": "rules", "latency_ms": (time.perf_counter() - t0) * 1000}, key=env["conversation_id"])
+        "checker": "rules", "latency_ms": (time.perf_counter() - t0) * 1000}, key=rc.key)
     return [c for c in chunks if c["chunk_id"] not in flagged]

@@ -1,49 +1,52 @@
-"""Stage 4, routing: pick the model variant (conflux/routing.py) and record why."""
+"""Routing: pick the model variant (conflux/routing.py) and record why."""
 
 from __future__ import annotations
 
-from typing import Any
+import time
 
-from conflux.routing import Features, RoutingError, route
+from conflux.routing import Decision, Features, RoutingError, route
 from streams.deps import Deps
+from streams.prompt_build import Built
+from streams.request import RequestContext
 
-SOURCE = "prompt.built"
-EVENT = "prompt_built"
-
-
-async def served_models(deps: Deps) -> set[str]:
-    """Triton models that are READY right now (cached for a few seconds in Redis by whoever asks first)."""
-    cached = await deps.redis.smembers("conflux:triton:ready")
-    if cached:
-        return {c.decode() for c in cached}
-    index = await deps.triton.repository_index()
-    ready = {m["name"] for m in index.get("models", []) if m.get("state") == "READY"}
-    if ready:
-        await deps.redis.sadd("conflux:triton:ready", *ready)
-        await deps.redis.expire("conflux:triton:ready", 5)
-    return ready
+READY_TTL_S = 5.0
 
 
-async def handle(deps: Deps, built: dict[str, Any]) -> None:
-    env = built["envelope"]
-    ctx = await deps.ctx.get(env["request_id"], "request", "plan")
-    request = ctx["request"]
-    plan = deps.models.plan(ctx.get("plan", "free"))
-    last_user = next((m["content"] for m in reversed(request["messages"]) if m["role"] == "user"), "")
-    features = Features(prompt_tokens=built["prompt_tokens"], max_output_tokens=int(request["max_tokens"] or 256),
-                        turns=len(built["messages"]), text=last_user)
+class ReadyModels:
+    """The Triton models that are READY, asked of Triton at most every READY_TTL_S by this worker (a model that
+    goes down in between fails its request with a clear error from the inference stage)."""
+
+    def __init__(self, ttl_s: float = READY_TTL_S) -> None:
+        self._ttl_s = ttl_s
+        self._ready: set[str] = set()
+        self._at = float("-inf")
+
+    async def get(self, deps: Deps) -> set[str]:
+        if time.monotonic() - self._at > self._ttl_s:
+            index = await deps.triton.repository_index()
+            self._ready = {m["name"] for m in index.get("models", []) if m.get("state") == "READY"}
+            self._at = time.monotonic()
+        return self._ready
+
+
+async def choose(deps: Deps, rc: RequestContext, built: Built) -> Decision | None:
+    """The routing decision, recorded on routing.decisions; None when the request is refused (the caller then
+    ends it with the refusal's code)."""
+    request = rc.request
+    plan = deps.models.plan(rc.plan)
+    features = Features(prompt_tokens=built.prompt_tokens, max_output_tokens=rc.max_tokens,
+                        turns=len(built.messages), text=rc.newest_user_message)
     try:
-        decision = route(request["model"], deps.models, plan, features, await served_models(deps))
+        decision = route(request["model"], deps.models, plan, features, await deps.ready_models.get(deps))
     except RoutingError as exc:
-        await deps.publisher.publish("routing.decisions", {
-            "envelope": deps.envelope(env), "requested_model": request["model"], "chosen_model": "",
+        await rc.events.add("routing.decisions", {
+            "envelope": deps.envelope(rc.env), "requested_model": request["model"], "chosen_model": "",
             "triton_model": "", "tier": plan.name, "reason": f"refused ({exc.code}): {exc}", "candidates": [],
-            "estimated_cost_usd": 0.0}, key=env["conversation_id"])
-        await deps.finish_with_error(request, str(exc), finish_reason=exc.code)
-        return
-    await deps.ctx.put(env["request_id"], model=decision.model.id)
-    await deps.publisher.publish("routing.decisions", {
-        "envelope": deps.envelope(env), "requested_model": request["model"], "chosen_model": decision.model.id,
+            "estimated_cost_usd": 0.0}, key=rc.key)
+        await deps.finish_with_error(request, str(exc), finish_reason=exc.code, events=rc.events)
+        return None
+    await rc.events.add("routing.decisions", {
+        "envelope": deps.envelope(rc.env), "requested_model": request["model"], "chosen_model": decision.model.id,
         "triton_model": decision.model.triton_stream, "tier": plan.name, "reason": decision.reason,
-        "candidates": list(decision.candidates), "estimated_cost_usd": decision.estimated_cost_usd},
-        key=env["conversation_id"])
+        "candidates": list(decision.candidates), "estimated_cost_usd": decision.estimated_cost_usd}, key=rc.key)
+    return decision

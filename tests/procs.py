@@ -46,6 +46,10 @@ class Proc:
         assert self.popen is not None
         self.popen.wait(timeout=10)
 
+    def signal(self, sig: signal.Signals) -> None:
+        """SIGSTOP / SIGCONT to the whole process group: a stall, not a death."""
+        os.killpg(self.pid, sig)
+
     def stop(self) -> None:
         if self.popen is None or self.popen.poll() is not None:
             return

@@ -47,3 +47,34 @@ def test_trace_context_round_trips_through_headers() -> None:
 def test_no_span_means_no_header_and_an_empty_context() -> None:
     assert traceparent_of(inject_headers()) is None
     assert not trace.get_current_span(extract_context(None)).get_span_context().is_valid
+
+
+def test_spans_go_out_over_otlp_when_the_standard_variable_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    import http.server
+    import threading
+
+    received: list[tuple[str, int]] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            received.append((self.path, len(body)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        provider = setup_tracing("otlp-test")
+        with provider.get_tracer("t").start_as_current_span("stage"):
+            pass
+        assert provider.force_flush(10_000)
+        provider.shutdown()
+    finally:
+        server.shutdown()
+    assert received and received[0][0] == "/v1/traces" and received[0][1] > 0

@@ -11,7 +11,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from conflux.promserve import Metrics
 from streams.once import Claim, Once
-from streams.prompt_build import recall
+from streams.prompt_build import Built, recall
+from streams.request import RequestContext
 
 
 class FakeRedis:
@@ -71,7 +72,9 @@ async def test_session_memory_fails_open() -> None:
 
     metrics = Metrics("t", {})
     deps: Any = SimpleNamespace(ctx=DownStore(), metrics=metrics)
-    assert await recall(deps, {"tenant_id": "t", "conversation_id": "c", "request_id": "r"}) == []
+    rc: Any = SimpleNamespace(request={"messages": [{"role": "user", "content": "hi"}]}, request_id="r",
+                              env={"tenant_id": "t", "conversation_id": "c", "request_id": "r"})
+    assert await recall(deps, rc) == []
     assert "memory_unavailable_total" in metrics.render()
 
 
@@ -118,14 +121,25 @@ async def test_the_streamed_mark_is_written_before_the_first_chunk_can_leave() -
         async def publish(self, *args: Any, **kwargs: Any) -> None:
             return None
 
+    class Events:
+        def track(self, fut: Any) -> None:
+            return None
+
+        async def add(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+        async def settle(self) -> None:
+            return None
+
     model = SimpleNamespace(id="m", template="raw", triton_stream="echo", cost=lambda p, c: 0.0)
     deps: Any = SimpleNamespace(
-        models=SimpleNamespace(get=lambda _id: model), publisher=Publisher(), producer=Producer(), ctx=Ctx(),
-        triton=Triton(), serde=SimpleNamespace(encode=lambda name, record: b"x"), envelope=lambda env: env,
-        inference_timeout_s=5.0)
-    env = {"request_id": "r1", "conversation_id": "c1"}
-    request = {"max_tokens": 2, "temperature": 0.0, "reply_topic": "replies", "reply_partition": 0}
-    await inference._generate(deps, env, {"chosen_model": "m"}, {}, request, [{"role": "user", "content": "q"}])
+        producer=Producer(), ctx=Ctx(), triton=Triton(), serde=SimpleNamespace(encode=lambda name, record: b"x"),
+        envelope=lambda env: env, inference_timeout_s=5.0)
+    request = {"max_tokens": 2, "temperature": 0.0, "reply_topic": "replies", "reply_partition": 0,
+               "envelope": {"request_id": "r1", "conversation_id": "c1"}, "messages": []}
+    rc = RequestContext(request=request, plan="free", system_prompt="", started=0.0, events=Events())  # type: ignore[arg-type]
+    built = Built([{"role": "user", "content": "q"}], 1)
+    await inference._generate(deps, rc, SimpleNamespace(model=model), built, epoch=1)  # type: ignore[arg-type]
     assert log[0] == "mark:streamed" and log.index("send:replies") > 0, log
 
 
@@ -142,20 +156,26 @@ async def test_a_retry_after_part_of_the_answer_left_ends_with_an_error_instead_
         async def claim(self, what: str, rid: str) -> Claim:
             return Claim.MINE
 
+        async def new_epoch(self, rid: str) -> int:
+            return 2
+
         async def done(self, what: str, rid: str) -> None:
             return None
 
     class Ctx:
-        async def get(self, rid: str, *fields: str) -> dict[str, Any]:
-            return {"request": {"reply_topic": "replies"}, "built": [], "streamed": True}
+        async def streamed(self, rid: str) -> bool:
+            return True
 
-    async def finish_with_error(request: dict[str, Any], message: str) -> None:
+    async def finish_with_error(request: dict[str, Any], message: str, **kwargs: Any) -> None:
         ended.append(message)
+        assert kwargs["epoch"] == 2  # the error is sent under the epoch that now holds the generation
 
     async def must_not_generate(*args: Any) -> None:
         raise AssertionError("generated again behind a partly delivered answer")
 
     deps: Any = SimpleNamespace(once=Once(), ctx=Ctx(), finish_with_error=finish_with_error)
     monkeypatch.setattr(inference, "_generate", must_not_generate)
-    await inference.handle(deps, {"chosen_model": "m", "envelope": {"request_id": "r1"}})
+    request = {"reply_topic": "replies", "envelope": {"request_id": "r1", "conversation_id": "c1"}, "messages": []}
+    rc = RequestContext(request=request, plan="free", system_prompt="", started=0.0, events=None)  # type: ignore[arg-type]
+    assert await inference.generate(deps, rc, SimpleNamespace(), Built([], 0)) is None  # type: ignore[arg-type]
     assert ended == ["generation was interrupted by a broker or Redis failure; retry the request"]

@@ -9,11 +9,12 @@ from conflux.serde import AvroSerde, new_envelope
 from edge.replies import ReplyRouter
 
 
-def chunk(serde: AvroSerde, request_id: str, seq: int, text: str, final: bool = False) -> bytes:
+def chunk(serde: AvroSerde, request_id: str, seq: int, text: str, final: bool = False,
+          epoch: int | None = None) -> bytes:
     return serde.encode("token_chunk", {
         "envelope": new_envelope(tenant_id="t", conversation_id="c", request_id=request_id, producer="w"),
         "sequence": seq, "text": text, "is_final": final, "finish_reason": "stop" if final else None,
-        "error": None, "model": None, "prompt_tokens": None, "completion_tokens": None})
+        "error": None, "model": None, "prompt_tokens": None, "completion_tokens": None, "epoch": epoch})
 
 
 def texts(q: Any) -> list[str]:
@@ -50,3 +51,29 @@ def test_a_final_chunk_always_passes(serde: AvroSerde) -> None:
     router._dispatch(chunk(serde, "r", 0, "part"))
     router._dispatch(chunk(serde, "r", 0, "", final=True))
     assert texts(q) == ["part", ""]
+
+
+def test_chunks_of_a_generation_that_was_taken_over_never_reach_the_caller(serde: AvroSerde) -> None:
+    """A worker stalls mid-answer (epoch 1), another takes the generation over (epoch 2) and ends it; the
+    stalled one resumes. Whatever order their chunks arrive in, none of epoch 1's after the takeover pass."""
+    router = ReplyRouter("unused:9092", "chat.replies.e", serde)
+    q = router.register("r")
+    router._dispatch(chunk(serde, "r", 0, "old-0", epoch=1), live_epoch=1)  # before the takeover: delivered
+    # After the takeover the live epoch is 2: the resumed worker's chunks are dropped even when they come first.
+    router._dispatch(chunk(serde, "r", 1, "old-1", epoch=1), live_epoch=2)
+    router._dispatch(chunk(serde, "r", 0, "new-final", final=True, epoch=2), live_epoch=2)
+    router._dispatch(chunk(serde, "r", 2, "old-2", epoch=1), live_epoch=2)
+    router._dispatch(chunk(serde, "r", 3, "old-final", final=True, epoch=1), live_epoch=2)
+    assert texts(q) == ["old-0", "new-final"]
+
+
+def test_a_new_epoch_numbers_its_chunks_from_zero_and_an_older_one_stays_out(serde: AvroSerde) -> None:
+    router = ReplyRouter("unused:9092", "chat.replies.e", serde)
+    q = router.register("r")
+    router._dispatch(chunk(serde, "r", 0, "a", epoch=1))
+    router._dispatch(chunk(serde, "r", 1, "b", epoch=1))
+    router._dispatch(chunk(serde, "r", 0, "A", epoch=2))  # Redis unreachable (no live epoch): still ordered
+    router._dispatch(chunk(serde, "r", 2, "c", epoch=1))
+    router._dispatch(chunk(serde, "r", 1, "B", epoch=2))
+    assert texts(q) == ["a", "b", "A", "B"]
+

@@ -1,0 +1,96 @@
+"""The chat pipeline: one request from `chat.requests` through every stage, in this worker's process.
+
+The order of the chain, in one place:
+
+    input safety  ─┐ side by side; no token leaves before the input verdict allows it
+    retrieval ─► prompt build (+ session memory) ─┘
+    ─► routing ─► inference (streams to the caller) ─► output safety (ends the request)
+
+Each stage is a module with one job and publishes its event to its own topic, as when each stage was an agent
+of its own; those publishes are not awaited one by one but acknowledged together (PendingEvents) before the
+request's final chunk leaves and before the pipeline returns (so before Faust can commit the input offset).
+The request crosses Kafka twice on its critical path: in on chat.requests, out on the edge's reply topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from conflux.kafka import PendingEvents
+from streams import inference, input_safety, output_safety, prompt_build, retrieval, routing_stage
+from streams.deps import Deps
+from streams.input_safety import AttackBank
+from streams.request import RequestContext
+
+SOURCE = "chat.requests"
+EVENT = "prompt_submitted"
+T = TypeVar("T")
+
+
+async def handle(deps: Deps, request: dict[str, Any], bank: AttackBank) -> None:
+    env = request["envelope"]
+    if await deps.once.is_done("end", env["request_id"]):
+        return  # a replay (after a worker failed over) of a request that has its answer
+    if input_safety.expired(deps, request):
+        await _expire(deps, request)
+        return
+    tenant = await deps.redis.hgetall(f"conflux:tenant:{env['tenant_id']}")
+    rc = RequestContext(request=request, plan=(tenant.get(b"plan") or b"free").decode(),
+                        system_prompt=(tenant.get(b"system_prompt") or b"").decode(), started=time.time(),
+                        events=PendingEvents(deps.publisher))
+
+    async def prepare() -> tuple[prompt_build.Built, list[dict[str, Any]]]:
+        chunks, memory = await asyncio.gather(_stage(deps, "retrieval", retrieval.retrieve(deps, rc)),
+                                              prompt_build.recall(deps, rc))
+        return await _stage(deps, "prompt_build", prompt_build.build(deps, rc, memory, chunks)), chunks
+
+    # A TaskGroup cancels the other branch when one fails, so nothing of a failed request runs on. Its error
+    # is re-raised as itself (not a group) so that the agent's retry and dead-letter policy sees its type.
+    try:
+        async with asyncio.TaskGroup() as group:
+            verdict_task = group.create_task(_stage(deps, "input_safety", input_safety.check(deps, rc, bank)))
+            prepared = group.create_task(prepare())
+    except ExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    if verdict_task.result() == "BLOCK":
+        await deps.end_request(request, text=input_safety.REFUSAL, finish_reason="content_filter", blocked=True,
+                               model=request["model"], latency_ms=(time.time() - rc.started) * 1000,
+                               events=rc.events)
+        return
+    built, chunks = prepared.result()
+    decision = await _stage(deps, "routing", routing_stage.choose(deps, rc, built))
+    if decision is None:
+        return  # refused, and answered with the refusal's code
+    generated = await _stage(deps, "inference", inference.generate(deps, rc, decision, built))
+    if generated is None:
+        return  # ended by inference (an error), or a replay of a generation that is not this worker's
+    await _stage(deps, "output_safety", output_safety.finish(deps, rc, decision, built, generated, chunks))
+    await rc.events.settle()
+
+
+async def _stage(deps: Deps, name: str, work: Awaitable[T]) -> T:
+    """One stage's span in the request's trace, and its count and wall time in the worker's metrics (`make
+    bench` reports each stage's share from them)."""
+    t0 = time.perf_counter()
+    with deps.tracer.start_as_current_span(name):
+        result = await work
+    deps.metrics.inc("events_processed_total", help_text="requests through a stage", stage=name)
+    deps.metrics.inc("stage_seconds_total", time.perf_counter() - t0,
+                     help_text="wall time spent in a stage (inference: until the answer is streamed)", stage=name)
+    return result
+
+
+async def _expire(deps: Deps, request: dict[str, Any]) -> None:
+    """Older than any edge waits for: recorded as expired, with no answer to send."""
+    env = request["envelope"]
+    async with deps.ending(env["request_id"]) as mine:
+        if mine:
+            await deps.publisher.publish("chat.responses", {
+                "envelope": deps.envelope(env), "model": request["model"], "content": "",
+                "finish_reason": "expired", "blocked": False,
+                "error": "expired: the caller stopped waiting before the request was processed",
+                "prompt_tokens": 0, "completion_tokens": 0, "citations": [], "latency_ms": 0.0},
+                key=env["conversation_id"])

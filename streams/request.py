@@ -1,0 +1,58 @@
+"""One request's state while the pipeline runs it, held in memory by the worker that runs it.
+
+What must outlive this worker (once-claims, the streamed mark, cancel flags, session memory) stays in Redis;
+everything else (the request, the tenant's plan, the embedding, the events in flight) lives here and dies with
+the request, so a worker's memory does not grow with traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from conflux.inference import TritonClient
+from conflux.kafka import PendingEvents
+
+
+@dataclass
+class RequestContext:
+    request: dict[str, Any]
+    plan: str
+    system_prompt: str
+    started: float  # wall clock (time.time()) when the worker took the request
+    events: PendingEvents
+    _embedding: asyncio.Task[Any] | None = field(default=None, repr=False)
+
+    @property
+    def env(self) -> dict[str, Any]:
+        return self.request["envelope"]  # type: ignore[no-any-return]
+
+    @property
+    def request_id(self) -> str:
+        return str(self.env["request_id"])
+
+    @property
+    def key(self) -> str:
+        """Events of a conversation share a key, so they stay in order on every topic."""
+        return str(self.env["conversation_id"])
+
+    @property
+    def newest_user_message(self) -> str:
+        return next((m["content"] for m in reversed(self.request["messages"]) if m["role"] == "user"), "")
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.request["max_tokens"] or 256)
+
+    def embedding(self, triton: TritonClient) -> asyncio.Task[Any]:
+        """The newest user message's embedding, computed once and shared by input safety and retrieval
+        (which run side by side)."""
+        if self._embedding is None:
+            text = self.newest_user_message[:2000]
+            self._embedding = asyncio.ensure_future(_first_row(triton, text))
+        return self._embedding
+
+
+async def _first_row(triton: TritonClient, text: str) -> Any:
+    return (await triton.embed([text]))[0]

@@ -1,0 +1,67 @@
+"""A worker that stalls (SIGSTOP) mid-answer, past its heartbeat and the group's session timeout, is taken
+over while it still exists; then it resumes (SIGCONT) and carries on from where it stopped. Once its
+generations were taken over, none of its chunks may reach a caller (the edge drops chunks of a generation
+epoch that is no longer live), and every request still ends exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import Counter
+
+import httpx
+
+from conflux.config import Settings
+from tests import procs
+from tests.faults.helpers import expected_echo, responses_by_request, stream_chat, wait_until_generating
+from tests.integration.helpers import new_tenant_key
+
+CHATS = 30
+TOKENS = 60  # echo-paced: 20 pieces/s, so each answer streams for about 3 s
+STALL_S = 16  # past the session timeout (10 s) and the heartbeat's TTL (10 s): the generations are taken over
+
+
+async def test_a_stalled_worker_that_resumes_never_reaches_a_caller_it_lost(stack: Settings) -> None:
+    second = procs.worker(stack, "worker-stall-2").start()
+    try:
+        procs.wait_worker(second, "worker-stall-2")
+        _, key = await new_tenant_key(stack, "pro")
+        base = f"http://127.0.0.1:{stack.edge_port}/v1"
+        prompts = [f"stall {i} red green blue" for i in range(CHATS)]
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=CHATS + 8)) as http:
+            await wait_until_generating(stack, http, base, key, "worker-stall-2")
+            chats = [asyncio.create_task(stream_chat(http, base, key, p, max_tokens=TOKENS)) for p in prompts]
+            await asyncio.sleep(1.0)  # every chat accepted, many streaming
+            second.signal(signal.SIGSTOP)
+            try:
+                await asyncio.sleep(STALL_S)
+            finally:
+                second.signal(signal.SIGCONT)  # it resumes with its streams and sends still in hand
+            outcomes = await asyncio.wait_for(asyncio.gather(*chats), 150)  # none may hang
+            await asyncio.sleep(3.0)  # the resumed worker's late chunks and events, if any, have landed
+    finally:
+        second.stop()
+
+    kinds = Counter(o.kind for o in outcomes)
+    assert kinds["transport"] == 0, [o for o in outcomes if o.kind == "transport"]
+    for prompt, o in zip(prompts, outcomes, strict=True):
+        assert o.request_id, f"not accepted: {o}"
+        if o.kind == "ok":  # one whole answer: a resumed worker's chunks never spliced in
+            assert o.text == expected_echo(prompt, TOKENS), o
+        else:
+            assert "interrupted" in o.detail or "retry" in o.detail, o
+    ids = [o.request_id for o in outcomes if o.request_id]
+    responses = await asyncio.to_thread(responses_by_request, stack, ids)
+    missing = set(ids) - set(responses)
+    assert not missing, f"{len(missing)} requests never ended: {sorted(missing)[:5]}"
+    twice = {rid: rows for rid, rows in responses.items() if len(rows) != 1}
+    assert not twice, f"answered more than once: {twice}"
+    for o in outcomes:
+        finish, error = responses[str(o.request_id)][0]
+        assert (o.kind == "error") == bool(error), (o, finish, error)
+    # The stall must have hit work in flight: taken over (explicit error or regenerated, > the stall's
+    # start) rather than all answered before it.
+    stalled = [o for o in outcomes if o.kind == "error" or o.seconds > 8]
+    assert stalled, f"the stall hit no chat in flight (slowest {max(o.seconds for o in outcomes):.1f}s)"
+    print(f"worker stall: {kinds['ok']} answered, {kinds['error']} explicit errors, {len(stalled)} taken over, "
+          "0 spliced, 0 twice")
