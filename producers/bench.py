@@ -27,7 +27,7 @@ from conflux.llm import Message, render_chatml
 from producers.cpu import cpu_seconds, per_chat_ms
 from producers.keys import bench_key
 
-REQUEST_PATH = ("edge-1", "worker-1", "triton")  # the services a chat's critical path runs through
+REQUEST_PATH = ("edge", "worker", "triton")  # the services a chat's critical path runs through
 MODELS = {"echo": ("echo", "echo", "plain"), "smollm2": ("smollm2-135m-instruct", "smollm2", "chatml")}
 
 

@@ -19,7 +19,7 @@ import httpx
 
 from conflux.config import Settings
 
-LITELLM = "litellm[proxy]==1.108.14"
+LITELLM = "litellm[proxy]==1.108.5"
 UPSTREAM_PORT = 18091
 PROXY_PORT = 18090
 CONFIG = """model_list:

@@ -195,6 +195,11 @@ async def _give_up(deps: Deps, stage: str, msg: Any, value: bytes | None, key: b
 
 
 def run_worker(settings: Settings, worker_id: str | None = None, metrics_port: int = 0) -> None:
+    if os.environ.get("CONFLUX_WORKER_LOOP", "uvloop") == "uvloop":
+        import uvloop
+
+        # libuv's loop costs the worker less CPU per request than asyncio's (measured in `make bench`).
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = create_worker_app(settings, worker_id, metrics_port)
     worker = faust.Worker(app, loglevel="info", quiet=True)
     worker.execute_from_commandline()

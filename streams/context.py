@@ -16,20 +16,16 @@ class ContextStore:
     def __init__(self, redis: Any) -> None:
         self._r = redis
 
+    @staticmethod
+    def key(request_id: str) -> str:
+        return f"conflux:ctx:{request_id}"
+
     async def put(self, request_id: str, **fields: Any) -> None:
-        key = f"conflux:ctx:{request_id}"
+        key = self.key(request_id)
         async with self._r.pipeline(transaction=False) as pipe:  # one round trip
             pipe.hset(key, mapping={k: json.dumps(v, default=json_default) for k, v in fields.items()})
             pipe.expire(key, CTX_TTL_S)
             await pipe.execute()
-
-    async def streamed(self, request_id: str) -> bool:
-        """Whether the caller may have seen part of an answer to this request (the mark is set before the
-        first chunk leaves)."""
-        return await self._r.hget(f"conflux:ctx:{request_id}", "streamed") is not None
-
-    async def drop(self, request_id: str) -> None:
-        await self._r.delete(f"conflux:ctx:{request_id}")
 
     async def cancelled(self, request_id: str) -> bool:
         return bool(await self._r.exists(f"conflux:cancel:{request_id}"))
@@ -42,6 +38,8 @@ class ContextStore:
     async def remember(self, tenant_id: str, conversation_id: str, turns: list[dict[str, str]],
                        keep: int = 40, ttl_s: int = 7 * 24 * 3600) -> None:
         key = f"conflux:memory:{tenant_id}:{conversation_id}"
-        await self._r.rpush(key, *[json.dumps(t) for t in turns])
-        await self._r.ltrim(key, -keep, -1)  # bounded: only the latest turns are kept
-        await self._r.expire(key, ttl_s)
+        async with self._r.pipeline(transaction=False) as pipe:  # one round trip
+            pipe.rpush(key, *[json.dumps(t) for t in turns])
+            pipe.ltrim(key, -keep, -1)  # bounded: only the latest turns are kept
+            pipe.expire(key, ttl_s)
+            await pipe.execute()

@@ -92,8 +92,7 @@ class Deps:
         except BaseException:
             await self.once.release("end", request_id)
             raise
-        await self.once.done("end", request_id)
-        await self.once.forget("gen", request_id)  # the end marker alone stops replays from here on
+        await self.once.ended(request_id, self.ctx.key(request_id))
 
     async def end_request(self, request: dict[str, Any], *, finish_reason: str, text: str = "",
                           error: str | None = None, blocked: bool = False, model: str | None = None,
@@ -117,7 +116,6 @@ class Deps:
                 "envelope": self.envelope(env), "sequence": seq, "text": text, "is_final": True,
                 "finish_reason": finish_reason, "error": error, "model": model, "prompt_tokens": usage,
                 "completion_tokens": usage, "epoch": epoch})
-        await self.ctx.drop(env["request_id"])
 
     async def finish_with_error(self, request: dict[str, Any], message: str, finish_reason: str = "error",
                                 seq: int = 0, events: PendingEvents | None = None, epoch: int | None = None) -> None:

@@ -44,12 +44,11 @@ async def generate(deps: Deps, rc: RequestContext, decision: Decision, built: Bu
     worker to do: a replay of a generation that runs elsewhere or has ended, or a request ended here with an
     explicit error (the model failed, or a takeover found the caller had seen part of an earlier answer)."""
     rid = rc.request_id
-    claim = await deps.once.claim("gen", rid)
+    claim, epoch, streamed = await deps.once.claim_generation(rid, deps.ctx.key(rid))
     if claim in (Claim.BUSY, Claim.DONE):
         return None
     try:
-        epoch = await deps.once.new_epoch(rid)
-        if await deps.ctx.streamed(rid):
+        if streamed:
             # The caller has seen part of this answer: its generator died or stalled (ORPHANED), or this worker
             # is retrying after the broker or Redis failed mid-answer. Starting again would splice two answers
             # together: end it with an explicit error instead (the client retries).
@@ -62,7 +61,8 @@ async def generate(deps: Deps, rc: RequestContext, decision: Decision, built: Bu
     except BaseException:
         await deps.once.release("gen", rid)
         raise
-    await deps.once.done("gen", rid)
+    # The claim stays held (by this live worker) until the request ends and drops it: if this worker dies in
+    # between, a replay finds it orphaned and, the caller having seen the answer, ends it with an error.
     return result
 
 

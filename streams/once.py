@@ -19,6 +19,17 @@ from streams.context import CTX_TTL_S
 DONE_TTL_S = CTX_TTL_S
 
 
+# SET NX the claim; if won, bump the epoch and read the streamed mark. KEYS: claim, epoch, context hash.
+_CLAIM_GENERATION = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  local epoch = redis.call('INCR', KEYS[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  return {1, epoch, redis.call('HGET', KEYS[3], 'streamed') and 1 or 0}
+end
+return {0, 0, 0}
+"""
+
+
 class Claim(enum.Enum):
     MINE = "mine"  # first to claim: go ahead
     ORPHANED = "orphaned"  # an earlier holder died part-way; now mine, but it may have left traces
@@ -32,8 +43,12 @@ class Once:
         self.worker_id = worker_id
         self._active: set[str] = set()  # "<what>:<request id>" claimed by this process and not yet done
 
+    @staticmethod
+    def key(what: str, request_id: str) -> str:
+        return f"conflux:once:{what}:{request_id}"
+
     async def claim(self, what: str, request_id: str) -> Claim:
-        key = f"conflux:once:{what}:{request_id}"
+        key = self.key(what, request_id)
         if await self._r.set(key, self.worker_id, nx=True, ex=CTX_TTL_S):
             self._active.add(f"{what}:{request_id}")
             return Claim.MINE
@@ -47,6 +62,22 @@ class Once:
         await self._r.set(key, self.worker_id, ex=CTX_TTL_S)
         self._active.add(f"{what}:{request_id}")
         return Claim.ORPHANED
+
+    async def claim_generation(self, request_id: str, streamed_key: str) -> tuple[Claim, int, bool]:
+        """(claim, epoch, streamed) of a request's generation in one round trip when the claim is free (the
+        common case): the claim, a new epoch if it is this worker's, and whether the caller may have seen part
+        of an answer (the hash field `streamed` of `streamed_key`). A contested claim takes the slow path."""
+        key = f"conflux:once:gen:{request_id}"
+        won, epoch, streamed = await self._r.eval(
+            _CLAIM_GENERATION, 3, key, f"conflux:epoch:{request_id}", streamed_key, self.worker_id, CTX_TTL_S)
+        if won:
+            self._active.add(f"gen:{request_id}")
+            return Claim.MINE, int(epoch), bool(streamed)
+        claim = await self.claim("gen", request_id)
+        if claim in (Claim.BUSY, Claim.DONE):
+            return claim, 0, False
+        epoch = await self.new_epoch(request_id)
+        return claim, epoch, bool(await self._r.hget(streamed_key, "streamed"))
 
     async def new_epoch(self, request_id: str) -> int:
         """Fences a generation: called by whoever now holds its claim, before it sends anything. Chunks carry
@@ -68,6 +99,16 @@ class Once:
     async def done(self, what: str, request_id: str) -> None:
         await self._r.set(f"conflux:once:{what}:{request_id}", "done", ex=DONE_TTL_S)
         self._active.discard(f"{what}:{request_id}")
+
+    async def ended(self, request_id: str, *drop: str) -> None:
+        """The request has ended: its end is marked done (which alone stops replays from here on), its
+        generation claim and the given keys are dropped, in one round trip."""
+        self._active.discard(f"end:{request_id}")
+        self._active.discard(f"gen:{request_id}")
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.set(f"conflux:once:end:{request_id}", "done", ex=DONE_TTL_S)
+            pipe.delete(f"conflux:once:gen:{request_id}", *drop)
+            await pipe.execute()
 
     async def release(self, what: str, request_id: str) -> None:
         """This process gives up without finishing (it failed): the claim is dropped so a replay can take it."""

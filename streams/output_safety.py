@@ -52,7 +52,6 @@ async def finish(deps: Deps, rc: RequestContext, decision: Decision, built: Buil
             "finish_reason": finish_reason, "error": None, "model": decision.model.id,
             "prompt_tokens": built.prompt_tokens, "completion_tokens": gen.completion_tokens,
             "citations": citations, "epoch": gen.epoch})
-    await deps.ctx.drop(rc.request_id)
     if verdict != "BLOCK":
         try:
             await deps.ctx.remember(env["tenant_id"], env["conversation_id"], [

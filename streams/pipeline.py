@@ -23,7 +23,7 @@ from conflux.kafka import PendingEvents
 from streams import inference, input_safety, output_safety, prompt_build, retrieval, routing_stage
 from streams.deps import Deps
 from streams.input_safety import AttackBank
-from streams.request import RequestContext
+from streams.request import RequestContext, gated
 
 SOURCE = "chat.requests"
 EVENT = "prompt_submitted"
@@ -32,20 +32,26 @@ T = TypeVar("T")
 
 async def handle(deps: Deps, request: dict[str, Any], bank: AttackBank) -> None:
     env = request["envelope"]
-    if await deps.once.is_done("end", env["request_id"]):
+    async with deps.redis.pipeline(transaction=False) as pipe:  # one round trip
+        pipe.get(deps.once.key("end", env["request_id"]))
+        pipe.hgetall(f"conflux:tenant:{env['tenant_id']}")
+        end, tenant = await pipe.execute()
+    if end in (b"done", "done"):
         return  # a replay (after a worker failed over) of a request that has its answer
     if input_safety.expired(deps, request):
         await _expire(deps, request)
         return
-    tenant = await deps.redis.hgetall(f"conflux:tenant:{env['tenant_id']}")
     rc = RequestContext(request=request, plan=(tenant.get(b"plan") or b"free").decode(),
                         system_prompt=(tenant.get(b"system_prompt") or b"").decode(), started=time.time(),
                         events=PendingEvents(deps.publisher))
 
+    rc.embedding(deps.triton)  # started once, before the branches that share it
+    early, gate = gated(rc)
+
     async def prepare() -> tuple[prompt_build.Built, list[dict[str, Any]]]:
-        chunks, memory = await asyncio.gather(_stage(deps, "retrieval", retrieval.retrieve(deps, rc)),
-                                              prompt_build.recall(deps, rc))
-        return await _stage(deps, "prompt_build", prompt_build.build(deps, rc, memory, chunks)), chunks
+        chunks, memory = await asyncio.gather(_stage(deps, "retrieval", retrieval.retrieve(deps, early)),
+                                              prompt_build.recall(deps, early))
+        return await _stage(deps, "prompt_build", prompt_build.build(deps, early, memory, chunks)), chunks
 
     # A TaskGroup cancels the other branch when one fails, so nothing of a failed request runs on. Its error
     # is re-raised as itself (not a group) so that the agent's retry and dead-letter policy sees its type.
@@ -60,6 +66,7 @@ async def handle(deps: Deps, request: dict[str, Any], bank: AttackBank) -> None:
                                model=request["model"], latency_ms=(time.time() - rc.started) * 1000,
                                events=rc.events)
         return
+    await gate.release()  # allowed: retrieval's and prompt build's events join the request's
     built, chunks = prepared.result()
     decision = await _stage(deps, "routing", routing_stage.choose(deps, rc, built))
     if decision is None:

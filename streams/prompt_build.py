@@ -23,8 +23,9 @@ def _context_block(chunks: list[dict[str, Any]]) -> str:
 
 
 def build_messages(system_prompt: str, memory: list[dict[str, str]], chunks: list[dict[str, Any]],
-                   conversation: list[dict[str, Any]], budget: int, count: Any) -> tuple[list[Message], bool]:
-    """The message list, oldest memory and lowest-ranked context dropped first until it fits `budget`."""
+                   conversation: list[dict[str, Any]], budget: int, count: Any) -> tuple[list[Message], bool, int]:
+    """The message list, oldest memory and lowest-ranked context dropped first until it fits `budget`, whether
+    anything was dropped, and its size in tokens."""
     def assemble(mem: list[dict[str, str]], ctx: list[dict[str, Any]]) -> list[Message]:
         system = [p for p in (system_prompt, _context_block(ctx) if ctx else "") if p]
         msgs = [Message("system", "\n\n".join(system))] if system else []
@@ -36,8 +37,9 @@ def build_messages(system_prompt: str, memory: list[dict[str, str]], chunks: lis
     truncated = False
     while True:
         msgs = assemble(mem, ctx)
-        if count(render_chatml(msgs)) <= budget:
-            return msgs, truncated
+        tokens = count(render_chatml(msgs))
+        if tokens <= budget:
+            return msgs, truncated, tokens
         truncated = True
         if mem:
             mem.pop(0)
@@ -77,9 +79,8 @@ async def build(deps: Deps, rc: RequestContext, memory: list[dict[str, str]], ch
         window = deps.models.get(request["model"]).context_length
     else:  # routing comes next: fit the smallest window the plan could be routed to
         window = min(m.context_length for m in deps.models.models if m.quality > 0 and deps.models.allowed(m, plan))
-    msgs, truncated = build_messages(rc.system_prompt, memory, chunks, request["messages"], window - rc.max_tokens,
-                                     deps.tokenizer.count)
-    prompt_tokens = deps.tokenizer.count(render_chatml(msgs))
+    msgs, truncated, prompt_tokens = build_messages(rc.system_prompt, memory, chunks, request["messages"],
+                                                    window - rc.max_tokens, deps.tokenizer.count)
     built = [{"role": m.role, "content": m.content, "name": None} for m in msgs]
     await rc.events.add("prompt.built", {
         "envelope": deps.envelope(rc.env), "messages": built, "prompt_tokens": prompt_tokens, "truncated": truncated,

@@ -8,7 +8,7 @@ the request, so a worker's memory does not grow with traffic.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from conflux.inference import TritonClient
@@ -56,3 +56,28 @@ class RequestContext:
 
 async def _first_row(triton: TritonClient, text: str) -> Any:
     return (await triton.embed([text]))[0]
+
+
+class GatedEvents(PendingEvents):
+    """Events of stages that run before the input verdict (retrieval, prompt build): held until the verdict
+    allows the request, then sent with the rest; dropped if it blocks, so that a refused request's record is
+    what it was when the stages ran one after another (no retrieval, no prompt for a refused prompt)."""
+
+    def __init__(self, events: PendingEvents) -> None:
+        super().__init__(events.publisher)  # nothing is sent through this one: it only holds
+        self._events = events
+        self._held: list[tuple[str, dict[str, Any], str | None]] = []
+
+    async def add(self, topic: str, record: dict[str, Any], key: str | None = None) -> None:
+        self._held.append((topic, record, key))
+
+    async def release(self) -> None:
+        held, self._held = self._held, []
+        for topic, record, key in held:
+            await self._events.add(topic, record, key=key)
+
+
+def gated(rc: RequestContext) -> tuple[RequestContext, GatedEvents]:
+    """A view of the request whose events wait for the input verdict; it shares the request's embedding."""
+    gate = GatedEvents(rc.events)
+    return replace(rc, events=gate), gate

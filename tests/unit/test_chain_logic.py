@@ -26,17 +26,17 @@ def test_prompt_fits_the_budget_dropping_oldest_memory_then_context() -> None:
     memory = [{"role": "user", "content": "old " * 50}, {"role": "assistant", "content": "reply " * 50}]
     chunks = [{"source": "a.md", "document_id": "a", "chunk_id": "a#0", "text": "fact " * 40}]
     convo = [{"role": "user", "content": "the question"}]
-    msgs, truncated = build_messages("Be brief.", memory, chunks, convo, budget=10_000, count=_count)
+    msgs, truncated, _ = build_messages("Be brief.", memory, chunks, convo, budget=10_000, count=_count)
     assert not truncated and [m.role for m in msgs] == ["system", "user", "assistant", "user"]
     assert "fact" in msgs[0].content and "Be brief." in msgs[0].content
-    msgs, truncated = build_messages("Be brief.", memory, chunks, convo, budget=70, count=_count)
+    msgs, truncated, _ = build_messages("Be brief.", memory, chunks, convo, budget=70, count=_count)
     assert truncated and msgs[-1].content == "the question"
     assert all("old" not in m.content for m in msgs)  # memory goes first
 
 
 def test_a_single_huge_message_is_cut_to_fit() -> None:
     convo = [{"role": "user", "content": "blah " * 5000 + "final question?"}]
-    msgs, truncated = build_messages("", [], [], convo, budget=300, count=_count)
+    msgs, truncated, _ = build_messages("", [], [], convo, budget=300, count=_count)
     assert truncated and msgs[-1].content.endswith("final question?")
 
 

@@ -153,18 +153,12 @@ async def test_a_retry_after_part_of_the_answer_left_ends_with_an_error_instead_
     ended: list[str] = []
 
     class Once:
-        async def claim(self, what: str, rid: str) -> Claim:
-            return Claim.MINE
-
-        async def new_epoch(self, rid: str) -> int:
-            return 2
-
-        async def done(self, what: str, rid: str) -> None:
-            return None
+        async def claim_generation(self, rid: str, streamed_key: str) -> tuple[Claim, int, bool]:
+            return Claim.MINE, 2, True  # its own claim (released by the failed try), and the streamed mark
 
     class Ctx:
-        async def streamed(self, rid: str) -> bool:
-            return True
+        def key(self, rid: str) -> str:
+            return f"ctx:{rid}"
 
     async def finish_with_error(request: dict[str, Any], message: str, **kwargs: Any) -> None:
         ended.append(message)
@@ -179,3 +173,24 @@ async def test_a_retry_after_part_of_the_answer_left_ends_with_an_error_instead_
     rc = RequestContext(request=request, plan="free", system_prompt="", started=0.0, events=None)  # type: ignore[arg-type]
     assert await inference.generate(deps, rc, SimpleNamespace(), Built([], 0)) is None  # type: ignore[arg-type]
     assert ended == ["generation was interrupted by a broker or Redis failure; retry the request"]
+
+
+async def test_events_of_stages_before_the_verdict_wait_for_it() -> None:
+    """Retrieval and prompt build run beside input safety; their events are sent only if the request is
+    allowed, so a refused prompt's record holds no retrieval or prompt (as when the stages ran in sequence)."""
+    from streams.request import GatedEvents
+
+    sent: list[str] = []
+
+    class Events:
+        publisher: Any = None
+
+        async def add(self, topic: str, record: dict[str, Any], key: str | None = None) -> None:
+            sent.append(topic)
+
+    gate = GatedEvents(Events())  # type: ignore[arg-type]
+    await gate.add("retrieval.completed", {})
+    await gate.add("prompt.built", {})
+    assert sent == []
+    await gate.release()
+    assert sent == ["retrieval.completed", "prompt.built"]
