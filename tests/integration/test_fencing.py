@@ -1,0 +1,37 @@
+"""Generation claims and epochs on the real Redis: the one-round-trip claim, a takeover's new epoch, and the
+edge's view of which epoch is live (streams/once.py, edge/replies.py)."""
+
+from __future__ import annotations
+
+import uuid
+
+from conflux.config import Settings
+from conflux.redis_client import redis_client
+from streams.context import ContextStore
+from streams.once import Claim, Once
+
+
+async def test_a_takeover_bumps_the_epoch_and_sees_the_streamed_mark(stack: Settings) -> None:
+    r = redis_client(stack.redis_url)
+    rid = f"fence-{uuid.uuid4().hex}"
+    ctx = ContextStore(r)
+    try:
+        first, second = Once(r, "fence-w1"), Once(r, "fence-w2")
+        await r.set("conflux:worker:fence-w1:heartbeat", "1", ex=30)
+        assert await first.claim_generation(rid, ctx.key(rid)) == (Claim.MINE, 1, False)
+        await ctx.put(rid, streamed=True)
+        # The holder is alive: nobody else may take the generation, and the live epoch stays its own.
+        assert await second.claim_generation(rid, ctx.key(rid)) == (Claim.BUSY, 0, False)
+        assert await second.is_live_epoch(rid, 1)
+        # The holder stalls past its heartbeat: the generation is taken over under a new epoch, which fences
+        # the old one, and the new holder learns that the caller has seen part of an answer.
+        await r.delete("conflux:worker:fence-w1:heartbeat")
+        assert await second.claim_generation(rid, ctx.key(rid)) == (Claim.ORPHANED, 2, True)
+        assert not await first.is_live_epoch(rid, 1)
+        assert int(await r.get(f"conflux:epoch:{rid}")) == 2
+        await second.ended(rid, ctx.key(rid))
+        assert await second.is_done("end", rid) and not await r.exists(ctx.key(rid))
+        assert await first.claim_generation(rid, ctx.key(rid)) == (Claim.MINE, 3, False)  # gen claim was dropped
+    finally:
+        await r.delete(f"conflux:epoch:{rid}", f"conflux:once:gen:{rid}", f"conflux:once:end:{rid}", ctx.key(rid))
+        await r.aclose()
