@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from conflux.clickhouse import clickhouse_client
 from conflux.config import Settings
@@ -25,8 +25,9 @@ from conflux.tenants import ApiKeyStore
 from conflux.topics import apply_topics, load_catalogue
 from edge.api_routes import router as api_router
 from edge.chat import ChatService
-from edge.errors import ApiError, install_error_handlers
+from edge.errors import install_error_handlers
 from edge.load import LoadGauge, RequestLag
+from edge.middleware import BodyLimitAndCounts
 from edge.protocol import ERROR_RESPONSES
 from edge.replies import ReplyRouter
 from edge.routes import router
@@ -91,19 +92,7 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
                   description="OpenAI-compatible chat API in front of Conflux's event streams.")
 
     app.state.http_counts = {}
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        # Refused from the header alone, before the body is read or any work is done.
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            response: Response = ApiError(413, f"request body of {length} bytes exceeds {MAX_BODY_BYTES}",
-                                          code="request_too_large").response()
-        else:
-            response = await call_next(request)
-        counts = app.state.http_counts
-        counts[str(response.status_code)] = counts.get(str(response.status_code), 0) + 1
-        return response
+    app.add_middleware(BodyLimitAndCounts, max_body_bytes=MAX_BODY_BYTES, counts=app.state.http_counts)
 
     install_error_handlers(app)
     app.include_router(router)

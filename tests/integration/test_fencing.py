@@ -28,7 +28,7 @@ async def test_a_takeover_bumps_the_epoch_and_sees_the_streamed_mark(stack: Sett
         await r.delete("conflux:worker:fence-w1:heartbeat")
         assert await second.claim_generation(rid, ctx.key(rid)) == (Claim.ORPHANED, 2, True)
         assert not await first.is_live_epoch(rid, 1)
-        assert int(await r.get(f"conflux:epoch:{rid}")) == 2
+        assert await r.get(f"conflux:epoch:{rid}") == b"2"
         await second.ended(rid, ctx.key(rid))
         assert await second.is_done("end", rid) and not await r.exists(ctx.key(rid))
         assert await first.claim_generation(rid, ctx.key(rid)) == (Claim.MINE, 3, False)  # gen claim was dropped
