@@ -17,6 +17,7 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -162,6 +163,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
               f"{merged['chats_per_s']} chats/s, tokens/s {merged['tokens_per_s']}, CPU/chat "
               f"{merged['cpu_ms_per_chat'].get('total')} ms (request path "
               f"{merged['cpu_ms_per_chat'].get('request_path')})", file=sys.stderr, flush=True)
+    save(result)  # what is measured so far survives a failure of the peer's run
     if args.peer and "echo" in args.models:
         from producers import litellm_peer
 
@@ -182,6 +184,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def save(result: dict[str, Any]) -> Path:
+    out = Settings.from_env().home / "bench" / "latest.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--models", nargs="+", default=["echo", "smollm2"], choices=list(MODELS))
@@ -192,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="skip LiteLLM's proxy (the peer, installed once into .conflux/litellm-venv)")
     args = ap.parse_args(argv)
     result = asyncio.run(run(args))
-    out = Settings.from_env().home / "bench" / "latest.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = save(result)
     print(json.dumps({k: v for k, v in result.items()}, indent=2, default=str))
     print(f"[bench] written to {out}", file=sys.stderr)
     return 0

@@ -70,9 +70,9 @@ def running(settings: Settings) -> Iterator[None]:
                                            str(UPSTREAM_PORT)], stdout=log, stderr=log))
         with (settings.logs_dir / "litellm.log").open("ab") as log:
             env = {**os.environ, "LITELLM_LOG": "ERROR"}
-            procs.append(subprocess.Popen([str(venv / "bin" / "litellm"), "--config", str(cfg), "--host", "127.0.0.1",
-                                           "--port", str(PROXY_PORT), "--num_workers", "1"], stdout=log, stderr=log,
-                                          env=env))
+            procs.append(subprocess.Popen([str(venv / "bin" / "python"), "-m", "litellm.proxy.proxy_cli", "--config",
+                                           str(cfg), "--host", "127.0.0.1", "--port", str(PROXY_PORT),
+                                           "--num_workers", "1"], stdout=log, stderr=log, env=env))
         _wait_http(f"http://127.0.0.1:{UPSTREAM_PORT}/docs", 30, procs[0], "echo-upstream")
         _wait_http(f"http://127.0.0.1:{PROXY_PORT}/health/liveliness", 120, procs[1], "litellm")
         yield
