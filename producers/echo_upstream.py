@@ -29,10 +29,10 @@ def create_app() -> FastAPI:
                 chunk = {"id": "echo", "object": "chat.completion.chunk", "created": created, "model": "echo",
                          "choices": [{"index": 0, "delta": {"role": "assistant", "content": piece},
                                       "finish_reason": None}]}
-                yield f"data: {json.dumps(chunk)}\n\n".encode()
+                yield f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
             end = {"id": "echo", "object": "chat.completion.chunk", "created": created, "model": "echo",
                    "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]}
-            yield f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode()
+            yield f"data: {json.dumps(end, separators=(',', ':'))}\n\ndata: [DONE]\n\n".encode()
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from conflux.config import Settings
 LITELLM = "litellm[proxy]==1.108.5"
 UPSTREAM_PORT = 18091
 PROXY_PORT = 18090
+MASTER_KEY = "sk-conflux-bench-" + secrets.token_hex(16)  # the proxy refuses to start without one
 CONFIG = """model_list:
   - model_name: echo
     litellm_params:
@@ -69,7 +71,7 @@ def running(settings: Settings) -> Iterator[None]:
             procs.append(subprocess.Popen([sys.executable, "-m", "producers.echo_upstream", "--port",
                                            str(UPSTREAM_PORT)], stdout=log, stderr=log))
         with (settings.logs_dir / "litellm.log").open("ab") as log:
-            env = {**os.environ, "LITELLM_LOG": "ERROR"}
+            env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": MASTER_KEY}
             procs.append(subprocess.Popen([str(venv / "bin" / "python"), "-m", "litellm.proxy.proxy_cli", "--config",
                                            str(cfg), "--host", "127.0.0.1", "--port", str(PROXY_PORT),
                                            "--num_workers", "1"], stdout=log, stderr=log, env=env))
@@ -89,7 +91,7 @@ async def _chat(http: httpx.AsyncClient, base: str, prompt: str) -> float:
     t0 = time.perf_counter()
     ttft = None
     async with http.stream("POST", f"{base}/chat/completions", json=body,
-                           headers={"Authorization": "Bearer unused"}) as resp:
+                           headers={"Authorization": f"Bearer {MASTER_KEY}"}) as resp:
         if resp.status_code != 200:
             raise RuntimeError(f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}")
         async for line in resp.aiter_lines():
