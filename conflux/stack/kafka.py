@@ -107,7 +107,10 @@ class KafkaService(Service):
             cluster_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
         proc = subprocess.run(
             ["java", "-cp", f"{self.libs}/*", f"-Dlog4j.configuration=file:{self.root / 'log4j.properties'}",
-             "kafka.tools.StorageTool", "format", "--ignore-formatted", "-t", cluster_file.read_text().strip(),
+             # `--cluster-id=ID`, not `-t ID`: a random id can start with "-", which the tool then reads as an
+             # option ("expected one argument"; one CI run in 64 on a fresh machine).
+             "kafka.tools.StorageTool", "format", "--ignore-formatted",
+             f"--cluster-id={cluster_file.read_text().strip()}",
              "-c", str(self.root / "server.properties")],
             capture_output=True, text=True, check=False,
         )
