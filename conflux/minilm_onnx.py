@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from conflux.minilm import F32, EmbeddingModelError, packaged_model_dir
+from conflux.minilm import F32, EmbeddingModelError, packaged_model_dir, padded_batch
 
 OPSET = 17
 
@@ -148,13 +148,7 @@ class OnnxMiniLMEncoder:
     def encode(self, sentences: list[str]) -> F32:
         if not sentences:
             return np.zeros((0, self.dim), dtype=np.float32)
-        encs = self._tok.encode_batch(sentences)
-        length = max(len(e.ids) for e in encs)
-        ids = np.zeros((len(encs), length), dtype=np.int64)
-        mask = np.zeros((len(encs), length), dtype=np.float32)
-        for row, e in enumerate(encs):
-            ids[row, : len(e.ids)] = e.ids
-            mask[row, : len(e.ids)] = 1.0
-        positions = np.arange(length, dtype=np.int64)[None]
+        ids, mask = padded_batch(self._tok, sentences)
+        positions = np.arange(ids.shape[1], dtype=np.int64)[None]
         out = self._session.run(["embedding"], {"input_ids": ids, "position_ids": positions, "attention_mask": mask})
         return cast(F32, out[0].astype(np.float32))

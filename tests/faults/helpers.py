@@ -122,3 +122,26 @@ async def wait_until_generating(settings: Settings, http: httpx.AsyncClient, bas
         raise AssertionError(f"{worker_id} generated no answer within {timeout_s:.0f}s (no partitions?)")
     finally:
         client.close()
+
+
+async def assert_each_chat_whole_or_failed_once(settings: Settings, prompts: list[str], outcomes: list[Outcome],
+                                                tokens: int) -> None:
+    """What a worker fault may do to echo chats: each is accepted, and either answered whole (never two answers
+    spliced together) or ended with the explicit "interrupted ... retry" error; the platform's own record
+    holds exactly one final event per request, agreeing with what the client saw."""
+    assert not [o for o in outcomes if o.kind == "transport"], "the edge dropped a stream"
+    for prompt, o in zip(prompts, outcomes, strict=True):
+        assert o.request_id, f"not accepted: {o}"
+        if o.kind == "ok":
+            assert o.text == expected_echo(prompt, tokens), o
+        else:
+            assert "interrupted" in o.detail or "retry" in o.detail, o
+    ids = [str(o.request_id) for o in outcomes]
+    responses = await asyncio.to_thread(responses_by_request, settings, ids)
+    missing = set(ids) - set(responses)
+    assert not missing, f"{len(missing)} requests never ended: {sorted(missing)[:5]}"
+    twice = {rid: rows for rid, rows in responses.items() if len(rows) != 1}
+    assert not twice, f"answered more than once: {twice}"
+    for o in outcomes:
+        finish, error = responses[str(o.request_id)][0]
+        assert (o.kind == "error") == bool(error), (o, finish, error)

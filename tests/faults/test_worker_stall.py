@@ -13,7 +13,7 @@ import httpx
 
 from conflux.config import Settings
 from tests import procs
-from tests.faults.helpers import expected_echo, responses_by_request, stream_chat, wait_until_generating
+from tests.faults.helpers import assert_each_chat_whole_or_failed_once, stream_chat, wait_until_generating
 from tests.integration.helpers import new_tenant_key
 
 CHATS = 30
@@ -43,22 +43,7 @@ async def test_a_stalled_worker_that_resumes_never_reaches_a_caller_it_lost(stac
         second.stop()
 
     kinds = Counter(o.kind for o in outcomes)
-    assert kinds["transport"] == 0, [o for o in outcomes if o.kind == "transport"]
-    for prompt, o in zip(prompts, outcomes, strict=True):
-        assert o.request_id, f"not accepted: {o}"
-        if o.kind == "ok":  # one whole answer: a resumed worker's chunks never spliced in
-            assert o.text == expected_echo(prompt, TOKENS), o
-        else:
-            assert "interrupted" in o.detail or "retry" in o.detail, o
-    ids = [o.request_id for o in outcomes if o.request_id]
-    responses = await asyncio.to_thread(responses_by_request, stack, ids)
-    missing = set(ids) - set(responses)
-    assert not missing, f"{len(missing)} requests never ended: {sorted(missing)[:5]}"
-    twice = {rid: rows for rid, rows in responses.items() if len(rows) != 1}
-    assert not twice, f"answered more than once: {twice}"
-    for o in outcomes:
-        finish, error = responses[str(o.request_id)][0]
-        assert (o.kind == "error") == bool(error), (o, finish, error)
+    await assert_each_chat_whole_or_failed_once(stack, prompts, outcomes, TOKENS)
     # The stall must have hit work in flight: taken over (explicit error or regenerated, > the stall's
     # start) rather than all answered before it.
     stalled = [o for o in outcomes if o.kind == "error" or o.seconds > 8]
