@@ -119,11 +119,6 @@ class Once:
         if await self._r.get(key) in (self.worker_id, self.worker_id.encode()):
             await self._r.delete(key)
 
-    async def forget(self, what: str, request_id: str) -> None:
-        """Drops a claim nobody needs any more (the generation's, once its request has ended)."""
-        self._active.discard(f"{what}:{request_id}")
-        await self._r.delete(f"conflux:once:{what}:{request_id}")
-
     async def is_done(self, what: str, request_id: str) -> bool:
         return await self._r.get(f"conflux:once:{what}:{request_id}") in (b"done", "done")
 
