@@ -37,7 +37,7 @@ from streams import ingest, input_safety, pipeline
 from streams.context import ContextStore
 from streams.deadletter import dead_letter
 from streams.deps import Deps
-from streams.once import Once
+from streams.once import Once, done_ttl_s
 from streams.routing_stage import ReadyModels
 
 log = logging.getLogger("conflux.streams")
@@ -79,8 +79,8 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
     vectors.ensure_collection("documents", 384)
     return Deps(settings=settings, serde=serde, catalogue=catalogue, models=load_models(),
                 publisher=EventPublisher(producer, serde, catalogue, tracer), producer=producer,
-                ctx=ContextStore(redis), redis=redis, once=Once(redis, worker_id), vectors=vectors,
-                tokenizer=Tokenizer(),
+                ctx=ContextStore(redis), redis=redis, vectors=vectors, tokenizer=Tokenizer(),
+                once=Once(redis, worker_id, done_ttl_s(settings.inference_timeout_s)),
                 triton=TritonClient(settings.triton_grpc_url), tracer=tracer, ready_models=ReadyModels(),
                 worker_id=worker_id, metrics=Metrics("conflux_worker", {"instance": worker_id}),
                 inference_timeout_s=settings.inference_timeout_s)

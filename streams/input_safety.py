@@ -12,6 +12,7 @@ import numpy as np
 from conflux.inference import TritonClient
 from conflux.safety import RuleResult, check_rules
 from streams.deps import Deps
+from streams.once import expiry_s
 from streams.request import RequestContext
 
 REFUSAL = "I can't help with that request."
@@ -56,7 +57,7 @@ def expired(deps: Deps, request: dict[str, Any]) -> bool:
     """Older than any edge waits for: after an outage or on a new consumer group, nobody awaits the answer."""
     sent = request["envelope"]["event_time"]
     age = (datetime.now(UTC) - sent).total_seconds() if isinstance(sent, datetime) else 0.0
-    return age > deps.inference_timeout_s + 5
+    return age > expiry_s(deps.inference_timeout_s)
 
 
 async def check(deps: Deps, rc: RequestContext, bank: AttackBank) -> str:

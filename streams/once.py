@@ -14,9 +14,22 @@ from typing import Any
 
 from streams.context import CTX_TTL_S
 
-# A replay can only come from offsets not yet committed (seconds, or a rebalance); after CTX_TTL_S a stray
-# replay finds its context gone and is dead-lettered anyway. Longer would only grow Redis with traffic.
-DONE_TTL_S = CTX_TTL_S
+# How long a request's end stays marked done. A replay can only come from offsets not yet committed (seconds,
+# or a rebalance after the 10 s session timeout), and a request older than `expiry_s` (the inference timeout
+# plus a grace) is expired before any stage runs. So the mark only has to outlive that horizon, with a margin
+# for a slow rebalance. It is the one key every chat leaves behind: at 15 minutes it grew Redis by ~1 MB per
+# 6,000 chats (7% of its memory over the 10-minute soak); at this horizon it plateaus within two minutes.
+DONE_MARGIN_S = 60.0
+EXPIRY_GRACE_S = 5.0
+
+
+def expiry_s(inference_timeout_s: float) -> float:
+    """Age after which a request is expired unprocessed: no edge waits for its answer any longer."""
+    return inference_timeout_s + EXPIRY_GRACE_S
+
+
+def done_ttl_s(inference_timeout_s: float) -> int:
+    return int(expiry_s(inference_timeout_s) + DONE_MARGIN_S)
 
 
 # SET NX the claim; if won, bump the epoch and read the streamed mark. KEYS: claim, epoch, context hash.
@@ -38,9 +51,10 @@ class Claim(enum.Enum):
 
 
 class Once:
-    def __init__(self, redis: Any, worker_id: str) -> None:
+    def __init__(self, redis: Any, worker_id: str, done_ttl_s: int = done_ttl_s(60.0)) -> None:
         self._r = redis
         self.worker_id = worker_id
+        self.done_ttl_s = done_ttl_s
         self._active: set[str] = set()  # "<what>:<request id>" claimed by this process and not yet done
 
     @staticmethod
@@ -97,7 +111,7 @@ class Once:
         return raw is None or int(raw) == epoch
 
     async def done(self, what: str, request_id: str) -> None:
-        await self._r.set(f"conflux:once:{what}:{request_id}", "done", ex=DONE_TTL_S)
+        await self._r.set(f"conflux:once:{what}:{request_id}", "done", ex=self.done_ttl_s)
         self._active.discard(f"{what}:{request_id}")
 
     async def ended(self, request_id: str, *drop: str) -> None:
@@ -108,7 +122,7 @@ class Once:
         self._active.discard(f"end:{request_id}")
         self._active.discard(f"gen:{request_id}")
         async with self._r.pipeline(transaction=False) as pipe:
-            pipe.set(f"conflux:once:end:{request_id}", "done", ex=DONE_TTL_S)
+            pipe.set(f"conflux:once:end:{request_id}", "done", ex=self.done_ttl_s)
             pipe.delete(f"conflux:once:gen:{request_id}", f"conflux:epoch:{request_id}", *drop)
             await pipe.execute()
 
