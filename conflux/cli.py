@@ -116,6 +116,37 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    import redis.asyncio as aioredis
+
+    from conflux import taxonomy
+    from conflux.tenants import ApiKeyStore, AuthError
+
+    overrides = {cid: action for action in ("block", "flag", "allow")
+                 for cid in (getattr(args, action) or "").split(",") if cid}
+
+    async def set_policy() -> dict[str, str]:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            return await ApiKeyStore(client).set_policy(args.tenant, overrides)
+        finally:
+            await client.aclose()
+
+    if not overrides:
+        _progress("nothing to set: name categories with --block, --flag or --allow (comma-separated)")
+        return 2
+    try:
+        stored = asyncio.run(set_policy())
+    except (AuthError, taxonomy.PolicyError) as exc:
+        _progress(f"refused: {exc}")
+        return 2
+    _progress(f"safety policy of tenant {args.tenant} (overrides of infra/safety_taxonomy.toml's defaults):")
+    print(json.dumps(stored, sort_keys=True))
+    return 0
+
+
 def cmd_edge(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -207,6 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="default")
     p.add_argument("--system-prompt", default="")
     p.set_defaults(func=cmd_keys)
+    p = sub.add_parser("tenants", help="tenant settings: set-policy (what each safety category does for a tenant)")
+    p.add_argument("action", choices=["set-policy"])
+    p.add_argument("--tenant", required=True)
+    for action in ("block", "flag", "allow"):
+        p.add_argument(f"--{action}", default="", metavar="CATEGORIES",
+                       help=f"comma-separated taxonomy ids to {action} (infra/safety_taxonomy.toml)")
+    p.set_defaults(func=cmd_tenants)
     p = sub.add_parser("edge", help="run an OpenAI-compatible HTTP edge instance")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)

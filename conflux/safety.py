@@ -1,11 +1,15 @@
-"""Rule-based safety checks: personal data and known jailbreak / prompt-injection patterns.
+"""Rule-based safety checks, for what rules do well: personal data, attack markup (role overrides, planted
+directives, chat-template tokens) and encodings that hide a request. Each rule names a category of the
+taxonomy (infra/safety_taxonomy.toml).
 
-The model-based check (embedding similarity to known attacks, served by Triton) lives in the input-safety
-stage; these rules are the fast first line and run on both prompts and answers.
+The classifier over the request embedding (conflux/safety_model.py) judges what a request asks for; these
+rules are the fast first line and also run on retrieved documents and on answers.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass, field
 
@@ -16,6 +20,11 @@ _SSN = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:\s?[A-Z0-9]{4}){3,7}\b")
 
 _RULES_NOUN = r"(instructions|rules|prompts?|guidelines|directions|programming|polic(y|ies)|safety)"
+# Rule name -> the taxonomy category it evidences; rules not listed evidence a jailbreak.
+RULE_CATEGORY = {"system_prompt_leak": "system_prompt_extraction", "new_instructions": "prompt_injection",
+                 "injected_directive": "prompt_injection", "addresses_the_ai": "prompt_injection",
+                 "token_smuggling": "prompt_injection"}
+ATTACK_CATEGORIES = frozenset({"jailbreak", "prompt_injection", "system_prompt_extraction", "obfuscation"})
 JAILBREAK_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (name, re.compile(rx, re.IGNORECASE))
     for name, rx in (
@@ -51,8 +60,9 @@ class RuleResult:
     reasons: tuple[str, ...] = field(default_factory=tuple)
 
     @property
-    def jailbreak(self) -> bool:
-        return "jailbreak" in self.categories
+    def attack(self) -> bool:
+        """Attack markup was found (jailbreak, injection or extraction phrasing)."""
+        return any(c in ATTACK_CATEGORIES for c in self.categories)
 
 
 def _luhn(digits: str) -> bool:
@@ -92,13 +102,51 @@ def scrub_pii(text: str) -> str:
     return _PHONE.sub("[PHONE]", text)
 
 
+_BASE64 = re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{24,}={0,2}(?![A-Za-z0-9+/])")
+_HEX = re.compile(r"\b(?:[0-9a-fA-F]{2}[ :]?){16,}\b")
+
+
+def _readable(raw: bytes) -> str | None:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    letters = sum(ch.isalpha() or ch.isspace() for ch in text)
+    # Words, not binary or a hash: mostly letters and spaces, with at least three words.
+    return text if len(text) >= 12 and letters >= 0.85 * len(text) and len(text.split()) >= 3 else None
+
+
+def decode_hidden(text: str) -> list[str]:
+    """Readable text hidden in base64 or hex runs (a request wrapped to get past a filter). The caller judges
+    what it says; an encoding alone is not an attack (keys, hashes and images are encoded too)."""
+    found = []
+    for m in _BASE64.finditer(text):
+        blob = m.group()
+        try:
+            raw = base64.b64decode(blob + "=" * (-len(blob) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        if (decoded := _readable(raw)) is not None:
+            found.append(decoded)
+    for m in _HEX.finditer(text):
+        try:
+            raw = bytes.fromhex(re.sub(r"[ :]", "", m.group()))
+        except ValueError:
+            continue
+        if (decoded := _readable(raw)) is not None:
+            found.append(decoded)
+    return found
+
+
 def check_rules(text: str) -> RuleResult:
     categories: list[str] = []
     reasons: list[str] = []
-    hits = [name for name, rx in JAILBREAK_PATTERNS if rx.search(text)]
-    if hits:
-        categories.append("jailbreak")
-        reasons += [f"jailbreak pattern: {h}" for h in hits]
+    for name, rx in JAILBREAK_PATTERNS:
+        if rx.search(text):
+            cat = RULE_CATEGORY.get(name, "jailbreak")
+            if cat not in categories:
+                categories.append(cat)
+            reasons.append(f"{cat} pattern: {name}")
     pii = find_pii(text)
     if pii:
         categories.append("pii")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import time
@@ -46,6 +47,24 @@ class ApiKeyStore:
             raise AuthError(f"tenant id {tenant.tenant_id!r} must match {_TENANT_ID.pattern}")
         await self._r.hset(f"conflux:tenant:{tenant.tenant_id}",
                            mapping={"plan": tenant.plan, "system_prompt": tenant.system_prompt})
+
+    async def set_policy(self, tenant_id: str, overrides: dict[str, str]) -> dict[str, str]:
+        """Stores the tenant's safety policy overrides (category -> block|flag|allow), merged over what it had;
+        refused whole if any entry names an unknown category or action or loosens a locked category. Returns
+        the stored overrides. The workers read it with the plan on every request: no restart."""
+        from conflux import taxonomy
+
+        key = f"conflux:tenant:{tenant_id}"
+        if not await self._r.exists(key):
+            raise AuthError(f"unknown tenant {tenant_id!r}")
+        tax = taxonomy.load()
+        for cid, action in overrides.items():
+            tax.check_override(cid, action)
+        merged = {**taxonomy.parse_overrides(await self._r.hget(key, "safety_policy")), **overrides}
+        # An override equal to the taxonomy's default is dropped, so a later change of the default applies.
+        merged = {c: a for c, a in merged.items() if a != tax.categories[c].action}
+        await self._r.hset(key, "safety_policy", json.dumps(merged, sort_keys=True))
+        return merged
 
     async def create_key(self, tenant_id: str, name: str = "default") -> str:
         """Returns the new key. It is not stored anywhere, so this is the only time it can be seen."""

@@ -14,10 +14,12 @@ from fastapi import FastAPI
 from conflux.clickhouse import clickhouse_client
 from conflux.config import Settings
 from conflux.ids import ResponseIds, load_secret
+from conflux.inference import TritonClient
 from conflux.kafka import EventPublisher, ManagedProducer
 from conflux.models import load_models
 from conflux.ratelimit import RateLimiter
 from conflux.redis_client import redis_client
+from conflux.safety_model import SafetyHead
 from conflux.schemas import SchemaRegistry
 from conflux.serde import AvroSerde
 from conflux.telemetry import setup_tracing
@@ -28,6 +30,7 @@ from edge.chat import ChatService
 from edge.errors import install_error_handlers
 from edge.load import LoadGauge, RequestLag
 from edge.middleware import BodyLimitAndCounts
+from edge.moderation import ModerationService
 from edge.protocol import ERROR_RESPONSES
 from edge.replies import ReplyRouter
 from edge.routes import router
@@ -75,6 +78,8 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
         app.state.models = models
         app.state.publisher = publisher
         app.state.keys = ApiKeyStore(redis)
+        triton = TritonClient(settings.triton_grpc_url)
+        app.state.moderation = ModerationService(triton, SafetyHead.load(), RateLimiter(redis), models, redis)
         app.state.chat = ChatService(publisher=publisher, replies=replies, models=models,
                                      limiter=RateLimiter(redis), redis=redis, instance_id=instance,
                                      chain_timeout_s=chain_timeout_s, ids=ResponseIds(load_secret(settings)),
@@ -85,6 +90,7 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
             await replies.stop()
             await lag.stop()
             await producer.stop()
+            await triton.close()
             await redis.aclose()
             app.state.clickhouse.close()
 

@@ -138,6 +138,19 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
                              headers={**headers, "Cache-Control": "no-cache"})
 
 
+@router.post("/v1/moderations")
+async def moderations(request: Request, authorization: str | None = Header(default=None)) -> dict[str, Any]:
+    tenant = await _tenant(request, authorization)
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "the body must be JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object", code="invalid_json")
+    result: dict[str, Any] = await request.app.state.moderation.moderate(tenant, body)
+    return result
+
+
 @router.post("/v1/feedback")
 async def feedback(body: FeedbackRequest, request: Request,
                    authorization: str | None = Header(default=None)) -> dict[str, Any]:

@@ -1,8 +1,13 @@
-"""Precision and recall of the safety checks on a labelled set (tests/data/safety_labelled.jsonl): user
-prompts go through the input-safety stage's checks (rules + MiniLM similarity served by Triton), retrieved
-documents through the retrieval stage's check (rules). Prints JSON; needs Triton (`conflux up`).
+"""`make safety-eval`: how well the input-safety checks (rules + the safety classifier over embeddings served by
+Triton, exactly the stage's `judge`) separate unsafe prompts from safe ones.
 
-    python -m producers.safety_eval [--data PATH] [--out .conflux/bench/safety.json]
+    python -m producers.safety_eval [--out .conflux/bench/safety.json]
+
+Sets: the held-out split of external data (tests/data/external/safety_heldout.jsonl, never used for training
+or tuning), the test split, and the team's own set (tests/data/safety_labelled.jsonl, prompts only). A prompt
+counts as caught when the check names any hazard or attack category (personal data alone is a flag, not a
+catch). Reports precision, recall, F1 and false-positive rate overall, recall and category accuracy per
+category, figures per source, and the CPU cost of a check beyond the embedding. Needs Triton (`conflux up`).
 """
 
 from __future__ import annotations
@@ -11,66 +16,115 @@ import argparse
 import asyncio
 import json
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from conflux import taxonomy
 from conflux.config import REPO_ROOT, Settings
 from conflux.inference import TritonClient
-from conflux.safety import check_rules
-from streams.input_safety import MODEL_THRESHOLD, AttackBank, judge
+from conflux.safety import check_rules, decode_hidden
+from conflux.safety_model import SafetyHead, judge
+from producers.safety_data import read_jsonl
 
-DEFAULT_DATA = REPO_ROOT / "tests" / "data" / "safety_labelled.jsonl"
+EXTERNAL = REPO_ROOT / "tests" / "data" / "external"
+TEAM_SET = REPO_ROOT / "tests" / "data" / "safety_labelled.jsonl"
+BATCH = 32
 
 
 def scores(pairs: list[tuple[bool, bool]]) -> dict[str, Any]:
-    """pairs of (is_attack, flagged) -> confusion counts, precision, recall (attack = positive class)."""
+    """pairs of (is_unsafe, caught) -> confusion counts, precision, recall, F1, false-positive rate."""
     tp = sum(a and f for a, f in pairs)
     fp = sum(not a and f for a, f in pairs)
     fn = sum(a and not f for a, f in pairs)
     tn = sum(not a and not f for a, f in pairs)
     precision = tp / (tp + fp) if tp + fp else 1.0
     recall = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"n": len(pairs), "tp": tp, "fp": fp, "fn": fn, "tn": tn, "precision": round(precision, 3),
-            "recall": round(recall, 3)}
+            "recall": round(recall, 3), "f1": round(f1, 3), "fpr": round(fp / (fp + tn), 3) if fp + tn else 0.0}
 
 
-async def evaluate(settings: Settings, rows: list[dict[str, str]]) -> dict[str, Any]:
+async def judge_rows(triton: TritonClient, head: SafetyHead, rows: list[dict[str, Any]]
+                     ) -> tuple[list[dict[str, Any]], float]:
+    policy = taxonomy.load().policy()
+    out: list[dict[str, Any]] = []
+    cpu = 0.0
+    for start in range(0, len(rows), BATCH):
+        batch = rows[start:start + BATCH]
+        vectors = await triton.embed([r["text"][:2000] for r in batch])
+        for row, vec in zip(batch, vectors, strict=True):
+            hidden_texts = decode_hidden(row["text"])[:4]
+            hidden_vecs = await triton.embed(hidden_texts) if hidden_texts else []
+            t0 = time.process_time()
+            rules = check_rules(row["text"])
+            verdict, cats, reasons = judge(policy, list(rules.categories), list(rules.reasons), head.judge(vec),
+                                           head.judge_many(hidden_vecs) if hidden_texts else [])
+            cpu += time.process_time() - t0
+            caught = any(c != "pii" for c in cats)
+            out.append({**row, "caught": caught, "verdict": verdict, "predicted": cats, "reasons": reasons})
+    return out, cpu / max(1, len(rows)) * 1000
+
+
+def report(results: list[dict[str, Any]]) -> dict[str, Any]:
+    pairs = [(r["label"] == "unsafe", r["caught"]) for r in results]
+    per_category: dict[str, dict[str, Any]] = {}
+    by_cat: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        if r["label"] == "unsafe" and r.get("category"):
+            by_cat[r["category"]].append(r)
+    for cat, rows in sorted(by_cat.items()):
+        caught = [r for r in rows if r["caught"]]
+        per_category[cat] = {"n": len(rows), "recall": round(len(caught) / len(rows), 3),
+                             "category_accuracy": round(sum(cat in r["predicted"] for r in caught)
+                                                        / max(1, len(caught)), 3)}
+    by_source: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+    for r in results:
+        by_source[r.get("source", "?")].append((r["label"] == "unsafe", r["caught"]))
+    return {"overall": scores(pairs), "per_category": per_category,
+            "by_source": {s: {"n": len(p), "caught": sum(f for _, f in p), "unsafe": sum(a for a, _ in p)}
+                          for s, p in sorted(by_source.items())},
+            "missed_sample": [r["text"][:160] for r in results if r["label"] == "unsafe" and not r["caught"]][:15],
+            "false_alarm_sample": [r["text"][:160] for r in results if r["label"] == "safe" and r["caught"]][:15]}
+
+
+def team_set() -> list[dict[str, Any]]:
+    """The team's own prompts (written beside the old rules), in the external sets' labels."""
+    return [{"text": r["text"], "label": "unsafe" if r["label"] == "attack" else "safe", "source": "team"}
+            for r in read_jsonl(TEAM_SET) if r["source"] == "prompt"]
+
+
+def default_sets() -> dict[str, list[dict[str, Any]]]:
+    return {"heldout": read_jsonl(EXTERNAL / "safety_heldout.jsonl"),
+            "test": read_jsonl(EXTERNAL / "safety_test.jsonl"), "team": team_set()}
+
+
+async def evaluate(settings: Settings, sets: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     triton = TritonClient(settings.triton_grpc_url)
-    bank = AttackBank()
-    results: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-    for row in rows:
-        rules = check_rules(row["text"])
-        if row["source"] == "prompt":
-            score = await bank.score(triton, (await triton.embed([row["text"][:2000]]))[0])
-            verdict, _, reasons = judge(rules, score)
-            flagged = verdict == "BLOCK"
-        else:  # documents: what the retrieval stage does with each retrieved chunk
-            score, flagged, reasons = 0.0, rules.jailbreak, list(rules.reasons)
-        results.append({**row, "flagged": flagged, "score": round(score, 3), "reasons": reasons})
-    attack = [(r["label"] == "attack", bool(r["flagged"])) for r in results]
-    by_source = {src: scores([(r["label"] == "attack", bool(r["flagged"])) for r in results if r["source"] == src])
-                 for src in ("prompt", "document")}
-    return {
-        "data": len(rows), "benign": sum(r["label"] == "benign" for r in rows), "model_threshold": MODEL_THRESHOLD,
-        "overall": scores(attack), "by_source": by_source, "seconds": round(time.perf_counter() - t0, 2),
-        "missed": [r["text"] for r in results if r["label"] == "attack" and not r["flagged"]],
-        "false_alarms": [r["text"] for r in results if r["label"] == "benign" and r["flagged"]],
-    }
+    head = SafetyHead.load()
+    out: dict[str, Any] = {"threshold": head.threshold}
+    cpu_ms = []
+    try:
+        for name, rows in sets.items():
+            t0 = time.perf_counter()
+            results, cpu = await judge_rows(triton, head, rows)
+            out[name] = {**report(results), "seconds": round(time.perf_counter() - t0, 1)}
+            cpu_ms.append(cpu)
+    finally:
+        await triton.close()
+    out["cpu_ms_per_check_beyond_embedding"] = round(sum(cpu_ms) / len(cpu_ms), 3)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / ".conflux" / "bench" / "safety.json")
     args = p.parse_args(argv)
-    rows = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
-    report = asyncio.run(evaluate(Settings.from_env(), rows))
-    text = json.dumps(report, indent=2)
+    result = asyncio.run(evaluate(Settings.from_env(), default_sets()))
+    text = json.dumps(result, indent=2)
     print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -28,12 +28,13 @@ from conflux.llm import Tokenizer
 from conflux.models import load_models
 from conflux.promserve import Metrics, serve_metrics
 from conflux.redis_client import redis_client
+from conflux.safety_model import SafetyHead
 from conflux.schemas import SchemaRegistry
 from conflux.serde import AvroSerde
 from conflux.telemetry import extract_context, setup_tracing
 from conflux.topics import load_catalogue
 from conflux.vectorstore import open_vector_store
-from streams import ingest, input_safety, pipeline
+from streams import ingest, pipeline
 from streams.context import ContextStore
 from streams.deadletter import dead_letter
 from streams.deps import Deps
@@ -82,15 +83,9 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
                 ctx=ContextStore(redis), redis=redis, vectors=vectors, tokenizer=Tokenizer(),
                 once=Once(redis, worker_id, done_ttl_s(settings.inference_timeout_s)),
                 triton=TritonClient(settings.triton_grpc_url), tracer=tracer, ready_models=ReadyModels(),
+                safety=SafetyHead.load(),
                 worker_id=worker_id, metrics=Metrics("conflux_worker", {"instance": worker_id}),
                 inference_timeout_s=settings.inference_timeout_s)
-
-
-def _handler(module: ModuleType) -> Callable[[Deps, dict[str, Any]], Awaitable[None]]:
-    if module is pipeline:
-        bank = input_safety.AttackBank()
-        return lambda deps, record: pipeline.handle(deps, record, bank)
-    return module.handle  # type: ignore[no-any-return]
 
 
 def create_worker_app(settings: Settings, worker_id: str | None = None, metrics_port: int = 0) -> faust.App:
@@ -135,7 +130,7 @@ def _register(app: faust.App, lazy: _LazyDeps, module: ModuleType, concurrency: 
     stage = module.__name__.rsplit(".", 1)[-1]
     topic = app.topic(module.SOURCE, key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")
-    handle = _handler(module)
+    handle: Callable[[Deps, dict[str, Any]], Awaitable[None]] = module.handle
 
     async def agent(stream: Any) -> None:
         async for event in stream.events():

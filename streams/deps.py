@@ -18,6 +18,7 @@ from conflux.kafka import EventPublisher, ManagedProducer, PendingEvents
 from conflux.llm import Tokenizer
 from conflux.models import ModelCatalogue
 from conflux.promserve import Metrics
+from conflux.safety_model import SafetyHead
 from conflux.serde import AvroSerde, new_envelope
 from conflux.topics import Catalogue
 from conflux.vectorstore import VectorStore
@@ -50,6 +51,7 @@ class Deps:
     metrics: Metrics
     once: Once
     ready_models: Any  # streams.routing_stage.ReadyModels (typed loosely: that module imports this one)
+    safety: SafetyHead  # the safety classifier (input check, output check on the stream)
     inference_timeout_s: float = 60.0
     retrieval_k: int = 4
     collection: str = "documents"

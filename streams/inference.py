@@ -1,5 +1,6 @@
-"""Inference: stream the answer from Triton to the caller's reply topic, then record counts, time to first
-token, duration and cost. The caller leaving stops the generation."""
+"""Inference: stream the answer from Triton to the caller's reply topic, each piece released once the output
+check covering it has passed (streams/output_guard.py), then record counts, time to first token, duration and
+cost. The caller leaving, or an output check that blocks, stops the generation."""
 
 from __future__ import annotations
 
@@ -12,16 +13,16 @@ from typing import Any
 from conflux.inference import InferenceError
 from conflux.llm import Message, render_chatml
 from conflux.routing import Decision
+from streams import output_guard
 from streams.deps import Deps
 from streams.once import Claim
+from streams.output_guard import OutputVerdict, StreamGuard
 from streams.prompt_build import Built
 from streams.request import RequestContext
 
 log = logging.getLogger("conflux.streams")
 CANCEL_CHECK_EVERY = 8  # tokens between looks at the cancel flag (a Redis round trip)
-# The first piece goes out at once (time to first token); later pieces are sent together every FLUSH_S,
-# so a fast model produces a few Kafka messages per answer rather than one per token.
-FLUSH_S = 0.015
+FLUSH_S = 0.015  # the least time between two chunks after the first
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class Generated:
     finish_reason: str
     chunks_sent: int
     epoch: int
+    output: OutputVerdict  # the output check's verdict on the whole answer (or on the window that blocked it)
+    output_checks: int  # output checks run on the stream
 
 
 def render(template: str, messages: list[dict[str, Any]]) -> str:
@@ -79,16 +82,20 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
 
     t0 = time.perf_counter()
     ttft: float | None = None
-    parts: list[str] = []
     error: str | None = None
     finish = "length"
-    unsent: list[str] = []
+    # Text leaves only once an output check covering it has passed (streams/output_guard.py).
+    guard = StreamGuard(output_guard.checker(deps, rc))
+    parts = guard.pieces
+    released = 0
     sent_chunks = 0
     last_flush = 0.0
+    closing = False
 
     async def flush() -> None:
-        nonlocal sent_chunks, last_flush
-        if not unsent:
+        nonlocal released, sent_chunks, last_flush
+        upto = guard.cleared
+        if upto <= released:
             return
         if sent_chunks == 0:
             # A replay after a crash must know the caller may have seen part of an answer, so the mark is
@@ -96,10 +103,10 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
             # replay start the answer again behind the first piece. Dying after the mark but before the send
             # costs an explicit error, never a spliced answer.
             await deps.ctx.put(rc.request_id, streamed=True)
-        chunk = {"envelope": deps.envelope(rc.env), "sequence": sent_chunks, "text": "".join(unsent),
+        chunk = {"envelope": deps.envelope(rc.env), "sequence": sent_chunks, "text": "".join(parts[released:upto]),
                  "is_final": False, "finish_reason": None, "error": None, "model": None,
                  "prompt_tokens": None, "completion_tokens": None, "epoch": epoch}
-        unsent.clear()
+        released = upto
         sent_chunks += 1
         last_flush = time.perf_counter()
         value = deps.serde.encode("token_chunk", chunk)
@@ -110,25 +117,48 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
                                                  partition=request.get("reply_partition") or 0))
         rc.events.track(await deps.producer.send("inference.tokens", value=value, key=key))
 
+    async def sender() -> None:
+        """Sends what the checks clear as they clear it: the first piece at once (time to first token), later
+        ones together at most every FLUSH_S, so a fast model makes a few Kafka messages per answer."""
+        while not closing:
+            await guard.progress.wait()
+            guard.progress.clear()
+            if closing or guard.stopped:
+                return
+            if sent_chunks and (wait := FLUSH_S - (time.perf_counter() - last_flush)) > 0:
+                await asyncio.sleep(wait)
+            await flush()
+
+    sending = asyncio.ensure_future(sender())
     try:
         async with asyncio.timeout(deps.inference_timeout_s):
             async for piece in deps.triton.stream(model.triton_stream, prompt, rc.max_tokens, temperature,
                                                   timeout_s=deps.inference_timeout_s):
                 ttft = ttft if ttft is not None else (time.perf_counter() - t0) * 1000
-                parts.append(piece.text)
-                unsent.append(piece.text)
-                if sent_chunks == 0 or time.perf_counter() - last_flush >= FLUSH_S:
-                    await flush()
+                guard.add(piece.text)
+                if guard.stopped:
+                    break
                 if len(parts) % CANCEL_CHECK_EVERY == 0 and await deps.ctx.cancelled(rc.request_id):
                     finish = "cancelled"
                     break
             else:
                 finish = "length" if len(parts) >= rc.max_tokens else "stop"
-            await flush()
+            await guard.finish()
     except (InferenceError, TimeoutError) as exc:
         log.warning("inference of %s failed: %r", rc.request_id, exc)
         error = "the model server failed during generation" if isinstance(exc, InferenceError) else \
             f"inference timed out after {deps.inference_timeout_s:.0f}s"
+    finally:
+        closing = True
+        guard.progress.set()
+        await sending
+        guard.cancel()
+    if guard.blocked is not None:
+        finish = "content_filter"
+    elif guard.failed is not None and error is None:
+        log.warning("output check of %s failed: %r", rc.request_id, guard.failed)
+        error = "the output safety check failed; nothing unchecked was sent"
+    await flush()  # what the checks cleared (on a block: everything before the window that tripped it)
     # An unacknowledged chunk means the broker is away: PublishError, and the pipeline retries.
     await rc.events.settle()
     duration = (time.perf_counter() - t0) * 1000
@@ -140,5 +170,6 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
     if error:
         await deps.finish_with_error(request, error, seq=sent_chunks, events=rc.events, epoch=epoch)
         return None
-    return Generated("".join(parts), len(parts), finish, sent_chunks, epoch)
+    output = guard.blocked or guard.last
+    return Generated("".join(parts), len(parts), finish, sent_chunks, epoch, output, guard.checks)
 

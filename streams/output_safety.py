@@ -1,6 +1,7 @@
-"""Output safety: check the generated answer, then end the caller's stream (final chunk with usage,
-`content_filter` if blocked) and record the delivered response. Also stores the turn in session memory for
-the conversation's next request."""
+"""Output safety, end of the request: record the output verdict (reached on the stream by
+streams/output_guard.py, before any text left), end the caller's stream (final chunk with usage,
+`content_filter` if the answer was cut) and record the delivered response. Also stores the turn in session
+memory for the conversation's next request."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import time
 from redis.exceptions import RedisError
 
 from conflux.routing import Decision
-from conflux.safety import check_rules
 from streams.deps import Deps
 from streams.inference import Generated
 from streams.prompt_build import Built
@@ -30,12 +30,12 @@ async def finish(deps: Deps, rc: RequestContext, decision: Decision, built: Buil
     async with deps.ending(rc.request_id) as mine:
         if not mine:
             return  # a replay: this request was already ended
-        rules = check_rules(gen.text)
-        # Attack markup in an answer means an injection got through: block. Personal data is flagged.
-        verdict = "BLOCK" if rules.jailbreak else ("FLAG" if rules.categories else "ALLOW")
+        out = gen.output
+        verdict = out.verdict
         await rc.events.add("safety.verdicts", {
-            "envelope": deps.envelope(env), "stage": "OUTPUT", "verdict": verdict,
-            "categories": list(rules.categories), "reasons": list(rules.reasons), "score": None, "checker": "rules",
+            "envelope": deps.envelope(env), "stage": "OUTPUT", "verdict": verdict, "categories": out.categories,
+            "reasons": [*out.reasons, f"{gen.output_checks} checks on the stream"], "score": out.score,
+            "checker": "rules+safety_head/minilm_embed (stream)",
             "latency_ms": (time.perf_counter() - t0) * 1000}, key=rc.key)
         finish_reason = "content_filter" if verdict == "BLOCK" else gen.finish_reason
         citations = [c["chunk_id"] for c in chunks]

@@ -15,22 +15,24 @@ The request crosses Kafka twice on its critical path: in on chat.requests, out o
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+from conflux import taxonomy
 from conflux.kafka import PendingEvents
 from streams import inference, input_safety, output_safety, prompt_build, retrieval, routing_stage
 from streams.deps import Deps
-from streams.input_safety import AttackBank
 from streams.request import RequestContext, gated
 
 SOURCE = "chat.requests"
 EVENT = "prompt_submitted"
 T = TypeVar("T")
+log = logging.getLogger("conflux.streams")
 
 
-async def handle(deps: Deps, request: dict[str, Any], bank: AttackBank) -> None:
+async def handle(deps: Deps, request: dict[str, Any]) -> None:
     env = request["envelope"]
     async with deps.redis.pipeline(transaction=False) as pipe:  # one round trip
         pipe.get(deps.once.key("end", env["request_id"]))
@@ -43,7 +45,7 @@ async def handle(deps: Deps, request: dict[str, Any], bank: AttackBank) -> None:
         return
     rc = RequestContext(request=request, plan=(tenant.get(b"plan") or b"free").decode(),
                         system_prompt=(tenant.get(b"system_prompt") or b"").decode(), started=time.time(),
-                        events=PendingEvents(deps.publisher))
+                        events=PendingEvents(deps.publisher), policy=tenant_policy(env["tenant_id"], tenant))
 
     rc.embedding(deps.triton)  # started once, before the branches that share it
     early, gate = gated(rc)
@@ -57,7 +59,7 @@ async def handle(deps: Deps, request: dict[str, Any], bank: AttackBank) -> None:
     # is re-raised as itself (not a group) so that the agent's retry and dead-letter policy sees its type.
     try:
         async with asyncio.TaskGroup() as group:
-            verdict_task = group.create_task(_stage(deps, "input_safety", input_safety.check(deps, rc, bank)))
+            verdict_task = group.create_task(_stage(deps, "input_safety", input_safety.check(deps, rc)))
             prepared = group.create_task(prepare())
     except ExceptionGroup as failed:
         raise failed.exceptions[0] from None
@@ -88,6 +90,18 @@ async def _stage(deps: Deps, name: str, work: Awaitable[T]) -> T:
     deps.metrics.inc("stage_seconds_total", time.perf_counter() - t0,
                      help_text="wall time spent in a stage (inference: until the answer is streamed)", stage=name)
     return result
+
+
+def tenant_policy(tenant_id: str, tenant: dict[bytes, bytes]) -> taxonomy.Policy:
+    """The tenant's safety policy, read with its plan. `conflux tenants set-policy` validates what it stores;
+    a record that fails validation anyway (written by hand) falls back to the defaults, which are stricter
+    than any override could be for locked categories, and says so in the log."""
+    tax = taxonomy.load()
+    try:
+        return tax.policy(taxonomy.parse_overrides(tenant.get(b"safety_policy")))
+    except (taxonomy.PolicyError, ValueError) as exc:
+        log.warning("safety policy of tenant %s ignored: %s", tenant_id, exc)
+        return tax.policy()
 
 
 async def _expire(deps: Deps, request: dict[str, Any]) -> None:

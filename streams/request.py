@@ -13,6 +13,7 @@ from typing import Any
 
 from conflux.inference import TritonClient
 from conflux.kafka import PendingEvents
+from conflux.taxonomy import Policy
 
 
 @dataclass
@@ -22,6 +23,7 @@ class RequestContext:
     system_prompt: str
     started: float  # wall clock (time.time()) when the worker took the request
     events: PendingEvents
+    policy: Policy  # the tenant's safety policy over the taxonomy
     _embedding: asyncio.Task[Any] | None = field(default=None, repr=False)
 
     @property

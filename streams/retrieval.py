@@ -39,7 +39,7 @@ async def _drop_injected(deps: Deps, rc: RequestContext, chunks: list[dict[str, 
     prompt, and a RETRIEVAL verdict records which chunk and why. The request itself goes on."""
     t0 = time.perf_counter()
     flagged = {c["chunk_id"]: check_rules(c["text"]) for c in chunks}
-    flagged = {cid: r for cid, r in flagged.items() if r.jailbreak}
+    flagged = {cid: r for cid, r in flagged.items() if r.attack}
     if not flagged:
         return chunks
     await rc.events.add("safety.verdicts", {

@@ -1,0 +1,91 @@
+"""/v1/moderations: OpenAI's moderation API, answered by the same checks as a chat's input (rules + the safety
+classifier over the MiniLM embedding served by Triton), with the taxonomy mapped onto OpenAI's categories."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from conflux import taxonomy
+from conflux.inference import TritonClient
+from conflux.ratelimit import RateLimiter
+from conflux.safety import check_rules, decode_hidden
+from conflux.safety_model import MAX_HIDDEN, SafetyHead, judge
+from conflux.tenants import Tenant
+from edge.errors import ApiError
+
+OPENAI_CATEGORIES = ("harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
+                     "illicit/violent", "self-harm", "self-harm/intent", "self-harm/instructions", "sexual",
+                     "sexual/minors", "violence", "violence/graphic")
+MODEL = "conflux-safety"
+# OpenAI's model names are accepted (SDKs send them by default) and served by the one classifier there is.
+ACCEPTED_MODELS = {MODEL, "omni-moderation-latest", "omni-moderation-2024-09-26", "text-moderation-latest",
+                   "text-moderation-stable"}
+MAX_INPUTS = 32
+MAX_CHARS = 20_000
+
+
+class ModerationService:
+    def __init__(self, triton: TritonClient, head: SafetyHead, limiter: RateLimiter, models: Any,
+                 redis: Any) -> None:
+        self._triton = triton
+        self._head = head
+        self._limiter = limiter
+        self._models = models
+        self._r = redis
+        self._tax = taxonomy.load()
+
+    def _inputs(self, raw: Any) -> list[str]:
+        texts = [raw] if isinstance(raw, str) else raw
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise ApiError(400, "input must be a string or a non-empty array of strings (images are not moderated "
+                           "here)", param="input", code="unsupported_input")
+        if len(texts) > MAX_INPUTS or any(len(t) > MAX_CHARS for t in texts):
+            raise ApiError(400, f"at most {MAX_INPUTS} inputs of {MAX_CHARS} characters each", param="input",
+                           code="input_too_large")
+        return texts
+
+    async def moderate(self, tenant: Tenant, body: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(body) - {"input", "model"})
+        if unknown:
+            raise ApiError(400, f"unsupported parameter: {unknown[0]}", param=unknown[0], code="unsupported_parameter")
+        model = body.get("model") or MODEL
+        if model not in ACCEPTED_MODELS:
+            raise ApiError(400, f"unknown moderation model {model!r}; use {MODEL}", param="model",
+                           code="model_not_found")
+        texts = self._inputs(body.get("input"))
+        plan = self._models.plan(tenant.plan)
+        verdict = await self._limiter.acquire(tenant.tenant_id, sum(len(t) for t in texts) // 4,
+                                              plan.requests_per_minute, plan.tokens_per_minute)
+        if not verdict.allowed:
+            raise ApiError(429, f"rate limit of plan '{plan.name}' reached", "rate_limit_error",
+                           code="rate_limit_exceeded", headers={"Retry-After": str(max(1, verdict.retry_after_s))})
+        try:
+            policy = self._tax.policy(taxonomy.parse_overrides(
+                await self._r.hget(f"conflux:tenant:{tenant.tenant_id}", "safety_policy")))
+        except (taxonomy.PolicyError, ValueError):
+            policy = self._tax.policy()
+        judged = self._head.judge_many(await self._triton.embed([t[:2000] for t in texts]))
+        results = []
+        for text, j in zip(texts, judged, strict=True):
+            hidden_texts = decode_hidden(text)[:MAX_HIDDEN]
+            hidden = self._head.judge_many(await self._triton.embed(hidden_texts)) if hidden_texts else []
+            rules = check_rules(text)
+            tenant_verdict, cats, _ = judge(policy, list(rules.categories), list(rules.reasons), j, hidden)
+            results.append(self._result(cats, j.scores, tenant_verdict, j.p_unsafe))
+        return {"id": "modr-" + secrets.token_hex(12), "model": model, "results": results}
+
+    def _result(self, cats: list[str], scores: dict[str, float], verdict: str, p_unsafe: float) -> dict[str, Any]:
+        flags = dict.fromkeys(OPENAI_CATEGORIES, False)
+        oscores = dict.fromkeys(OPENAI_CATEGORIES, 0.0)
+        for cid, cat in self._tax.categories.items():
+            for o in cat.openai:
+                oscores[o] = max(oscores[o], round(scores.get(cid, 0.0), 6))
+                flags[o] = flags[o] or cid in cats
+        hazards = [c for c in cats if c != "pii"]
+        return {"flagged": bool(hazards), "categories": flags, "category_scores": oscores,
+                "category_applied_input_types": {o: ["text"] for o in OPENAI_CATEGORIES},
+                # Conflux extension: the taxonomy's own categories (attacks have no OpenAI equivalent) and what
+                # this tenant's policy would do with the text as a chat prompt.
+                "conflux": {"categories": cats, "verdict": verdict.lower(), "p_unsafe": round(p_unsafe, 4)}}
+

