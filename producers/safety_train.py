@@ -34,26 +34,45 @@ F32 = npt.NDArray[np.float32]
 HEAD_PATH = REPO_ROOT / "conflux" / "safety_head.json"
 DATA_DIR = REPO_ROOT / "tests" / "data" / "external"
 CACHE = REPO_ROOT / ".conflux" / "cache"
-TARGET_FPR = 0.04  # the threshold is the one with the best F1 among those at or under this false-positive rate
+# The threshold is the one with the best F1 among those at or under this false-positive rate on the validation
+# fold. Strict, because the benign data here (questions, tasks, writing) has few everyday short requests, and
+# those are where false refusals happen: at 0.04 the team's own benign prompts were refused 4 times in 10, at
+# 0.01 recall on the external test split fell to 0.75.
+TARGET_FPR = 0.02
 L2 = 1e-3
 STEPS = 600
 DESCRIPTION_WEIGHT = 5.0
 
 
 def embed(texts: list[str]) -> F32:
-    """The same encoder Triton's minilm_embed serves (fp32 ONNX graph of the packaged weights)."""
+    """The same encoder Triton's minilm_embed serves (fp32 ONNX graph of the packaged weights). Vectors are
+    cached by text in .conflux/cache (a cache only: the same text always embeds the same)."""
     from conflux.minilm_onnx import OnnxMiniLMEncoder
 
-    enc = OnnxMiniLMEncoder(quantize=False)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch with little padding
+    path = CACHE / "safety_embeddings.npz"
+    cached: dict[str, F32] = {}
+    if path.exists():
+        with np.load(path) as z:
+            cached = dict(zip(z["keys"].tolist(), z["vectors"], strict=True))
+    keys = [hashlib.sha256(t.encode()).hexdigest() for t in texts]
+    missing = sorted({i for i, k in enumerate(keys) if k not in cached}, key=lambda i: len(texts[i]))
+    enc = OnnxMiniLMEncoder(quantize=False) if missing else None
+    order = missing  # similar lengths batch with little padding
     out = np.zeros((len(texts), 384), dtype=np.float32)
     t0 = time.monotonic()
     for start in range(0, len(order), 32):
         idx = order[start:start + 32]
-        out[idx] = enc.encode([texts[i] for i in idx])
+        assert enc is not None
+        for i, vec in zip(idx, enc.encode([texts[i] for i in idx]), strict=True):
+            cached[keys[i]] = vec
         if start // 32 % 20 == 0:
-            print(f"[safety-train] embedded {start + len(idx)}/{len(texts)} in {time.monotonic() - t0:.0f}s",
+            print(f"[safety-train] embedded {start + len(idx)}/{len(missing)} in {time.monotonic() - t0:.0f}s",
                   file=sys.stderr)
+    for i, k in enumerate(keys):
+        out[i] = cached[k]
+    if missing:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, keys=np.array(list(cached)), vectors=np.stack(list(cached.values())))
     return out
 
 

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from conflux import taxonomy
 from conflux.promserve import Metrics
+from conflux.safety_model import Judgement
 from streams.once import Claim, Once
 from streams.prompt_build import Built, recall
 from streams.request import RequestContext
@@ -117,6 +119,9 @@ async def test_the_streamed_mark_is_written_before_the_first_chunk_can_leave() -
             for text in ("a", "b"):
                 yield Piece(text, 0.0)
 
+        async def embed(self, texts: list[str]) -> Any:  # the output check's
+            return [[0.0] * 384 for _ in texts]
+
     class Publisher:
         async def publish(self, *args: Any, **kwargs: Any) -> None:
             return None
@@ -134,10 +139,12 @@ async def test_the_streamed_mark_is_written_before_the_first_chunk_can_leave() -
     model = SimpleNamespace(id="m", template="raw", triton_stream="echo", cost=lambda p, c: 0.0)
     deps: Any = SimpleNamespace(
         producer=Producer(), ctx=Ctx(), triton=Triton(), serde=SimpleNamespace(encode=lambda name, record: b"x"),
-        envelope=lambda env: env, inference_timeout_s=5.0)
+        envelope=lambda env: env, inference_timeout_s=5.0,
+        safety=SimpleNamespace(judge=lambda vec: Judgement(0.0, False, "hate", 0.0, {})))
     request = {"max_tokens": 2, "temperature": 0.0, "reply_topic": "replies", "reply_partition": 0,
                "envelope": {"request_id": "r1", "conversation_id": "c1"}, "messages": []}
-    rc = RequestContext(request=request, plan="free", system_prompt="", started=0.0, events=Events())  # type: ignore[arg-type]
+    rc = RequestContext(request=request, plan="free", system_prompt="", started=0.0, events=Events(),  # type: ignore[arg-type]
+                        policy=taxonomy.load().policy())
     built = Built([{"role": "user", "content": "q"}], 1)
     await inference._generate(deps, rc, SimpleNamespace(model=model), built, epoch=1)  # type: ignore[arg-type]
     assert log[0] == "mark:streamed" and log.index("send:replies") > 0, log
@@ -170,7 +177,8 @@ async def test_a_retry_after_part_of_the_answer_left_ends_with_an_error_instead_
     deps: Any = SimpleNamespace(once=Once(), ctx=Ctx(), finish_with_error=finish_with_error)
     monkeypatch.setattr(inference, "_generate", must_not_generate)
     request = {"reply_topic": "replies", "envelope": {"request_id": "r1", "conversation_id": "c1"}, "messages": []}
-    rc = RequestContext(request=request, plan="free", system_prompt="", started=0.0, events=None)  # type: ignore[arg-type]
+    rc = RequestContext(request=request, plan="free", system_prompt="", started=0.0, events=None,  # type: ignore[arg-type]
+                        policy=taxonomy.load().policy())
     assert await inference.generate(deps, rc, SimpleNamespace(), Built([], 0)) is None  # type: ignore[arg-type]
     assert ended == ["generation was interrupted by a broker or Redis failure; retry the request"]
 
