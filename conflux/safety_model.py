@@ -19,6 +19,25 @@ from conflux.taxonomy import Policy
 HEAD_PATH = Path(__file__).with_name("safety_head.json")
 F32 = npt.NDArray[np.float32]
 MAX_HIDDEN = 4  # decoded blobs judged per text (each costs an embedding)
+HEAD_CHARS = 2000  # what the request's shared embedding reads (its encoder stops at 256 tokens anyway)
+SLICE_CHARS = 1500
+MAX_SLICES = 3  # more of a long message judged beyond its head, the last one its tail
+# The output check reads an answer's last characters: short enough that a harmful passage is not averaged away
+# by the harmless text around it (the embedding is a mean over tokens), long enough to span a window of pieces.
+OUTPUT_WINDOW_CHARS = 600
+
+
+def slices(text: str) -> list[str]:
+    """Parts of a long message beyond its head, to be judged too: the tail and evenly spaced slices between.
+    A payload hidden after a long harmless preamble would otherwise never reach the classifier. Bounded (a
+    1 MiB message is not embedded 700 times): what falls between slices is left to the output check."""
+    if len(text) <= HEAD_CHARS:
+        return []
+    rest = len(text) - HEAD_CHARS
+    if rest <= SLICE_CHARS * MAX_SLICES:
+        return [text[i:i + SLICE_CHARS] for i in range(HEAD_CHARS, len(text), SLICE_CHARS)]
+    step = (rest - SLICE_CHARS) / (MAX_SLICES - 1)
+    return [text[HEAD_CHARS + round(k * step):][:SLICE_CHARS] for k in range(MAX_SLICES)]
 
 
 class SafetyModelError(ConfluxError):
@@ -35,10 +54,18 @@ class Judgement:
 
 
 class SafetyHead:
-    def __init__(self, threshold: float, categories: list[str], unsafe: F32, category: F32) -> None:
-        if unsafe.shape != (category.shape[1],) or category.shape[0] != len(categories):
+    """Three heads: "unsafe" for prompts, "unsafe" for answers (trained on people-scored answers, read through
+    the output check's window), and the category head both share."""
+
+    def __init__(self, threshold: float, categories: list[str], unsafe: F32, category: F32,
+                 output_threshold: float, output_unsafe: F32) -> None:
+        if unsafe.shape != (category.shape[1],) or category.shape[0] != len(categories) \
+                or output_unsafe.shape != unsafe.shape:
             raise SafetyModelError(f"safety head shapes do not fit: {unsafe.shape} vs {category.shape}")
         self.threshold = threshold
+        self.output_threshold = output_threshold
+        self._wo = output_unsafe[:-1]
+        self._bo = float(output_unsafe[-1])
         self.categories = categories
         self._w = unsafe[:-1]
         self._b = float(unsafe[-1])
@@ -52,17 +79,25 @@ class SafetyHead:
         except (OSError, ValueError) as exc:
             raise SafetyModelError(f"cannot read the safety head {path}: {exc}; run `make safety-model`") from exc
         return cls(float(raw["threshold"]), list(raw["categories"]), np.asarray(raw["unsafe"], dtype=np.float32),
-                   np.asarray(raw["category"], dtype=np.float32))
+                   np.asarray(raw["category"], dtype=np.float32), float(raw["output"]["threshold"]),
+                   np.asarray(raw["output"]["unsafe"], dtype=np.float32))
+
+    def judge_output(self, vector: Any) -> Judgement:
+        """An answer's window (its last OUTPUT_WINDOW_CHARS characters) judged by the output head."""
+        return self._judge(vector, self._wo, self._bo, self.output_threshold)[0]
 
     def judge_many(self, vectors: Any) -> list[Judgement]:
+        return self._judge(vectors, self._w, self._b, self.threshold)
+
+    def _judge(self, vectors: Any, w: F32, b: float, threshold: float) -> list[Judgement]:
         x = np.asarray(vectors, dtype=np.float32).reshape(-1, self._w.shape[0])
-        p = 1 / (1 + np.exp(-(x @ self._w + self._b)))
+        p = 1 / (1 + np.exp(-(x @ w + b)))
         z = x @ self._wc.T + self._bc
         z -= z.max(1, keepdims=True)
         pc = np.exp(z)
         pc /= pc.sum(1, keepdims=True)
         best = pc.argmax(1)
-        return [Judgement(float(p[i]), bool(p[i] >= self.threshold), self.categories[int(best[i])],
+        return [Judgement(float(p[i]), bool(p[i] >= threshold), self.categories[int(best[i])],
                           float(pc[i, best[i]]), dict(zip(self.categories, (p[i] * pc[i]).tolist(), strict=True)))
                 for i in range(len(x))]
 

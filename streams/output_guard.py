@@ -1,11 +1,12 @@
 """Output safety on the stream: the answer's text leaves only after a check covering it has passed.
 
-Checks run on the answer so far (rules, and the safety classifier on its tail) while the model goes on
-generating. The first check starts at the first piece, so time to first token grows by one check (an
-embedding, a few ms); later checks start once WINDOW pieces are unchecked or the oldest unchecked piece has
-waited HOLD_S, so a fast model is checked every WINDOW pieces and a slow one every HOLD_S. What is not yet
-covered by a passed check (the hold-back) is not sent. A check that blocks stops the generation there: the
-caller never sees the window that tripped it, and the request ends with `content_filter`.
+Checks run on the answer so far (rules, and the safety classifier on its tail once there are words enough to
+judge) while the model goes on generating. The first check starts at the first piece and is the rules alone
+(microseconds), so time to first token stays where it was; later checks start once WINDOW pieces are
+unchecked or the oldest unchecked piece has waited HOLD_S, so a fast model is checked every WINDOW pieces and
+a slow one every HOLD_S. What is not yet covered by a passed check (the hold-back) is not sent. A check that
+blocks stops the generation there: the caller never sees the window that tripped it, and the request ends
+with `content_filter`.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from conflux.safety import check_rules
-from conflux.safety_model import judge
+from conflux.safety_model import OUTPUT_WINDOW_CHARS, judge
 from streams.deps import Deps
 from streams.request import RequestContext
 
 WINDOW = 16  # pieces (about tokens) per check on a fast stream
 HOLD_S = 0.25  # the longest a piece waits for its check to start on a slow stream
-TAIL_CHARS = 1500  # the classifier reads the answer's tail (its input stops at 256 tokens anyway)
+# Below this many characters a check runs the rules alone: a first word says nothing a classifier could judge,
+# and skipping the embedding keeps time to first token where it was.
+MIN_CLASSIFIED_CHARS = 40
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,10 @@ def checker(deps: Deps, rc: RequestContext) -> Check:
 
     async def check(text: str) -> OutputVerdict:
         rules = check_rules(text)
-        model = deps.safety.judge((await deps.triton.embed([text[-TAIL_CHARS:]]))[0])
+        if len(text) < MIN_CLASSIFIED_CHARS:
+            verdict = rc.policy.verdict(list(rules.categories))
+            return OutputVerdict(verdict, list(rules.categories), list(rules.reasons), None)
+        model = deps.safety.judge_output((await deps.triton.embed([text[-OUTPUT_WINDOW_CHARS:]]))[0])
         verdict, cats, reasons = judge(rc.policy, list(rules.categories), list(rules.reasons), model, [])
         return OutputVerdict(verdict, cats, reasons, model.p_unsafe)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from conflux.inference import TritonClient
 from conflux.kafka import PendingEvents
+from conflux.safety_model import HEAD_CHARS
 from conflux.taxonomy import Policy
 
 
@@ -51,7 +52,7 @@ class RequestContext:
         """The newest user message's embedding, computed once and shared by input safety and retrieval
         (which run side by side)."""
         if self._embedding is None:
-            text = self.newest_user_message[:2000]
+            text = self.newest_user_message[:HEAD_CHARS]
             self._embedding = asyncio.ensure_future(_first_row(triton, text))
         return self._embedding
 

@@ -1,13 +1,16 @@
-"""Input safety on data this team did not write, through the real chain: for each category of the taxonomy
-that the external test split labels, its examples are refused; benign look-alikes from the same topics are
-answered; a tenant's policy changes what blocks; /v1/moderations answers with the same classifier.
+"""Safety on data this team did not write, through the real chain: for each category of the taxonomy that the
+external test split labels, its examples are refused; benign look-alikes from the same topics are answered; a
+tenant's policy changes what blocks; /v1/moderations answers with the same classifier; a harmful answer is cut
+mid-stream.
 
 Examples come from tests/data/external/safety_test.jsonl, never from the held-out split."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -17,6 +20,9 @@ import pytest
 
 from conflux import taxonomy
 from conflux.config import REPO_ROOT, Settings
+from conflux.inference import TritonClient
+from conflux.safety import check_rules
+from conflux.safety_model import HEAD_CHARS, OUTPUT_WINDOW_CHARS, SafetyHead, slices
 from producers.safety_data import read_jsonl
 from tests.integration.helpers import new_tenant_key_sync
 
@@ -106,3 +112,68 @@ def test_moderations_endpoint_is_openai_compatible(stack: Settings, tenant: tupl
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "seed"
     unauth = httpx.post(f"http://127.0.0.1:{stack.edge_port}/v1/moderations", json={"input": "hi"}, timeout=30)
     assert unauth.status_code == 401
+
+
+def _filler() -> str:
+    text = ""
+    for row in TEST_SPLIT:
+        if row["label"] == "safe" and row["source"] in ("persistbench", "writingbench", "freshqa"):
+            text += " ".join(row["text"].split()) + " "
+        if len(text) > 12_000:
+            return text[:12_000]
+    raise AssertionError("not enough harmless text in the test split")
+
+
+async def _cut_candidate(settings: Settings) -> str:
+    """A long message the input check passes (the payload sits between the slices it judges) whose echo carries
+    a people-scored harmful answer from the answers test split that the output head flags: the first such, in
+    file order. The test is about the cut on the stream, not about recall (README has the output figures)."""
+    head = SafetyHead.load()
+    filler = _filler()
+    client = TritonClient(settings.triton_grpc_url)
+    try:
+        for row in read_jsonl(REPO_ROOT / "tests" / "data" / "external" / "safety_answers_test.jsonl"):
+            if row["label"] != "unsafe":
+                continue
+            bad = " ".join(row["text"].split())
+            text = f"{filler[:4500]} {bad} {filler[4500:]}"
+            if check_rules(text).categories:
+                continue
+            parts = [text[:HEAD_CHARS], *slices(text)]
+            if max(j.p_unsafe for j in head.judge_many(await client.embed(parts))) >= head.threshold:
+                continue
+            words = text.split()
+            start = len(filler[:4500].split())
+            ends = range(start + 16, start + len(bad.split()) + 32, 16)
+            tails = [" ".join(words[:n])[-OUTPUT_WINDOW_CHARS:] for n in ends]
+            if any(head.judge_output(v).unsafe for v in await client.embed(tails)):
+                return text
+    finally:
+        await client.close()
+    raise AssertionError("no harmful answer in the answers test split is flagged by the output head")
+
+
+async def test_a_harmful_answer_is_cut_mid_stream_with_a_verdict(stack: Settings) -> None:
+    from tests.integration.test_conversation import events_of
+
+    prompt = await _cut_candidate(stack)
+    _, key = new_tenant_key_sync(stack, "enterprise")
+    since = int(time.time() * 1000) - 1000
+    text, finish = "", None
+    body = {"model": "echo", "stream": True, "max_tokens": 2048, "messages": [{"role": "user", "content": prompt}]}
+    async with httpx.AsyncClient(timeout=120) as http, http.stream(
+            "POST", f"http://127.0.0.1:{stack.edge_port}/v1/chat/completions",
+            headers={"Authorization": f"Bearer {key}"}, json=body) as resp:
+        assert resp.status_code == 200, await resp.aread()
+        rid = resp.headers["x-request-id"]
+        async for line in resp.aiter_lines():
+            if line.startswith("data: {"):
+                chunk = json.loads(line[6:])
+                for choice in chunk.get("choices", []):
+                    text += choice.get("delta", {}).get("content") or ""
+                    finish = choice.get("finish_reason") or finish
+    assert finish == "content_filter"
+    assert 1000 < len(text) < len(prompt)  # part of the answer left before the cut, not all of it
+    events = await events_of(stack, rid, since, ("safety.verdicts",), want=1)
+    output = [v for v in events.get("safety.verdicts", []) if v["stage"] == "OUTPUT"]
+    assert output and output[0]["verdict"] == "BLOCK" and output[0]["categories"], output

@@ -11,7 +11,7 @@ import pytest
 
 from conflux import taxonomy
 from conflux.safety import RULE_CATEGORY, check_rules, decode_hidden
-from conflux.safety_model import HEAD_PATH, Judgement, SafetyHead, judge
+from conflux.safety_model import HEAD_PATH, Judgement, SafetyHead, judge, slices
 from producers import safety_train
 from producers.safety_data import read_jsonl
 
@@ -86,6 +86,8 @@ def test_the_committed_classifier_is_what_the_make_target_wrote_from_these_input
     for split in ("test", "heldout"):
         rows = read_jsonl(safety_train.DATA_DIR / f"safety_{split}.jsonl")
         assert manifest[split]["sha256"] == safety_train.digest(rows), split
+        answers = read_jsonl(safety_train.DATA_DIR / f"safety_answers_{split}.jsonl")
+        assert manifest["answers"][split]["sha256"] == safety_train.digest(answers), split
     head = SafetyHead.load()
     assert head.categories == [c for c in TAX.ids if TAX.categories[c].kind != "data"]
     assert 0.05 <= head.threshold <= 0.95
@@ -94,3 +96,13 @@ def test_the_committed_classifier_is_what_the_make_target_wrote_from_these_input
     j = head.judge(vec / np.linalg.norm(vec))
     assert 0.0 <= j.p_unsafe <= 1.0 and j.category in head.categories
     assert abs(sum(j.scores.values()) - j.p_unsafe) < 1e-4
+    assert 0.05 <= head.output_threshold <= 0.95 and 0.0 <= head.judge_output(vec).p_unsafe <= 1.0
+
+
+def test_long_messages_are_judged_beyond_their_head_within_a_bound() -> None:
+    assert slices("short") == []
+    text = "x" * 3000
+    assert slices(text) == ["x" * 1000]
+    long = "".join(str(i % 10) for i in range(100_000))
+    parts = slices(long)
+    assert len(parts) == 3 and parts[-1] == long[-1500:] and parts[0] == long[2000:3500]
