@@ -53,6 +53,7 @@ def _text(result: Any) -> str:
 
 
 DRAIN_S = 1.0
+EMBED_MAX_BATCH = 64  # triton_models/minilm_embed/config.pbtxt max_batch_size
 
 
 async def _drain(responses: Any) -> None:
@@ -136,11 +137,16 @@ class TritonClient:
             raise InferenceError(f"{model}: {_rpc_detail(exc)}") from exc
 
     async def embed(self, texts: list[str], model: str = "minilm_embed", timeout_s: float = 30.0) -> Any:
-        """Unit-length embeddings (len(texts), dim); one request, batched further by Triton."""
+        """Unit-length embeddings (len(texts), dim); batched further by Triton. More texts than the model's
+        max_batch_size go as several requests."""
         from tritonclient.utils import InferenceServerException
 
         if not texts:
             return np.zeros((0, 384), dtype=np.float32)
+        if len(texts) > EMBED_MAX_BATCH:
+            parts = [await self.embed(texts[i:i + EMBED_MAX_BATCH], model, timeout_s)
+                     for i in range(0, len(texts), EMBED_MAX_BATCH)]
+            return np.concatenate(parts)
         inp = self._g.InferInput("TEXT", [len(texts), 1], "BYTES")
         inp.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
         try:

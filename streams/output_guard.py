@@ -36,7 +36,10 @@ class OutputVerdict:
     score: float | None
 
 
-Check = Callable[[str], Awaitable[OutputVerdict]]
+# check(answer so far, characters of it already cleared) -> verdict
+Check = Callable[[str, int], Awaitable[OutputVerdict]]
+# Windows reach back over the cleared text by half a window, so a passage that straddles two checks is still
+# read whole by the second.
 
 
 @dataclass
@@ -83,7 +86,8 @@ class StreamGuard:
         waited = time.monotonic() - self._arrived[self.cleared]  # the oldest piece no check covers
         if force or self.cleared == 0 or pending >= WINDOW or waited >= HOLD_S:
             self._task_n = len(self.pieces)
-            self._task = asyncio.ensure_future(self.check("".join(self.pieces)))
+            cleared_chars = sum(len(p) for p in self.pieces[:self.cleared])
+            self._task = asyncio.ensure_future(self.check("".join(self.pieces), cleared_chars))
             self._task.add_done_callback(self._done)
             self.checks += 1
 
@@ -102,16 +106,28 @@ class StreamGuard:
         self.progress.set()
 
 
+def windows(text: str, cleared: int) -> list[str]:
+    """The classifier's windows over what is new since `cleared` (and a little before it): every character is
+    read by at least one window however fast the model streams, and a window is short enough that a harmful
+    passage is not averaged away by the harmless text around it. Windows step by a quarter window, so most of
+    any passage lies inside some window wherever the checks happened to start (they start by timing)."""
+    stride = OUTPUT_WINDOW_CHARS // 4
+    begin = max(0, cleared - 2 * stride)
+    ends = [*range(begin + OUTPUT_WINDOW_CHARS, len(text), stride), len(text)]
+    return [text[max(0, end - OUTPUT_WINDOW_CHARS):end] for end in ends]
+
+
 def checker(deps: Deps, rc: RequestContext) -> Check:
     """The output check of this request: rules on the whole answer so far, the classifier on its tail, judged by
     the tenant's policy. Personal data in an answer is flagged (scrubbed from exports), not cut."""
 
-    async def check(text: str) -> OutputVerdict:
+    async def check(text: str, cleared: int) -> OutputVerdict:
         rules = check_rules(text)
         if len(text) < MIN_CLASSIFIED_CHARS:
             verdict = rc.policy.verdict(list(rules.categories))
             return OutputVerdict(verdict, list(rules.categories), list(rules.reasons), None)
-        model = deps.safety.judge_output((await deps.triton.embed([text[-OUTPUT_WINDOW_CHARS:]]))[0])
+        judged = [deps.safety.judge_output(v) for v in await deps.triton.embed(windows(text, cleared))]
+        model = max(judged, key=lambda j: j.p_unsafe)
         verdict, cats, reasons = judge(rc.policy, list(rules.categories), list(rules.reasons), model, [])
         return OutputVerdict(verdict, cats, reasons, model.p_unsafe)
 

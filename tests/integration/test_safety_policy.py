@@ -7,6 +7,7 @@ Examples come from tests/data/external/safety_test.jsonl, never from the held-ou
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -22,9 +23,10 @@ from conflux import taxonomy
 from conflux.config import REPO_ROOT, Settings
 from conflux.inference import TritonClient
 from conflux.safety import check_rules
-from conflux.safety_model import HEAD_CHARS, OUTPUT_WINDOW_CHARS, SafetyHead, slices
+from conflux.safety_model import HEAD_CHARS, SafetyHead, slices
 from producers.safety_data import read_jsonl
-from tests.integration.helpers import new_tenant_key_sync
+from streams.output_guard import windows
+from tests.integration.helpers import new_tenant_key, new_tenant_key_sync
 
 TEST_SPLIT = read_jsonl(REPO_ROOT / "tests" / "data" / "external" / "safety_test.jsonl")
 PER_CATEGORY = 10  # the first examples of each category, in file order: no picking
@@ -124,7 +126,7 @@ def _filler() -> str:
     raise AssertionError("not enough harmless text in the test split")
 
 
-async def _cut_candidate(settings: Settings) -> str:
+async def _cut_candidate(settings: Settings) -> tuple[str, str]:
     """A long message the input check passes (the payload sits between the slices it judges) whose echo carries
     a people-scored harmful answer from the answers test split that the output head flags: the first such, in
     file order. The test is about the cut on the stream, not about recall (README has the output figures)."""
@@ -136,18 +138,25 @@ async def _cut_candidate(settings: Settings) -> str:
             if row["label"] != "unsafe":
                 continue
             bad = " ".join(row["text"].split())
+            if not any(head.judge_output(v).unsafe for v in await client.embed(windows(bad, 0))):
+                continue  # the output head does not flag the answer on its own: next
             text = f"{filler[:4500]} {bad} {filler[4500:]}"
             if check_rules(text).categories:
                 continue
             parts = [text[:HEAD_CHARS], *slices(text)]
             if max(j.p_unsafe for j in head.judge_many(await client.embed(parts))) >= head.threshold:
                 continue
-            words = text.split()
-            start = len(filler[:4500].split())
-            ends = range(start + 16, start + len(bad.split()) + 32, 16)
-            tails = [" ".join(words[:n])[-OUTPUT_WINDOW_CHARS:] for n in ends]
-            if any(head.judge_output(v).unsafe for v in await client.embed(tails)):
-                return text
+            # Caught by the guard's own windows wherever its checks happen to start and end (they go by timing):
+            # checks every `step` characters from several starting points, as a fast or slow stream makes them.
+            begin, end = len(filler[:4500]), len(filler[:4500]) + len(bad) + 1
+            hits = []
+            for step in (150, 400, 900):
+                for first in range(begin - step, begin + 1, max(1, step // 3)):
+                    bounds = [b for b in range(first, end + step, step) if b > 0]
+                    ws = [w for a, b in itertools.pairwise(bounds) for w in windows(text[:b], a)]
+                    hits.append(any(head.judge_output(v).unsafe for v in await client.embed(ws)))
+            if all(hits):
+                return text, bad
     finally:
         await client.close()
     raise AssertionError("no harmful answer in the answers test split is flagged by the output head")
@@ -156,8 +165,8 @@ async def _cut_candidate(settings: Settings) -> str:
 async def test_a_harmful_answer_is_cut_mid_stream_with_a_verdict(stack: Settings) -> None:
     from tests.integration.test_conversation import events_of
 
-    prompt = await _cut_candidate(stack)
-    _, key = new_tenant_key_sync(stack, "enterprise")
+    prompt, bad = await _cut_candidate(stack)
+    _, key = await new_tenant_key(stack, "enterprise")
     since = int(time.time() * 1000) - 1000
     text, finish = "", None
     body = {"model": "echo", "stream": True, "max_tokens": 2048, "messages": [{"role": "user", "content": prompt}]}
@@ -173,7 +182,10 @@ async def test_a_harmful_answer_is_cut_mid_stream_with_a_verdict(stack: Settings
                     text += choice.get("delta", {}).get("content") or ""
                     finish = choice.get("finish_reason") or finish
     assert finish == "content_filter"
-    assert 1000 < len(text) < len(prompt)  # part of the answer left before the cut, not all of it
+    # What left before the cut is the answer's beginning (the echo of the prompt), never the harmful passage:
+    # text is held back until a check covering it passed, so the hold-back can be long when the model streams
+    # faster than the checks run.
+    assert text and prompt.startswith(text.strip()[:200]) and bad[:300] not in text
     events = await events_of(stack, rid, since, ("safety.verdicts",), want=1)
     output = [v for v in events.get("safety.verdicts", []) if v["stage"] == "OUTPUT"]
     assert output and output[0]["verdict"] == "BLOCK" and output[0]["categories"], output

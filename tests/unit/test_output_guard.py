@@ -4,6 +4,7 @@ before its window leaves; a failing check releases nothing more."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -15,7 +16,7 @@ def _checker(block_on: str | None = None, fail: bool = False,
              delay: float = 0.001) -> tuple[output_guard.Check, list[str]]:
     seen: list[str] = []
 
-    async def check(text: str) -> OutputVerdict:
+    async def check(text: str, cleared: int) -> OutputVerdict:
         seen.append(text)
         await asyncio.sleep(delay)
         if fail:
@@ -74,3 +75,17 @@ async def test_a_failing_check_releases_nothing_unchecked() -> None:
     guard.add("text")
     await guard.finish()
     assert guard.failed is not None and guard.cleared == 0 and guard.stopped
+
+
+def test_windows_cover_every_new_character_with_some_overlap() -> None:
+    text = " ".join(str(i) for i in range(2000))[:5000]  # no repeats: a window is found where it is
+    ws = output_guard.windows(text, 1000)
+    assert ws[-1] == text[-600:] and all(len(w) <= 600 for w in ws)
+    covered = set()
+    for w in ws:
+        start = text.index(w)
+        covered |= set(range(start, start + len(w)))
+    assert set(range(700, 5000)) <= covered  # from half a window before the cleared point to the end
+    starts = sorted(text.index(w) for w in ws)
+    assert all(b - a <= 150 for a, b in itertools.pairwise(starts))  # quarter-window stride
+    assert output_guard.windows("short text here", 0) == ["short text here"]
