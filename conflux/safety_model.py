@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from conflux.errors import ConfluxError
+from conflux.safety import check_rules, decode_hidden
 from conflux.taxonomy import Policy
 
 HEAD_PATH = Path(__file__).with_name("safety_head.json")
@@ -123,3 +124,34 @@ def judge(policy: Policy, rule_categories: list[str], rule_reasons: list[str], m
             add("obfuscation", f"encoded text, decoded: unsafe {j.p_unsafe:.2f}")
             add(j.category, f"classifier (decoded text): {j.category} {j.p_category:.2f}")
     return policy.verdict(categories), categories, reasons
+
+
+class Embedder(Protocol):
+    async def embed(self, texts: list[str]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Assessment:
+    verdict: str  # ALLOW | FLAG | BLOCK under the policy
+    categories: list[str]
+    reasons: list[str]
+    model: Judgement  # the classifier's highest-scoring judgement of the text
+
+
+async def assess(embedder: Embedder, head: SafetyHead, policy: Policy, text: str, *, rule_text: str | None = None,
+                 head_vector: Any = None) -> Assessment:
+    """The one judgement of a prompt, used by the chat's input stage, /v1/moderations and `make safety-eval`.
+
+    The classifier reads the head of `text` (or `head_vector`, its embedding, when the caller already has it),
+    then a long text's tail and slices between, then any text hidden in an encoding; the rules read `rule_text`
+    (default `text`): the chat passes every user turn there, since a rule hit can span turns."""
+    if head_vector is None:
+        head_vector = (await embedder.embed([text[:HEAD_CHARS]]))[0]
+    model = head.judge(head_vector)
+    if parts := slices(text):
+        model = max([model, *head.judge_many(await embedder.embed(parts))], key=lambda j: j.p_unsafe)
+    hidden_texts = decode_hidden(text)[:MAX_HIDDEN]
+    hidden = head.judge_many(await embedder.embed(hidden_texts)) if hidden_texts else []
+    rules = check_rules(text if rule_text is None else rule_text)
+    verdict, categories, reasons = judge(policy, list(rules.categories), list(rules.reasons), model, hidden)
+    return Assessment(verdict, categories, reasons, model)

@@ -8,6 +8,7 @@ categories, which always block.
 from __future__ import annotations
 
 import json
+import logging
 import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,6 +20,7 @@ from conflux.errors import ConfluxError
 
 TAXONOMY_PATH = REPO_ROOT / "infra" / "safety_taxonomy.toml"
 ACTIONS = ("block", "flag", "allow")
+log = logging.getLogger(__name__)
 
 
 class PolicyError(ConfluxError):
@@ -102,3 +104,20 @@ def parse_overrides(raw: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise PolicyError("a safety policy is a JSON object of category -> action")
     return {str(k): str(v) for k, v in value.items()}
+
+
+def tenant_policy(tenant_id: str, stored: bytes | str | None) -> Policy:
+    """A tenant's policy from its stored record (the tenant hash's `safety_policy`). `conflux tenants set-policy`
+    validates what it stores; a record that fails validation anyway (written by hand) falls back to the
+    defaults, which are stricter than any override could be for locked categories, and says so in the log."""
+    try:
+        return _policy_of(stored.decode() if isinstance(stored, bytes) else stored)
+    except (PolicyError, ValueError) as exc:
+        log.warning("safety policy of tenant %s ignored: %s", tenant_id, exc)
+        return load().policy()
+
+
+@lru_cache(maxsize=1024)
+def _policy_of(stored: str | None) -> Policy:
+    # Cached per stored string: a request's hot path reads the record, not the taxonomy file.
+    return load().policy(parse_overrides(stored))

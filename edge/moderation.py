@@ -9,8 +9,7 @@ from typing import Any
 from conflux import taxonomy
 from conflux.inference import TritonClient
 from conflux.ratelimit import RateLimiter
-from conflux.safety import check_rules, decode_hidden
-from conflux.safety_model import HEAD_CHARS, MAX_HIDDEN, SafetyHead, judge, slices
+from conflux.safety_model import HEAD_CHARS, SafetyHead, assess
 from conflux.tenants import Tenant
 from edge.errors import ApiError
 
@@ -60,21 +59,13 @@ class ModerationService:
         if not verdict.allowed:
             raise ApiError(429, f"rate limit of plan '{plan.name}' reached", "rate_limit_error",
                            code="rate_limit_exceeded", headers={"Retry-After": str(max(1, verdict.retry_after_s))})
-        try:
-            policy = self._tax.policy(taxonomy.parse_overrides(
-                await self._r.hget(f"conflux:tenant:{tenant.tenant_id}", "safety_policy")))
-        except (taxonomy.PolicyError, ValueError):
-            policy = self._tax.policy()
-        judged = self._head.judge_many(await self._triton.embed([t[:HEAD_CHARS] for t in texts]))
+        policy = taxonomy.tenant_policy(tenant.tenant_id,
+                                        await self._r.hget(f"conflux:tenant:{tenant.tenant_id}", "safety_policy"))
+        heads = await self._triton.embed([t[:HEAD_CHARS] for t in texts])  # one batch for every input's head
         results = []
-        for text, j in zip(texts, judged, strict=True):
-            if parts := slices(text):  # as the chat stage does with a long message
-                j = max([j, *self._head.judge_many(await self._triton.embed(parts))], key=lambda x: x.p_unsafe)
-            hidden_texts = decode_hidden(text)[:MAX_HIDDEN]
-            hidden = self._head.judge_many(await self._triton.embed(hidden_texts)) if hidden_texts else []
-            rules = check_rules(text)
-            tenant_verdict, cats, _ = judge(policy, list(rules.categories), list(rules.reasons), j, hidden)
-            results.append(self._result(cats, j.scores, tenant_verdict, j.p_unsafe))
+        for text, vector in zip(texts, heads, strict=True):
+            a = await assess(self._triton, self._head, policy, text, head_vector=vector)
+            results.append(self._result(a.categories, a.model.scores, a.verdict, a.model.p_unsafe))
         return {"id": "modr-" + secrets.token_hex(12), "model": model, "results": results}
 
     def _result(self, cats: list[str], scores: dict[str, float], verdict: str, p_unsafe: float) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """`make safety-eval`: how well the input-safety checks (rules + the safety classifier over embeddings served by
-Triton, exactly the stage's `judge`) separate unsafe prompts from safe ones.
+Triton, exactly the stage's `assess`) separate unsafe prompts from safe ones.
 
     python -m producers.safety_eval [--out .conflux/bench/safety.json]
 
@@ -25,8 +25,7 @@ from typing import Any
 from conflux import taxonomy
 from conflux.config import REPO_ROOT, Settings
 from conflux.inference import TritonClient
-from conflux.safety import check_rules, decode_hidden
-from conflux.safety_model import HEAD_CHARS, OUTPUT_WINDOW_CHARS, SafetyHead, judge, slices
+from conflux.safety_model import HEAD_CHARS, OUTPUT_WINDOW_CHARS, SafetyHead, assess
 from producers.safety_data import read_jsonl
 
 EXTERNAL = REPO_ROOT / "tests" / "data" / "external"
@@ -59,16 +58,12 @@ async def judge_rows(triton: TritonClient, head: SafetyHead, rows: list[dict[str
         batch = rows[start:start + BATCH]
         vectors = await triton.embed([r["text"][:HEAD_CHARS] for r in batch])
         for row, vec in zip(batch, vectors, strict=True):
-            parts = slices(row["text"])
-            extra = head.judge_many(await triton.embed(parts)) if parts else []
-            hidden_texts = decode_hidden(row["text"])[:4]
-            hidden_vecs = await triton.embed(hidden_texts) if hidden_texts else []
+            # The stage's own judgement; CPU counted in this process (the embeddings' client side included,
+            # Triton's side not).
             t0 = time.process_time()
-            rules = check_rules(row["text"])
-            model = max([head.judge(vec), *extra], key=lambda j: j.p_unsafe)
-            verdict, cats, reasons = judge(policy, list(rules.categories), list(rules.reasons), model,
-                                           head.judge_many(hidden_vecs) if hidden_texts else [])
+            a = await assess(triton, head, policy, row["text"], head_vector=vec)
             cpu += time.process_time() - t0
+            verdict, cats, reasons = a.verdict, a.categories, a.reasons
             caught = any(c != "pii" for c in cats)
             out.append({**row, "caught": caught, "verdict": verdict, "predicted": cats, "reasons": reasons})
     return out, cpu / max(1, len(rows)) * 1000

@@ -8,8 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from conflux.safety import check_rules, decode_hidden
-from conflux.safety_model import MAX_HIDDEN, judge, slices
+from conflux.safety_model import assess
 from streams.deps import Deps
 from streams.once import expiry_s
 from streams.request import RequestContext
@@ -28,19 +27,14 @@ async def check(deps: Deps, rc: RequestContext) -> str:
     """The request's input verdict (ALLOW, FLAG or BLOCK), recorded on safety.verdicts. The caller refuses a
     BLOCK before any token of the answer can leave."""
     t0 = time.perf_counter()
-    text = "\n".join(m["content"] for m in rc.request["messages"] if m["role"] == "user")
-    rules = check_rules(text)
-    # The classifier looks at the newest user message (earlier turns were checked when they were sent); its
-    # embedding is the retrieval query too, so the request is embedded once.
-    head = deps.safety
-    model = head.judge(await rc.embedding(deps.triton))
-    if parts := slices(rc.newest_user_message):  # a long message: its tail and slices between, judged too
-        model = max([model, *head.judge_many(await deps.triton.embed(parts))], key=lambda j: j.p_unsafe)
-    hidden_texts = decode_hidden(rc.newest_user_message)[:MAX_HIDDEN]
-    hidden = head.judge_many(await deps.triton.embed(hidden_texts)) if hidden_texts else []
-    verdict, categories, reasons = judge(rc.policy, list(rules.categories), list(rules.reasons), model, hidden)
+    # Rules read every user turn (a hit can span turns); the classifier reads the newest user message (earlier
+    # turns were checked when they were sent), starting from the request's shared embedding, which is the
+    # retrieval query too, so the request is embedded once.
+    rule_text = "\n".join(m["content"] for m in rc.request["messages"] if m["role"] == "user")
+    a = await assess(deps.triton, deps.safety, rc.policy, rc.newest_user_message, rule_text=rule_text,
+                     head_vector=await rc.embedding(deps.triton))
     await rc.events.add("safety.verdicts", {
-        "envelope": deps.envelope(rc.env), "stage": "INPUT", "verdict": verdict, "categories": categories,
-        "reasons": reasons, "score": model.p_unsafe, "checker": "rules+safety_head/minilm_embed",
+        "envelope": deps.envelope(rc.env), "stage": "INPUT", "verdict": a.verdict, "categories": a.categories,
+        "reasons": a.reasons, "score": a.model.p_unsafe, "checker": "rules+safety_head/minilm_embed",
         "latency_ms": (time.perf_counter() - t0) * 1000}, key=rc.key)
-    return verdict
+    return a.verdict

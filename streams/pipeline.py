@@ -45,7 +45,8 @@ async def handle(deps: Deps, request: dict[str, Any]) -> None:
         return
     rc = RequestContext(request=request, plan=(tenant.get(b"plan") or b"free").decode(),
                         system_prompt=(tenant.get(b"system_prompt") or b"").decode(), started=time.time(),
-                        events=PendingEvents(deps.publisher), policy=tenant_policy(env["tenant_id"], tenant))
+                        events=PendingEvents(deps.publisher), policy=taxonomy.tenant_policy(env["tenant_id"],
+                                                                    tenant.get(b"safety_policy")))
 
     rc.embedding(deps.triton)  # started once, before the branches that share it
     early, gate = gated(rc)
@@ -90,18 +91,6 @@ async def _stage(deps: Deps, name: str, work: Awaitable[T]) -> T:
     deps.metrics.inc("stage_seconds_total", time.perf_counter() - t0,
                      help_text="wall time spent in a stage (inference: until the answer is streamed)", stage=name)
     return result
-
-
-def tenant_policy(tenant_id: str, tenant: dict[bytes, bytes]) -> taxonomy.Policy:
-    """The tenant's safety policy, read with its plan. `conflux tenants set-policy` validates what it stores;
-    a record that fails validation anyway (written by hand) falls back to the defaults, which are stricter
-    than any override could be for locked categories, and says so in the log."""
-    tax = taxonomy.load()
-    try:
-        return tax.policy(taxonomy.parse_overrides(tenant.get(b"safety_policy")))
-    except (taxonomy.PolicyError, ValueError) as exc:
-        log.warning("safety policy of tenant %s ignored: %s", tenant_id, exc)
-        return tax.policy()
 
 
 async def _expire(deps: Deps, request: dict[str, Any]) -> None:
