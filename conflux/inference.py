@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 
 from conflux.errors import ConfluxError
+from conflux.llm import Sampling
 
 
 class InferenceError(ConfluxError):
@@ -31,17 +32,28 @@ class Piece:
     elapsed_ms: float  # since the request was sent
 
 
-def _inputs(grpcclient: Any, prompt: str, max_tokens: int, temperature: float, stream: bool) -> list[Any]:
-    """The ensemble's request: a batch of one, and `stream` (TensorRT-LLM streams only when asked)."""
-    text = grpcclient.InferInput("text_input", [1, 1], "BYTES")
-    text.set_data_from_numpy(np.array([[prompt.encode()]], dtype=np.object_))
-    limit = grpcclient.InferInput("max_tokens", [1, 1], "INT32")
-    limit.set_data_from_numpy(np.array([[max_tokens]], dtype=np.int32))
-    temp = grpcclient.InferInput("temperature", [1, 1], "FP32")
-    temp.set_data_from_numpy(np.array([[temperature]], dtype=np.float32))
-    flag = grpcclient.InferInput("stream", [1, 1], "BOOL")
-    flag.set_data_from_numpy(np.array([[stream]], dtype=np.bool_))
-    return [text, limit, temp, flag]
+def _inputs(grpcclient: Any, prompt: str, max_tokens: int, temperature: float, stream: bool,
+            sampling: Sampling | None = None) -> list[Any]:
+    """The ensemble's request: a batch of one, and `stream` (TensorRT-LLM streams only when asked). Sampling
+    knobs left unset are not sent, so the model's defaults (OpenAI's) apply."""
+
+    def tensor(name: str, kind: str, value: Any, dtype: Any) -> Any:
+        t = grpcclient.InferInput(name, [1, 1], kind)
+        t.set_data_from_numpy(np.array([[value]], dtype=dtype))
+        return t
+
+    inputs = [tensor("text_input", "BYTES", prompt.encode(), np.object_),
+              tensor("max_tokens", "INT32", max_tokens, np.int32),
+              tensor("temperature", "FP32", temperature, np.float32),
+              tensor("stream", "BOOL", stream, np.bool_)]
+    s = sampling or Sampling()
+    for name, value in (("top_p", s.top_p), ("presence_penalty", s.presence_penalty),
+                        ("frequency_penalty", s.frequency_penalty)):
+        if value is not None:
+            inputs.append(tensor(name, "FP32", value, np.float32))
+    if s.seed is not None:
+        inputs.append(tensor("random_seed", "UINT64", s.seed % 2**64, np.uint64))
+    return inputs
 
 
 def _text(result: Any) -> str:
@@ -94,23 +106,23 @@ class TritonClient:
         return index
 
     async def generate(self, model: str, prompt: str, max_tokens: int, temperature: float = 0.0,
-                       timeout_s: float = 60.0) -> str:
+                       timeout_s: float = 60.0, sampling: Sampling | None = None) -> str:
         """Non-streaming generation (a model that is not decoupled)."""
         from tritonclient.utils import InferenceServerException
 
         try:
-            result = await self._client.infer(model, _inputs(self._g, prompt, max_tokens, temperature, False),
+            result = await self._client.infer(model, _inputs(self._g, prompt, max_tokens, temperature, False, sampling),
                                               client_timeout=timeout_s)
             return _text(result)
         except InferenceServerException as exc:
             raise InferenceError(f"{model}: {exc.message() or exc}") from exc
 
     async def stream(self, model: str, prompt: str, max_tokens: int, temperature: float = 0.0,
-                     timeout_s: float = 30.0) -> AsyncIterator[Piece]:
+                     timeout_s: float = 30.0, sampling: Sampling | None = None) -> AsyncIterator[Piece]:
         """Pieces as Triton produces them; raises InferenceError, never hangs past timeout_s."""
         from tritonclient.utils import InferenceServerException
 
-        inputs = _inputs(self._g, prompt, max_tokens, temperature, True)
+        inputs = _inputs(self._g, prompt, max_tokens, temperature, True, sampling)
 
         async def requests() -> AsyncIterator[dict[str, object]]:
             # The aio client has no keyword for it: the empty final response is asked for as a parameter.

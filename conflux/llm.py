@@ -66,16 +66,49 @@ def load_llama_for_triton(model_config_json: str) -> Any:
 DEFAULT_MAX_TOKENS = 256
 
 
-def generation_inputs(request: Any, pb_utils: Any) -> tuple[str, int, float]:
-    """(prompt, max_tokens, temperature) of a Triton request in the TensorRT-LLM ensemble's terms."""
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling knobs beyond temperature, in OpenAI's terms; None leaves the OpenAI default (top_p 1, no
+    penalties, a random seed). They travel as TensorRT-LLM ensemble inputs (top_p, random_seed,
+    presence_penalty, frequency_penalty)."""
+
+    top_p: float | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> Sampling:
+        """From a chat.requests / inference.requests record (fields absent in older records mean unset)."""
+        return cls(record.get("top_p"), record.get("seed"), record.get("presence_penalty"),
+                   record.get("frequency_penalty"))
+
+    def llama_kwargs(self) -> dict[str, Any]:
+        """llama.cpp's create_completion arguments (its own defaults differ from OpenAI's: top_p 0.95)."""
+        kwargs: dict[str, Any] = {"top_p": 1.0 if self.top_p is None else self.top_p,
+                                  "presence_penalty": self.presence_penalty or 0.0,
+                                  "frequency_penalty": self.frequency_penalty or 0.0}
+        if self.seed is not None:
+            kwargs["seed"] = self.seed % 2**32  # llama.cpp's sampler seed is 32-bit
+        return kwargs
+
+
+def generation_inputs(request: Any, pb_utils: Any) -> tuple[str, int, float, Sampling]:
+    """(prompt, max_tokens, temperature, sampling) of a Triton request in the TensorRT-LLM ensemble's terms."""
 
     def scalar(name: str, default: Any) -> Any:
         t = pb_utils.get_input_tensor_by_name(request, name)
         return default if t is None else t.as_numpy().reshape(-1)[0]
 
+    def opt(name: str, kind: Any) -> Any:
+        value = scalar(name, None)
+        return None if value is None else kind(value)
+
     raw = scalar("text_input", b"")
     prompt = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-    return prompt, int(scalar("max_tokens", DEFAULT_MAX_TOKENS)), float(scalar("temperature", 0.0))
+    sampling = Sampling(opt("top_p", float), opt("random_seed", int), opt("presence_penalty", float),
+                        opt("frequency_penalty", float))
+    return prompt, int(scalar("max_tokens", DEFAULT_MAX_TOKENS)), float(scalar("temperature", 1.0)), sampling
 
 
 class Tokenizer:

@@ -82,7 +82,12 @@ class ChatService:
                 raise ApiError(403, f"The model '{req.model}' needs plan '{model.min_plan}'; yours is "
                                f"'{plan.name}'", "permission_error", code="model_not_allowed", param="model")
         cap = min(plan.max_output_tokens, model.max_output_tokens if model else plan.max_output_tokens)
-        max_tokens = min(req.output_limit() or cap, cap)
+        asked = req.output_limit()
+        if asked is not None and asked > cap:  # capping it quietly would answer a different request
+            field = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+            raise ApiError(400, f"{field} is {asked}; at most {cap} output tokens here (plan '{plan.name}'"
+                           + (f", model '{model.id}'" if model else "") + ")", param=field, code="max_tokens_too_large")
+        max_tokens = asked or cap
         # A cheap upper bound (4 characters a token) is enough to enforce the budget before any work.
         est = sum(len(m.text()) for m in req.messages) // 4 + max_tokens
         verdict = await self._limiter.acquire(tenant.tenant_id, est, plan.requests_per_minute,
@@ -105,8 +110,11 @@ class ChatService:
                                      request_id=adm.request_id, producer=self.instance_id, traceparent=traceparent),
             "model": req.model,
             "messages": [{"role": m.role, "content": m.text(), "name": m.name} for m in req.messages],
-            "stream": req.stream, "max_tokens": adm.max_tokens, "temperature": req.temperature,
-            "reply_topic": self._replies.topic, "reply_partition": 0, "user": req.user,
+            "stream": req.stream, "max_tokens": adm.max_tokens,
+            "temperature": 1.0 if req.temperature is None else req.temperature,  # OpenAI's default
+            "top_p": req.top_p, "seed": req.seed, "presence_penalty": req.presence_penalty,
+            "frequency_penalty": req.frequency_penalty, "stop": req.stop_sequences(),
+            "reply_topic": self._replies.topic, "reply_partition": 0, "user": req.user or req.safety_identifier,
             "metadata": dict(req.metadata or {}),
         }
         try:

@@ -47,6 +47,9 @@ def install_error_handlers(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":
             return ApiError(400, "request body is not valid JSON", code="invalid_json").response()
         loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        if first.get("type") == "extra_forbidden":  # OpenAI's own answer to a field it does not have
+            return ApiError(400, f"Unrecognized request argument supplied: {loc}", param=loc,
+                            code="unknown_parameter").response()
         return ApiError(400, f"{loc or 'body'}: {first.get('msg', 'invalid')}", param=loc or None,
                         code="invalid_value").response()
 

@@ -15,6 +15,7 @@ from conflux.serde import new_envelope
 from conflux.tenants import AuthError, Tenant
 from edge.chat import ChatService, Completion
 from edge.errors import ApiError, sse
+from edge.params import refuse_unsupported
 from edge.protocol import ChatCompletionRequest, FeedbackRequest
 
 router = APIRouter()
@@ -68,6 +69,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
                            idempotency_key: str | None = Header(default=None),
                            x_conversation_id: str | None = Header(default=None)) -> Any:
     tenant = await _tenant(request, authorization)
+    refuse_unsupported(body)
     svc = _svc(request)
     if idempotency_key:
         stored = await svc.idempotent_start(tenant.tenant_id, idempotency_key)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conflux.inference import InferenceError
-from conflux.llm import Message, render_chatml
+from conflux.llm import Message, Sampling, render_chatml
 from conflux.routing import Decision
 from streams import output_guard
 from streams.deps import Deps
@@ -19,6 +19,7 @@ from streams.once import Claim
 from streams.output_guard import OutputVerdict, StreamGuard
 from streams.prompt_build import Built
 from streams.request import RequestContext
+from streams.stop_sequences import StopScanner
 
 log = logging.getLogger("conflux.streams")
 CANCEL_CHECK_EVERY = 8  # tokens between looks at the cancel flag (a Redis round trip)
@@ -74,11 +75,16 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
     model = decision.model
     request = rc.request
     prompt = render(model.template, built.messages)
-    temperature = float(request["temperature"] or 0.0)
+    # OpenAI's default temperature is 1; the edge writes it, and an older record without one means the same.
+    temperature = 1.0 if request["temperature"] is None else float(request["temperature"])
+    sampling = Sampling.of(request)
+    stop = list(request.get("stop") or [])
     await rc.events.add("inference.requests", {
         "envelope": deps.envelope(rc.env), "model": model.id, "triton_model": model.triton_stream, "prompt": prompt,
         "max_tokens": rc.max_tokens, "temperature": temperature, "stream": True,
-        "reply_topic": request["reply_topic"], "reply_partition": request.get("reply_partition")}, key=rc.key)
+        "reply_topic": request["reply_topic"], "reply_partition": request.get("reply_partition"),
+        "top_p": sampling.top_p, "seed": sampling.seed, "presence_penalty": sampling.presence_penalty,
+        "frequency_penalty": sampling.frequency_penalty, "stop": stop}, key=rc.key)
 
     t0 = time.perf_counter()
     ttft: float | None = None
@@ -87,6 +93,8 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
     # Text leaves only once an output check covering it has passed (streams/output_guard.py).
     guard = StreamGuard(output_guard.checker(deps, rc))
     parts = guard.pieces
+    stops = StopScanner(stop)
+    generated = 0  # pieces from the model (what completion_tokens counts)
     released = 0
     sent_chunks = 0
     last_flush = 0.0
@@ -133,16 +141,23 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
     try:
         async with asyncio.timeout(deps.inference_timeout_s):
             async for piece in deps.triton.stream(model.triton_stream, prompt, rc.max_tokens, temperature,
-                                                  timeout_s=deps.inference_timeout_s):
+                                                  timeout_s=deps.inference_timeout_s, sampling=sampling):
                 ttft = ttft if ttft is not None else (time.perf_counter() - t0) * 1000
-                guard.add(piece.text)
+                generated += 1
+                if text := stops.feed(piece.text):
+                    guard.add(text)
+                if stops.stopped:
+                    finish = "stop"  # leaving the loop cancels the generation in Triton
+                    break
                 if guard.stopped:
                     break
-                if len(parts) % CANCEL_CHECK_EVERY == 0 and await deps.ctx.cancelled(rc.request_id):
+                if generated % CANCEL_CHECK_EVERY == 0 and await deps.ctx.cancelled(rc.request_id):
                     finish = "cancelled"
                     break
             else:
-                finish = "length" if len(parts) >= rc.max_tokens else "stop"
+                finish = "length" if generated >= rc.max_tokens else "stop"
+                if tail := stops.flush():
+                    guard.add(tail)
             await guard.finish()
     except (InferenceError, TimeoutError) as exc:
         log.warning("inference of %s failed: %r", rc.request_id, exc)
@@ -164,12 +179,12 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
     duration = (time.perf_counter() - t0) * 1000
     await rc.events.add("inference.completed", {
         "envelope": deps.envelope(rc.env), "model": model.id, "triton_model": model.triton_stream,
-        "prompt_tokens": built.prompt_tokens, "completion_tokens": len(parts), "ttft_ms": ttft,
-        "duration_ms": duration, "cost_usd": model.cost(built.prompt_tokens, len(parts)),
+        "prompt_tokens": built.prompt_tokens, "completion_tokens": generated, "ttft_ms": ttft,
+        "duration_ms": duration, "cost_usd": model.cost(built.prompt_tokens, generated),
         "finish_reason": "error" if error else finish, "error": error}, key=rc.key)
     if error:
         await deps.finish_with_error(request, error, seq=sent_chunks, events=rc.events, epoch=epoch)
         return None
     output = guard.blocked or guard.last
-    return Generated("".join(parts), len(parts), finish, sent_chunks, epoch, output, guard.checks)
+    return Generated("".join(parts), generated, finish, sent_chunks, epoch, output, guard.checks)
 

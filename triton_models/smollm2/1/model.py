@@ -17,9 +17,9 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                prompt, max_tokens, temperature = generation_inputs(request, pb_utils)
+                prompt, max_tokens, temperature, sampling = generation_inputs(request, pb_utils)
                 for chunk in self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature,
-                                                        stream=True):
+                                                        stream=True, **sampling.llama_kwargs()):
                     if request.is_cancelled():
                         break
                     text = chunk["choices"][0]["text"]

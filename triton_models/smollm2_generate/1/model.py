@@ -14,8 +14,9 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                prompt, max_tokens, temperature = generation_inputs(request, pb_utils)
-                result = self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature)
+                prompt, max_tokens, temperature, sampling = generation_inputs(request, pb_utils)
+                result = self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature,
+                                                    **sampling.llama_kwargs())
                 text = result["choices"][0]["text"]
                 out = pb_utils.Tensor("text_output", np.array([text.encode()], dtype=np.object_))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[out]))

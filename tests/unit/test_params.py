@@ -1,0 +1,93 @@
+"""Every chat request field works or is refused with a 400 naming it (edge/params.py), stop sequences, and the
+README's field table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from conflux.config import REPO_ROOT
+from edge import params
+from edge.errors import ApiError
+from edge.protocol import ChatCompletionRequest
+from streams.stop_sequences import StopScanner
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def req(**fields: Any) -> ChatCompletionRequest:
+    return ChatCompletionRequest(model="echo", messages=fields.pop("messages", MSG), **fields)
+
+
+def refused(**fields: Any) -> ApiError:
+    with pytest.raises(ApiError) as info:
+        params.refuse_unsupported(req(**fields))
+    assert info.value.status == 400 and info.value.code == "unsupported_parameter"
+    return info.value
+
+
+def test_every_field_of_the_openai_reference_has_a_rule() -> None:
+    declared = set(ChatCompletionRequest.model_fields)
+    assert declared == set(params.FIELDS), declared ^ set(params.FIELDS)
+
+
+def test_values_that_ask_for_nothing_special_pass() -> None:
+    params.refuse_unsupported(req(n=1, store=False, logprobs=False, service_tier="auto", modalities=["text"],
+                                  response_format={"type": "text"}, tools=[], tool_choice="none",
+                                  parallel_tool_calls=True, logit_bias={}, verbosity="medium",
+                                  stop=["a", "b"], seed=-3, top_p=0.5, metadata={"k": "v"}))
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("n", 2), ("logprobs", True), ("top_logprobs", 3), ("store", True), ("service_tier", "flex"),
+    ("modalities", ["text", "audio"]), ("response_format", {"type": "json_object"}),
+    ("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "required"),
+    ("functions", [{"name": "f"}]), ("logit_bias", {"50256": -100}), ("prediction", {"type": "content"}),
+    ("audio", {"voice": "alloy"}), ("reasoning_effort", "low"), ("web_search_options", {}),
+    ("prompt_cache_key", "k"), ("stop", ["a", "b", "c", "d", "e"]), ("stop", [""]),
+])
+def test_values_the_platform_does_not_honour_are_refused_by_name(field: str, value: Any) -> None:
+    err = refused(**{field: value})
+    assert err.param == field and err.message.startswith(f"{field}: ")
+
+
+def test_messages_with_parts_or_tool_calls_the_platform_cannot_read_are_refused() -> None:
+    image = [{"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {}}]}]
+    assert refused(messages=image).param == "messages[0].content"
+    call = [*MSG, {"role": "assistant", "tool_calls": [{"id": "c", "type": "function"}]}]
+    assert refused(messages=call).param == "messages[1].tool_calls"
+
+
+def test_a_field_openai_does_not_have_is_rejected() -> None:
+    with pytest.raises(ValidationError, match=r"extra_forbidden|Extra inputs"):
+        req(tempurature=0.2)
+
+
+def test_readme_field_table_matches_the_rules() -> None:
+    assert params.table() in (REPO_ROOT / "README.md").read_text(), "regenerate: python -m edge.params"
+
+
+def feed_all(stops: list[str], pieces: list[str]) -> tuple[str, bool]:
+    s = StopScanner(stops)
+    out = "".join(s.feed(p) for p in pieces)
+    return (out if s.stopped else out + s.flush()), s.stopped
+
+
+@pytest.mark.parametrize(("stops", "pieces", "want"), [
+    (["."], ["Hello", " world", ". More"], ("Hello world", True)),
+    (["END"], ["ab", "cE", "N", "Dxyz"], ("abc", True)),  # split across three pieces
+    (["END"], ["ab", "cE", "N", "x"], ("abcENx", False)),  # a near miss is released whole
+    (["\n\n", "!"], ["a\n", "b!c"], ("a\nb", True)),  # the earliest of several
+    ([], ["a", "b"], ("ab", False)),
+    (["xyz"], ["abx", "y"], ("abxy", False)),  # held back, then flushed at the end
+])
+def test_stop_sequences(stops: list[str], pieces: list[str], want: tuple[str, bool]) -> None:
+    assert feed_all(stops, pieces) == want
+
+
+def test_a_held_back_prefix_never_leaves_early() -> None:
+    s = StopScanner(["STOP"])
+    assert s.feed("go ST") == "go "
+    assert s.feed("OP") == "" and s.stopped
