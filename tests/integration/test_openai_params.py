@@ -5,6 +5,7 @@ refused with a 400 naming them, before any work is queued."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import openai
 import pytest
@@ -13,7 +14,8 @@ from conflux.config import Settings
 from tests.integration.helpers import new_tenant_key_sync
 from tests.integration.test_conversation import events_of
 
-ASK = [{"role": "user", "content": "one two three four"}]  # the echo model cycles these words
+COLOUR: Any = [{"role": "user", "content": "Name a colour."}]
+ASK: Any = [{"role": "user", "content": "one two three four"}]  # the echo model cycles these words
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ async def test_a_stop_sequence_ends_the_answer_before_it_streamed_or_not(stack: 
 async def test_the_same_seed_gives_the_same_sampled_answer(client: openai.OpenAI) -> None:
     def ask(seed: int) -> str:
         r = client.chat.completions.create(model="smollm2-135m-instruct", seed=seed, temperature=1.0, top_p=0.95,
-                                           max_tokens=16, messages=[{"role": "user", "content": "Name a colour."}])
+                                           max_tokens=16, messages=COLOUR)
         return r.choices[0].message.content or ""
 
     first = ask(11)
@@ -52,7 +54,7 @@ async def test_the_same_seed_gives_the_same_sampled_answer(client: openai.OpenAI
 
 
 def test_fields_the_platform_cannot_honour_are_refused_by_name(stack: Settings, client: openai.OpenAI) -> None:
-    refusals = {
+    refusals: dict[str, dict[str, Any]] = {
         "n": {"n": 2},
         "response_format": {"response_format": {"type": "json_object"}},
         "tools": {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
@@ -62,7 +64,7 @@ def test_fields_the_platform_cannot_honour_are_refused_by_name(stack: Settings, 
     }
     for param, kwargs in refusals.items():
         with pytest.raises(openai.BadRequestError) as info:
-            client.chat.completions.create(model="echo", messages=ASK, **kwargs)  # type: ignore[call-overload]
+            client.chat.completions.create(model="echo", messages=ASK, **kwargs)
         body = info.value.body
         assert isinstance(body, dict) and body["param"] == param, body
     # what SDKs send by default passes
