@@ -33,6 +33,21 @@ def packaged_model_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
+def load_tokenizer(model_dir: Path | None = None) -> Any:
+    """MiniLM's WordPiece tokenizer (no truncation, no padding): a few MB, loaded in milliseconds, so a
+    process that only counts tokens (the edge) need not load the weights."""
+    from tokenizers import Tokenizer
+
+    d = model_dir or packaged_model_dir()
+    try:
+        tok = Tokenizer.from_file(str(d / "tokenizer.json"))
+    except Exception as exc:  # the tokenizers library raises its own exception types
+        raise EmbeddingModelError(f"cannot load MiniLM's tokenizer from {d}: {exc}") from exc
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+
 def padded_batch(tokenizer: Any, sentences: list[str]) -> tuple[npt.NDArray[np.int64], F32]:
     """Token ids (B, L), zero-padded to the longest sentence, and the mask of real tokens (1.0) vs padding."""
     encs = tokenizer.encode_batch(sentences)

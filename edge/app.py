@@ -27,6 +27,7 @@ from conflux.tenants import ApiKeyStore
 from conflux.topics import apply_topics, load_catalogue
 from edge.api_routes import router as api_router
 from edge.chat import ChatService
+from edge.embeddings import EmbeddingService
 from edge.errors import install_error_handlers
 from edge.load import LoadGauge, RequestLag
 from edge.middleware import BodyLimitAndCounts
@@ -80,9 +81,12 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
         app.state.keys = ApiKeyStore(redis)
         triton = TritonClient(settings.triton_grpc_url)
         app.state.moderation = ModerationService(triton, SafetyHead.load(), RateLimiter(redis), models, redis)
+        ids = ResponseIds(load_secret(settings))
+        app.state.embeddings = EmbeddingService(triton=triton, limiter=RateLimiter(redis), models=models,
+                                                publisher=publisher, ids=ids, instance_id=instance)
         app.state.chat = ChatService(publisher=publisher, replies=replies, models=models,
                                      limiter=RateLimiter(redis), redis=redis, instance_id=instance,
-                                     chain_timeout_s=chain_timeout_s, ids=ResponseIds(load_secret(settings)),
+                                     chain_timeout_s=chain_timeout_s, ids=ids,
                                      load=load)
         try:
             yield

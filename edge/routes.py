@@ -14,6 +14,7 @@ from conflux.errors import EncodeError
 from conflux.serde import new_envelope
 from conflux.tenants import AuthError, Tenant
 from edge.chat import ChatService, Completion
+from edge.embeddings import MODEL as EMBEDDING_MODEL
 from edge.errors import ApiError, sse
 from edge.params import refuse_unsupported
 from edge.protocol import ChatCompletionRequest, FeedbackRequest
@@ -60,6 +61,7 @@ async def list_models(request: Request, authorization: str | None = Header(defau
     plan = request.app.state.models.plan(tenant.plan)
     data = [{"id": "auto", "object": "model", "created": 0, "owned_by": "conflux"}]
     data += [{"id": m.id, "object": "model", "created": 0, "owned_by": "conflux"} for m in svc.models_for(plan)]
+    data.append({"id": EMBEDDING_MODEL, "object": "model", "created": 0, "owned_by": "conflux"})  # /v1/embeddings
     return {"object": "list", "data": data}
 
 
@@ -140,16 +142,27 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
                              headers={**headers, "Cache-Control": "no-cache"})
 
 
-@router.post("/v1/moderations")
-async def moderations(request: Request, authorization: str | None = Header(default=None)) -> dict[str, Any]:
-    tenant = await _tenant(request, authorization)
+async def _json_object(request: Request) -> dict[str, Any]:
     try:
         body = await request.json()
     except ValueError:
         raise ApiError(400, "the body must be JSON", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object", code="invalid_json")
-    result: dict[str, Any] = await request.app.state.moderation.moderate(tenant, body)
+    return body
+
+
+@router.post("/v1/moderations")
+async def moderations(request: Request, authorization: str | None = Header(default=None)) -> dict[str, Any]:
+    tenant = await _tenant(request, authorization)
+    result: dict[str, Any] = await request.app.state.moderation.moderate(tenant, await _json_object(request))
+    return result
+
+
+@router.post("/v1/embeddings")
+async def embeddings(request: Request, authorization: str | None = Header(default=None)) -> dict[str, Any]:
+    tenant = await _tenant(request, authorization)
+    result: dict[str, Any] = await request.app.state.embeddings.create(tenant, await _json_object(request))
     return result
 
 
