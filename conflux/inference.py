@@ -33,7 +33,7 @@ class Piece:
 
 
 def _inputs(grpcclient: Any, prompt: str, max_tokens: int, temperature: float, stream: bool,
-            sampling: Sampling | None = None) -> list[Any]:
+            sampling: Sampling | None = None, guide: tuple[str, str] | None = None) -> list[Any]:
     """The ensemble's request: a batch of one, and `stream` (TensorRT-LLM streams only when asked). Sampling
     knobs left unset are not sent, so the model's defaults (OpenAI's) apply."""
 
@@ -53,6 +53,9 @@ def _inputs(grpcclient: Any, prompt: str, max_tokens: int, temperature: float, s
             inputs.append(tensor(name, "FP32", value, np.float32))
     if s.seed is not None:
         inputs.append(tensor("random_seed", "UINT64", s.seed % 2**64, np.uint64))
+    if guide is not None:  # TensorRT-LLM's names for constrained decoding: (json_schema | gbnf, the guide)
+        inputs.append(tensor("guided_decoding_guide_type", "BYTES", guide[0].encode(), np.object_))
+        inputs.append(tensor("guided_decoding_guide", "BYTES", guide[1].encode(), np.object_))
     return inputs
 
 
@@ -118,11 +121,12 @@ class TritonClient:
             raise InferenceError(f"{model}: {exc.message() or exc}") from exc
 
     async def stream(self, model: str, prompt: str, max_tokens: int, temperature: float = 0.0,
-                     timeout_s: float = 30.0, sampling: Sampling | None = None) -> AsyncIterator[Piece]:
+                     timeout_s: float = 30.0, sampling: Sampling | None = None,
+                     guide: tuple[str, str] | None = None) -> AsyncIterator[Piece]:
         """Pieces as Triton produces them; raises InferenceError, never hangs past timeout_s."""
         from tritonclient.utils import InferenceServerException
 
-        inputs = _inputs(self._g, prompt, max_tokens, temperature, True, sampling)
+        inputs = _inputs(self._g, prompt, max_tokens, temperature, True, sampling, guide)
 
         async def requests() -> AsyncIterator[dict[str, object]]:
             # The aio client has no keyword for it: the empty final response is asked for as a parameter.

@@ -93,8 +93,10 @@ class Sampling:
         return kwargs
 
 
-def generation_inputs(request: Any, pb_utils: Any) -> tuple[str, int, float, Sampling]:
-    """(prompt, max_tokens, temperature, sampling) of a Triton request in the TensorRT-LLM ensemble's terms."""
+def generation_inputs(request: Any, pb_utils: Any) -> tuple[str, int, float, Sampling, str | None]:
+    """(prompt, max_tokens, temperature, sampling, grammar) of a Triton request in the TensorRT-LLM ensemble's
+    terms. The grammar (GBNF, or None) comes from guided_decoding_guide_type/_guide: json_schema (converted
+    by conflux/grammar.py) or gbnf."""
 
     def scalar(name: str, default: Any) -> Any:
         t = pb_utils.get_input_tensor_by_name(request, name)
@@ -108,7 +110,21 @@ def generation_inputs(request: Any, pb_utils: Any) -> tuple[str, int, float, Sam
     prompt = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     sampling = Sampling(opt("top_p", float), opt("random_seed", int), opt("presence_penalty", float),
                         opt("frequency_penalty", float))
-    return prompt, int(scalar("max_tokens", DEFAULT_MAX_TOKENS)), float(scalar("temperature", 1.0)), sampling
+    kind, guide = opt("guided_decoding_guide_type", _text), opt("guided_decoding_guide", _text)
+    gbnf = None
+    if kind == "json_schema" and guide:
+        from conflux.grammar import to_gbnf
+
+        gbnf = to_gbnf(guide)
+    elif kind == "gbnf" and guide:
+        gbnf = guide
+    elif kind:
+        raise LLMError(f"guided decoding of type {kind!r} is not supported (json_schema, gbnf)")
+    return prompt, int(scalar("max_tokens", DEFAULT_MAX_TOKENS)), float(scalar("temperature", 1.0)), sampling, gbnf
+
+
+def _text(raw: Any) -> str:
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
 
 
 class Tokenizer:

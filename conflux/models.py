@@ -31,6 +31,9 @@ class ModelSpec:
     template: str
     device: str
     description: str
+    # Whether its Triton model takes a grammar (guided_decoding_guide_type / _guide inputs): tools and
+    # response_format need one, so routing only sends them to these models.
+    guided_decoding: bool = False
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_prompt_per_1k + completion_tokens * self.price_completion_per_1k) / 1000

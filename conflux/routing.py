@@ -33,6 +33,7 @@ class Features:
     max_output_tokens: int
     turns: int
     text: str  # the latest user message
+    guided: bool = False  # tools or response_format: only a model that takes a grammar can serve it
 
 
 @dataclass(frozen=True)
@@ -73,13 +74,17 @@ def route(requested: str, catalogue: ModelCatalogue, plan: Plan, features: Featu
         if not fits(model):
             raise RoutingError(f"{features.prompt_tokens} prompt + {features.max_output_tokens} output tokens exceed "
                                f"{model.id}'s context of {model.context_length}", "context_length_exceeded")
+        if features.guided and not model.guided_decoding:
+            raise RoutingError(f"model {model.id} cannot constrain its output (tools, response_format)",
+                               "unsupported_parameter")
         if model.triton_stream not in served:
             raise RoutingError(f"model {model.id} is not being served right now", "no_capacity")
         return Decision(model, "explicit request, allowed by plan", (model.id,), cost(model))
 
     level = complexity(features)
     # The echo model is a measuring tool, never an automatic choice.
-    pool = [m for m in catalogue.models if m.quality > 0 and catalogue.allowed(m, plan)]
+    pool = [m for m in catalogue.models if m.quality > 0 and catalogue.allowed(m, plan)
+            and (m.guided_decoding or not features.guided)]
     usable = [m for m in pool if fits(m) and m.triton_stream in served]
     if not usable:
         raise RoutingError(f"no model on plan {plan.name} can serve {features.prompt_tokens} prompt tokens now",

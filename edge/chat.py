@@ -21,6 +21,7 @@ from conflux.serde import new_envelope
 from conflux.tenants import Tenant
 from edge.errors import ApiError
 from edge.load import LoadGauge
+from edge.params import needs_grammar
 from edge.protocol import ChatCompletionRequest
 from edge.replies import ReplyRouter
 
@@ -43,6 +44,25 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     citations: list[str]
+    tool_calls: list[dict[str, Any]]  # OpenAI's message.tool_calls
+
+
+class ToolCalls:
+    """Tool-call deltas of a stream, assembled into OpenAI's message.tool_calls."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, Any]] = {}
+
+    def add(self, deltas: list[dict[str, Any]]) -> None:
+        for d in deltas:
+            call = self._calls.setdefault(d["index"], {"id": "", "type": "function",
+                                                       "function": {"name": "", "arguments": ""}})
+            call["id"] = d.get("id") or call["id"]
+            call["function"]["name"] = d.get("name") or call["function"]["name"]
+            call["function"]["arguments"] += d.get("arguments") or ""
+
+    def calls(self) -> list[dict[str, Any]]:
+        return [self._calls[i] for i in sorted(self._calls)]
 
 
 class ChatService:
@@ -81,6 +101,10 @@ class ChatService:
             if not self._models.allowed(model, plan):
                 raise ApiError(403, f"The model '{req.model}' needs plan '{model.min_plan}'; yours is "
                                f"'{plan.name}'", "permission_error", code="model_not_allowed", param="model")
+        if (field := needs_grammar(req)) and model is not None and not model.guided_decoding:
+            able = [m.id for m in self._models.models if m.guided_decoding]
+            raise ApiError(400, f"{field}: the model '{model.id}' cannot constrain its output; use "
+                           f"{', '.join(able)} or auto", param=field, code="unsupported_parameter")
         cap = min(plan.max_output_tokens, model.max_output_tokens if model else plan.max_output_tokens)
         asked = req.output_limit()
         if asked is not None and asked > cap:  # capping it quietly would answer a different request
@@ -109,13 +133,18 @@ class ChatService:
             "envelope": new_envelope(tenant_id=tenant.tenant_id, conversation_id=adm.conversation_id,
                                      request_id=adm.request_id, producer=self.instance_id, traceparent=traceparent),
             "model": req.model,
-            "messages": [{"role": m.role, "content": m.text(), "name": m.name} for m in req.messages],
+            "messages": [{"role": m.role, "content": m.text(), "name": m.name, "tool_call_id": m.tool_call_id,
+                          "tool_calls": json.dumps(m.tool_calls) if m.tool_calls else None} for m in req.messages],
             "stream": req.stream, "max_tokens": adm.max_tokens,
             "temperature": 1.0 if req.temperature is None else req.temperature,  # OpenAI's default
             "top_p": req.top_p, "seed": req.seed, "presence_penalty": req.presence_penalty,
             "frequency_penalty": req.frequency_penalty, "stop": req.stop_sequences(),
             "reply_topic": self._replies.topic, "reply_partition": 0, "user": req.user or req.safety_identifier,
             "metadata": dict(req.metadata or {}),
+            "tools": json.dumps(req.tools) if req.tools else None,
+            "tool_choice": json.dumps(req.tool_choice) if req.tool_choice is not None else None,
+            "parallel_tool_calls": req.parallel_tool_calls is not False,
+            "response_format": json.dumps(req.response_format) if req.response_format else None,
         }
         try:
             await self._publisher.publish("chat.requests", record, key=adm.conversation_id)
@@ -150,14 +179,16 @@ class ChatService:
     async def collect(self, request_id: str, queue: asyncio.Queue[dict[str, Any]], model: str) -> Completion:
         parts: list[str] = []
         final: dict[str, Any] = {}
+        calls = ToolCalls()
         async for chunk in self.chunks(request_id, queue):
             parts.append(chunk["text"])
+            calls.add(chunk.get("tool_calls") or [])
             final = chunk
         if final.get("error"):
             raise ApiError(502, final["error"], "server_error", code="generation_failed")
         return Completion("".join(parts), final.get("model") or model, final.get("finish_reason") or "stop",
                           final.get("prompt_tokens") or 0, final.get("completion_tokens") or 0,
-                          list(final.get("citations") or []))
+                          list(final.get("citations") or []), calls.calls())
 
     def owns(self, tenant_id: str, request_id: str) -> bool:
         """Whether this tenant was issued this response id (the id carries a signature: no lookup)."""

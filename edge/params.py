@@ -9,12 +9,16 @@ client believe it got what it asked for. The README's field table is generated f
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from conflux import grammar
 from edge.errors import ApiError
 from edge.protocol import ChatCompletionRequest
+from streams.tools import MAX_PARALLEL as MAX_PARALLEL_CALLS
 
 MAX_STOP = 4  # OpenAI's limit
 SAMPLING_MODELS = "supported for `smollm2-135m-instruct` (and `auto` when it picks it); echo models do not sample"
@@ -54,7 +58,49 @@ def _stream_options(value: Any) -> str | None:
     return "include_obfuscation is not supported" if value and value.include_obfuscation else None
 
 
-NO_TOOLS = "tool calling is not available yet"
+NO_TOOLS = "the deprecated functions API is not supported; use tools"
+GUIDED = "supported for `smollm2-135m-instruct` (and `auto`, which then picks it)"
+FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+def _tools(value: Any) -> str | None:
+    names = set()
+    for i, t in enumerate(value or []):
+        if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(t.get("function"), dict):
+            return f"[{i}]: only tools of type function are supported"
+        f = t["function"]
+        unknown = sorted(set(f) - {"name", "description", "parameters", "strict"})
+        if unknown:
+            return f"[{i}].function.{unknown[0]}: unknown field"
+        if not isinstance(f.get("name"), str) or not FUNCTION_NAME.match(f["name"]):
+            return f"[{i}].function.name: 1-64 letters, digits, _ or -"
+        if f["name"] in names:
+            return f"[{i}].function.name: {f['name']} is defined twice"
+        names.add(f["name"])
+        if f.get("parameters") is not None:
+            try:
+                grammar.check_schema(f["parameters"], f"[{i}].function.parameters")
+            except grammar.SchemaError as exc:
+                return str(exc)
+    return None
+
+
+def _response_format(value: Any) -> str | None:
+    if value is None or value == {"type": "text"} or value == {"type": "json_object"}:
+        return None
+    if not isinstance(value, dict) or value.get("type") != "json_schema":
+        return "type must be text, json_object or json_schema"
+    spec = value.get("json_schema")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not FUNCTION_NAME.match(spec["name"]):
+        return "json_schema needs a name (1-64 letters, digits, _ or -)"
+    unknown = sorted(set(spec) - {"name", "description", "schema", "strict"})
+    if unknown:
+        return f"json_schema.{unknown[0]}: unknown field"
+    try:
+        grammar.check_schema(spec.get("schema") or {"type": "object"}, "json_schema.schema")
+    except grammar.SchemaError as exc:
+        return str(exc)
+    return None
 FIELDS: dict[str, FieldRule] = {
     "model": FieldRule("supported", "a model of `GET /v1/models`, or `auto` (the routing stage picks)"),
     "messages": FieldRule("supported", "roles system, developer, user, assistant; text content (parts of type "
@@ -84,12 +130,13 @@ FIELDS: dict[str, FieldRule] = {
     "service_tier": FieldRule("refused unless auto or default", "the tenant's plan decides",
                               only("auto", "default", why="the tenant's plan decides the tier")),
     "modalities": FieldRule("refused unless [\"text\"]", "text only", only(["text"], why="text output only")),
-    "response_format": FieldRule("refused unless {\"type\": \"text\"}", "structured output is not available yet",
-                                 only({"type": "text"}, why="structured output (json_object, json_schema) is not "
-                                      "available yet")),
-    "tools": FieldRule("refused unless []", NO_TOOLS, only([], why=NO_TOOLS)),
-    "tool_choice": FieldRule("refused unless none or auto", NO_TOOLS, only("none", "auto", why=NO_TOOLS)),
-    "parallel_tool_calls": FieldRule("taken, no effect without tools", "there are no tools to call yet"),
+    "response_format": FieldRule(GUIDED, "`text`, `json_object`, `json_schema` (`strict` or not): decoding is "
+                                 "constrained by a grammar from the schema and the answer checked against it (keywords "
+                                 "of OpenAI's strict mode; others are refused)", _response_format),
+    "tools": FieldRule(GUIDED, "functions; arguments are decoded under a grammar from each function's `parameters` "
+                       "and checked against it (keywords of OpenAI's strict mode; others are refused)", _tools),
+    "tool_choice": FieldRule(GUIDED, "`none`, `auto`, `required`, or a named function"),
+    "parallel_tool_calls": FieldRule(GUIDED, f"true (default): up to {MAX_PARALLEL_CALLS} calls in one answer"),
     "functions": FieldRule("refused unless []", NO_TOOLS, only([], why=NO_TOOLS)),
     "function_call": FieldRule("refused unless none or auto", NO_TOOLS, only("none", "auto", why=NO_TOOLS)),
     "logit_bias": FieldRule("refused unless {}", "token biases are not applied",
@@ -110,19 +157,59 @@ def refuse_unsupported(req: ChatCompletionRequest) -> None:
     for name, rule in FIELDS.items():
         if rule.refuse is not None and (why := rule.refuse(getattr(req, name))):
             raise ApiError(400, f"{name}: {why}", param=name, code="unsupported_parameter")
+    _check_tool_choice(req)
+    if req.tools and req.tool_choice != "none" and req.response_format and req.response_format["type"] != "text":
+        raise ApiError(400, "response_format: a JSON answer together with tools is not supported yet; send one",
+                       param="response_format", code="unsupported_parameter")
     for i, m in enumerate(req.messages):
         if isinstance(m.content, list):
             kinds = sorted({str(p.get("type")) for p in m.content} - {"text"})
             if kinds:
                 raise ApiError(400, f"messages[{i}].content: only text parts are read; got {', '.join(kinds)}",
                                param=f"messages[{i}].content", code="unsupported_parameter")
-        for field in ("tool_calls", "function_call", "audio"):
+        for field in ("function_call", "audio"):
             if getattr(m, field):
                 raise ApiError(400, f"messages[{i}].{field}: {NO_TOOLS if field != 'audio' else 'text only'}",
                                param=f"messages[{i}].{field}", code="unsupported_parameter")
-        if m.role == "tool":
-            raise ApiError(400, f"messages[{i}].role: {NO_TOOLS}", param=f"messages[{i}].role",
-                           code="unsupported_parameter")
+        if m.role == "tool" and not m.tool_call_id:
+            raise ApiError(400, f"messages[{i}].tool_call_id: a tool message answers a call; give its id",
+                           param=f"messages[{i}].tool_call_id", code="invalid_value")
+        for j, call in enumerate(m.tool_calls or []):
+            f = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not _is_json(f.get("arguments")):
+                raise ApiError(400, f"messages[{i}].tool_calls[{j}]: needs function.name and function.arguments "
+                               "(JSON text)", param=f"messages[{i}].tool_calls", code="invalid_value")
+
+
+def _is_json(text: Any) -> bool:
+    try:
+        json.loads(text if isinstance(text, str) else "x")
+        return True
+    except ValueError:
+        return False
+
+
+def _check_tool_choice(req: ChatCompletionRequest) -> None:
+    choice = req.tool_choice
+    if choice is None or choice in ("none", "auto", "required"):
+        if choice == "required" and not req.tools:
+            raise ApiError(400, "tool_choice: required needs tools", param="tool_choice", code="invalid_value")
+        return
+    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    if not isinstance(choice, dict) or choice.get("type") != "function" or not name:
+        raise ApiError(400, "tool_choice: none, auto, required or {\"type\": \"function\", \"function\": "
+                       "{\"name\": ...}}", param="tool_choice", code="invalid_value")
+    if name not in {t["function"]["name"] for t in req.tools or []}:
+        raise ApiError(400, f"tool_choice: no tool named {name!r}", param="tool_choice", code="invalid_value")
+
+
+def needs_grammar(req: ChatCompletionRequest) -> str | None:
+    """The field that makes this request's output constrained (only some models can serve it), or None."""
+    if req.tools and req.tool_choice != "none":
+        return "tools"
+    if req.response_format and req.response_format.get("type") in ("json_object", "json_schema"):
+        return "response_format"
+    return None
 
 
 def table() -> str:

@@ -40,13 +40,26 @@ async def _tenant(request: Request, authorization: str | None) -> Tenant:
 def _completion_body(request_id: str, created: int, c: Completion) -> dict[str, Any]:
     return {
         "id": request_id, "object": "chat.completion", "created": created, "model": c.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
-                     "finish_reason": c.finish_reason, "logprobs": None}],
+        "choices": [{"index": 0, "message": _message(c), "finish_reason": c.finish_reason, "logprobs": None}],
         "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                   "total_tokens": c.prompt_tokens + c.completion_tokens},
         # Conflux extension: the retrieved chunks (document#n) the answer was grounded on.
         "citations": c.citations,
     }
+
+
+def _message(c: Completion) -> dict[str, Any]:
+    if c.tool_calls:  # as OpenAI answers a call: no content unless the model also wrote text
+        return {"role": "assistant", "content": c.text or None, "tool_calls": c.tool_calls}
+    return {"role": "assistant", "content": c.text}
+
+
+def _tool_call_delta(d: dict[str, Any]) -> dict[str, Any]:
+    """A token_chunk tool-call delta in OpenAI's streaming shape: id, type and name on a call's first delta."""
+    if d.get("id"):
+        return {"index": d["index"], "id": d["id"], "type": "function",
+                "function": {"name": d["name"], "arguments": d.get("arguments") or ""}}
+    return {"index": d["index"], "function": {"arguments": d.get("arguments") or ""}}
 
 
 @router.get("/healthz")
@@ -119,6 +132,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
                 if chunk["text"]:
                     yield sse({**base, "model": model, "choices": [{"index": 0, "delta": {"content": chunk["text"]},
                                                                      "finish_reason": None}]})
+                for d in chunk.get("tool_calls") or []:
+                    yield sse({**base, "model": model, "choices": [
+                        {"index": 0, "delta": {"tool_calls": [_tool_call_delta(d)]}, "finish_reason": None}]})
                 if chunk["is_final"]:
                     yield sse({**base, "model": model, "citations": chunk.get("citations") or [],
                                "choices": [{"index": 0, "delta": {},

@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from conflux.inference import InferenceError
 from conflux.llm import Message, Sampling, render_chatml
 from conflux.routing import Decision
-from streams import output_guard
+from streams import output_guard, tools
 from streams.deps import Deps
 from streams.once import Claim
 from streams.output_guard import OutputVerdict, StreamGuard
@@ -35,6 +35,7 @@ class Generated:
     epoch: int
     output: OutputVerdict  # the output check's verdict on the whole answer (or on the window that blocked it)
     output_checks: int  # output checks run on the stream
+    tool_calls: list[tools.Call] = field(default_factory=list)
 
 
 def render(template: str, messages: list[dict[str, Any]]) -> str:
@@ -84,7 +85,9 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
         "max_tokens": rc.max_tokens, "temperature": temperature, "stream": True,
         "reply_topic": request["reply_topic"], "reply_partition": request.get("reply_partition"),
         "top_p": sampling.top_p, "seed": sampling.seed, "presence_penalty": sampling.presence_penalty,
-        "frequency_penalty": sampling.frequency_penalty, "stop": stop}, key=rc.key)
+        "frequency_penalty": sampling.frequency_penalty, "stop": stop,
+        "guide_type": rc.guide.guide_type if rc.guide else None, "guide": rc.guide.guide if rc.guide else None,
+        "attempt": 0}, key=rc.key)
 
     t0 = time.perf_counter()
     ttft: float | None = None
@@ -101,20 +104,25 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
     closing = False
 
     async def flush() -> None:
-        nonlocal released, sent_chunks, last_flush
+        nonlocal released
         upto = guard.cleared
         if upto <= released:
             return
+        text = "".join(parts[released:upto])
+        released = upto
+        await send(text)
+
+    async def send(text: str, tool_calls: list[dict[str, Any]] | None = None) -> None:
+        nonlocal sent_chunks, last_flush
         if sent_chunks == 0:
             # A replay after a crash must know the caller may have seen part of an answer, so the mark is
             # written *before* the first chunk can leave: written beside it, a kill -9 between the two let the
             # replay start the answer again behind the first piece. Dying after the mark but before the send
             # costs an explicit error, never a spliced answer.
             await deps.ctx.put(rc.request_id, streamed=True)
-        chunk = {"envelope": deps.envelope(rc.env), "sequence": sent_chunks, "text": "".join(parts[released:upto]),
+        chunk = {"envelope": deps.envelope(rc.env), "sequence": sent_chunks, "text": text,
                  "is_final": False, "finish_reason": None, "error": None, "model": None,
-                 "prompt_tokens": None, "completion_tokens": None, "epoch": epoch}
-        released = upto
+                 "prompt_tokens": None, "completion_tokens": None, "epoch": epoch, "tool_calls": tool_calls or []}
         sent_chunks += 1
         last_flush = time.perf_counter()
         value = deps.serde.encode("token_chunk", chunk)
@@ -137,31 +145,47 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
                 await asyncio.sleep(wait)
             await flush()
 
+    calls: list[tools.Call] = []
+
+    async def stream_text() -> None:
+        """Free text: each piece into the output guard as it comes."""
+        nonlocal ttft, generated, finish
+        async for piece in deps.triton.stream(model.triton_stream, prompt, rc.max_tokens, temperature,
+                                              timeout_s=deps.inference_timeout_s, sampling=sampling):
+            ttft = ttft if ttft is not None else (time.perf_counter() - t0) * 1000
+            generated += 1
+            if text := stops.feed(piece.text):
+                guard.add(text)
+            if stops.stopped:
+                finish = "stop"  # leaving the loop cancels the generation in Triton
+                return
+            if guard.stopped:
+                return
+            if generated % CANCEL_CHECK_EVERY == 0 and await deps.ctx.cancelled(rc.request_id):
+                finish = "cancelled"
+                return
+        finish = "length" if generated >= rc.max_tokens else "stop"
+        if tail := stops.flush():
+            guard.add(tail)
+
+    async def constrained(guide: tools.Guide) -> None:
+        """Tools or response_format: the whole output first (it is checked before any of it leaves), then its
+        text into the output guard; its tool calls are sent after the text."""
+        nonlocal ttft, generated, finish, calls
+        out = await _guided(deps, rc, model.triton_stream, prompt, temperature, sampling, guide)
+        ttft, generated, finish, calls = out.ttft, out.generated, out.finish, out.calls
+        if out.text and (text := stops.feed(out.text) + ("" if stops.stopped else stops.flush())):
+            guard.add(text)
+
     sending = asyncio.ensure_future(sender())
     try:
         async with asyncio.timeout(deps.inference_timeout_s):
-            async for piece in deps.triton.stream(model.triton_stream, prompt, rc.max_tokens, temperature,
-                                                  timeout_s=deps.inference_timeout_s, sampling=sampling):
-                ttft = ttft if ttft is not None else (time.perf_counter() - t0) * 1000
-                generated += 1
-                if text := stops.feed(piece.text):
-                    guard.add(text)
-                if stops.stopped:
-                    finish = "stop"  # leaving the loop cancels the generation in Triton
-                    break
-                if guard.stopped:
-                    break
-                if generated % CANCEL_CHECK_EVERY == 0 and await deps.ctx.cancelled(rc.request_id):
-                    finish = "cancelled"
-                    break
-            else:
-                finish = "length" if generated >= rc.max_tokens else "stop"
-                if tail := stops.flush():
-                    guard.add(tail)
+            await (stream_text() if rc.guide is None else constrained(rc.guide))
             await guard.finish()
-    except (InferenceError, TimeoutError) as exc:
+    except (InferenceError, TimeoutError, tools.ConstraintError) as exc:
         log.warning("inference of %s failed: %r", rc.request_id, exc)
-        error = "the model server failed during generation" if isinstance(exc, InferenceError) else \
+        error = str(exc) if isinstance(exc, tools.ConstraintError) else \
+            "the model server failed during generation" if isinstance(exc, InferenceError) else \
             f"inference timed out after {deps.inference_timeout_s:.0f}s"
     finally:
         closing = True
@@ -174,6 +198,12 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
         log.warning("output check of %s failed: %r", rc.request_id, guard.failed)
         error = "the output safety check failed; nothing unchecked was sent"
     await flush()  # what the checks cleared (on a block: everything before the window that tripped it)
+    if calls and error is None and guard.blocked is None:
+        await send("", tools.deltas(calls))
+        for i, c in enumerate(calls):
+            await rc.events.add("tool.calls", {
+                "envelope": deps.envelope(rc.env), "call_id": c.id, "index": i, "name": c.name,
+                "arguments": c.arguments, "attempts": c.attempts, "finish_reason": finish}, key=rc.key)
     # An unacknowledged chunk means the broker is away: PublishError, and the pipeline retries.
     await rc.events.settle()
     duration = (time.perf_counter() - t0) * 1000
@@ -186,5 +216,54 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
         await deps.finish_with_error(request, error, seq=sent_chunks, events=rc.events, epoch=epoch)
         return None
     output = guard.blocked or guard.last
-    return Generated("".join(parts), generated, finish, sent_chunks, epoch, output, guard.checks)
+    return Generated("".join(parts), generated, finish, sent_chunks, epoch, output, guard.checks, calls)
 
+
+
+@dataclass(frozen=True)
+class GuidedOutput:
+    text: str | None
+    calls: list[tools.Call]
+    generated: int
+    finish: str
+    ttft: float | None
+
+
+async def _guided(deps: Deps, rc: RequestContext, triton_model: str, prompt: str, temperature: float,
+                  sampling: Sampling, guide: tools.Guide) -> GuidedOutput:
+    """A constrained generation, checked (conflux/grammar.py) and generated again when the grammar could not
+    hold everything the schema asks (a number's bounds, a format), up to MAX_ATTEMPTS; then ConstraintError.
+    An output cut short by the token limit is returned as it stands, with finish "length"."""
+    t0 = time.perf_counter()
+    ttft: float | None = None
+    problem = ""
+    for attempt in range(tools.MAX_ATTEMPTS):
+        if attempt:  # a given seed would give the same output again: move it
+            sampling = replace(sampling, seed=None if sampling.seed is None else sampling.seed + attempt)
+            await rc.events.add("inference.requests", {
+                "envelope": deps.envelope(rc.env), "model": rc.request["model"], "triton_model": triton_model,
+                "prompt": prompt, "max_tokens": rc.max_tokens, "temperature": temperature, "stream": True,
+                "reply_topic": rc.request["reply_topic"], "reply_partition": rc.request.get("reply_partition"),
+                "top_p": sampling.top_p, "seed": sampling.seed, "presence_penalty": sampling.presence_penalty,
+                "frequency_penalty": sampling.frequency_penalty, "stop": list(rc.request.get("stop") or []),
+                "guide_type": guide.guide_type, "guide": guide.guide, "attempt": attempt}, key=rc.key)
+        pieces: list[str] = []
+        async for piece in deps.triton.stream(triton_model, prompt, rc.max_tokens, temperature,
+                                              timeout_s=deps.inference_timeout_s, sampling=sampling,
+                                              guide=(guide.guide_type, guide.guide)):
+            ttft = ttft if ttft is not None else (time.perf_counter() - t0) * 1000
+            pieces.append(piece.text)
+            if len(pieces) % CANCEL_CHECK_EVERY == 0 and await deps.ctx.cancelled(rc.request_id):
+                return GuidedOutput(None, [], len(pieces), "cancelled", ttft)
+        text = "".join(pieces)
+        if len(pieces) >= rc.max_tokens:
+            calls = tools.partial_calls(guide, text) if guide.kind == "tools" else []
+            return GuidedOutput(None if calls else text, calls, len(pieces), "length", ttft)
+        outcome = tools.check(guide, text)
+        if outcome.problem is None:
+            calls = [replace(c, attempts=attempt + 1) for c in outcome.calls]
+            return GuidedOutput(outcome.text, calls, len(pieces), "tool_calls" if calls else "stop", ttft)
+        problem = outcome.problem
+        log.info("constrained output of %s failed its check (attempt %d): %s", rc.request_id, attempt + 1, problem)
+    raise tools.ConstraintError(f"the model's output did not pass its schema in {tools.MAX_ATTEMPTS} attempts: "
+                                f"{problem}")

@@ -10,6 +10,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from conflux.llm import Message, render_chatml
+from streams import tools
 from streams.deps import Deps
 from streams.request import RequestContext
 
@@ -79,9 +80,15 @@ async def build(deps: Deps, rc: RequestContext, memory: list[dict[str, str]], ch
         window = deps.models.get(request["model"]).context_length
     else:  # routing comes next: fit the smallest window the plan could be routed to
         window = min(m.context_length for m in deps.models.models if m.quality > 0 and deps.models.allowed(m, plan))
-    msgs, truncated, prompt_tokens = build_messages(rc.system_prompt, memory, chunks, request["messages"],
+    guide = rc.guide
+    system_prompt = "\n\n".join(p for p in (rc.system_prompt, guide.instructions if guide else "") if p)
+    conversation = [dict(zip(("role", "content"), tools.render_message(m), strict=True)) for m in request["messages"]]
+    msgs, truncated, prompt_tokens = build_messages(system_prompt, memory, chunks, conversation,
                                                     window - rc.max_tokens, deps.tokenizer.count)
     built = [{"role": m.role, "content": m.content, "name": None} for m in msgs]
+    for m in tools.new_results(request["messages"]):  # the results of the calls the model made last turn
+        await rc.events.add("tool.results", {"envelope": deps.envelope(rc.env), "call_id": m.get("tool_call_id") or "",
+                                             "content": m["content"]}, key=rc.key)
     await rc.events.add("prompt.built", {
         "envelope": deps.envelope(rc.env), "messages": built, "prompt_tokens": prompt_tokens, "truncated": truncated,
         "memory_turns": len(memory), "context_chunk_ids": [c["chunk_id"] for c in chunks]}, key=rc.key)

@@ -8,6 +8,7 @@ the request, so a worker's memory does not grow with traffic.
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -15,6 +16,8 @@ from conflux.inference import TritonClient
 from conflux.kafka import PendingEvents
 from conflux.safety_model import HEAD_CHARS
 from conflux.taxonomy import Policy
+from streams.tools import Guide
+from streams.tools import plan as plan_guide
 
 
 @dataclass
@@ -47,6 +50,11 @@ class RequestContext:
     @property
     def max_tokens(self) -> int:
         return int(self.request["max_tokens"] or 256)
+
+    @functools.cached_property
+    def guide(self) -> Guide | None:
+        """How the output is constrained (tools, response_format), or None for free text."""
+        return plan_guide(self.request)
 
     def embedding(self, triton: TritonClient) -> asyncio.Task[Any]:
         """The newest user message's embedding, computed once and shared by input safety and retrieval

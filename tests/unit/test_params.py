@@ -42,8 +42,12 @@ def test_values_that_ask_for_nothing_special_pass() -> None:
 
 @pytest.mark.parametrize(("field", "value"), [
     ("n", 2), ("logprobs", True), ("top_logprobs", 3), ("store", True), ("service_tier", "flex"),
-    ("modalities", ["text", "audio"]), ("response_format", {"type": "json_object"}),
-    ("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "required"),
+    ("modalities", ["text", "audio"]), ("response_format", {"type": "json_xml"}),
+    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {}}}}),
+    ("tools", [{"type": "function", "function": {"name": "bad name"}}]),
+    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+                                                                            "patternProperties": {}}}}]),
+    ("tools", [{"type": "code_interpreter"}]),
     ("functions", [{"name": "f"}]), ("logit_bias", {"50256": -100}), ("prediction", {"type": "content"}),
     ("audio", {"voice": "alloy"}), ("reasoning_effort", "low"), ("web_search_options", {}),
     ("prompt_cache_key", "k"), ("stop", ["a", "b", "c", "d", "e"]), ("stop", [""]),
@@ -53,11 +57,28 @@ def test_values_the_platform_does_not_honour_are_refused_by_name(field: str, val
     assert err.param == field and err.message.startswith(f"{field}: ")
 
 
-def test_messages_with_parts_or_tool_calls_the_platform_cannot_read_are_refused() -> None:
+def test_messages_with_parts_the_platform_cannot_read_are_refused() -> None:
     image = [{"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {}}]}]
     assert refused(messages=image).param == "messages[0].content"
-    call = [*MSG, {"role": "assistant", "tool_calls": [{"id": "c", "type": "function"}]}]
-    assert refused(messages=call).param == "messages[1].tool_calls"
+
+
+def test_tool_choice_must_name_a_tool_and_calls_in_messages_must_be_well_formed() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    named = {"type": "function", "function": {"name": "f"}}
+    params.refuse_unsupported(req(tools=tools, tool_choice=named))
+    with pytest.raises(ApiError, match="no tool named"):
+        params.refuse_unsupported(req(tools=tools, tool_choice={"type": "function", "function": {"name": "g"}}))
+    with pytest.raises(ApiError, match="required needs tools"):
+        params.refuse_unsupported(req(tool_choice="required"))
+    bad_call = [*MSG, {"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+                                                          "function": {"name": "f", "arguments": "{oops"}}]}]
+    with pytest.raises(ApiError, match="tool_calls"):
+        params.refuse_unsupported(req(messages=bad_call))
+    with pytest.raises(ApiError, match="tool_call_id"):
+        params.refuse_unsupported(req(messages=[*MSG, {"role": "tool", "content": "42"}]))
+    assert params.needs_grammar(req(tools=tools)) == "tools"
+    assert params.needs_grammar(req(tools=tools, tool_choice="none")) is None
+    assert params.needs_grammar(req(response_format={"type": "json_object"})) == "response_format"
 
 
 def test_a_field_openai_does_not_have_is_rejected() -> None:

@@ -5,6 +5,7 @@ A cancelled request (the client went away) stops generating at the next token.
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from llama_cpp import LlamaGrammar
 
 from conflux.llm import generation_inputs, load_llama_for_triton
 
@@ -17,9 +18,10 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                prompt, max_tokens, temperature, sampling = generation_inputs(request, pb_utils)
+                prompt, max_tokens, temperature, sampling, gbnf = generation_inputs(request, pb_utils)
+                grammar = LlamaGrammar.from_string(gbnf, verbose=False) if gbnf else None
                 for chunk in self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature,
-                                                        stream=True, **sampling.llama_kwargs()):
+                                                        stream=True, grammar=grammar, **sampling.llama_kwargs()):
                     if request.is_cancelled():
                         break
                     text = chunk["choices"][0]["text"]

@@ -2,6 +2,7 @@
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from llama_cpp import LlamaGrammar
 
 from conflux.llm import generation_inputs, load_llama_for_triton
 
@@ -14,9 +15,10 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                prompt, max_tokens, temperature, sampling = generation_inputs(request, pb_utils)
+                prompt, max_tokens, temperature, sampling, gbnf = generation_inputs(request, pb_utils)
+                grammar = LlamaGrammar.from_string(gbnf, verbose=False) if gbnf else None
                 result = self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature,
-                                                    **sampling.llama_kwargs())
+                                                    grammar=grammar, **sampling.llama_kwargs())
                 text = result["choices"][0]["text"]
                 out = pb_utils.Tensor("text_output", np.array([text.encode()], dtype=np.object_))
                 responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
