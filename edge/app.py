@@ -34,6 +34,7 @@ from edge.middleware import BodyLimitAndCounts
 from edge.moderation import ModerationService
 from edge.protocol import ERROR_RESPONSES
 from edge.replies import ReplyRouter
+from edge.responses import ResponsesService
 from edge.routes import router
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -84,10 +85,11 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
         ids = ResponseIds(load_secret(settings))
         app.state.embeddings = EmbeddingService(triton=triton, limiter=RateLimiter(redis), models=models,
                                                 publisher=publisher, ids=ids, instance_id=instance)
-        app.state.chat = ChatService(publisher=publisher, replies=replies, models=models,
+        app.state.chat = chat = ChatService(publisher=publisher, replies=replies, models=models,
                                      limiter=RateLimiter(redis), redis=redis, instance_id=instance,
                                      chain_timeout_s=chain_timeout_s, ids=ids,
                                      load=load)
+        app.state.responses = ResponsesService(chat, redis)
         try:
             yield
         finally:

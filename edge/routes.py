@@ -182,6 +182,31 @@ async def embeddings(request: Request, authorization: str | None = Header(defaul
     return result
 
 
+@router.post("/v1/responses", response_model=None)
+async def create_response(request: Request, authorization: str | None = Header(default=None)) -> Any:
+    tenant = await _tenant(request, authorization)
+    result = await request.app.state.responses.create(tenant, await _json_object(request))
+    if isinstance(result, dict):
+        return JSONResponse(result, headers={"x-request-id": result["id"]})
+    return StreamingResponse(result, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/v1/responses/{response_id}")
+async def get_response(response_id: str, request: Request,
+                       authorization: str | None = Header(default=None)) -> dict[str, Any]:
+    tenant = await _tenant(request, authorization)
+    result: dict[str, Any] = await request.app.state.responses.get(tenant, response_id)
+    return result
+
+
+@router.delete("/v1/responses/{response_id}")
+async def delete_response(response_id: str, request: Request,
+                          authorization: str | None = Header(default=None)) -> dict[str, Any]:
+    tenant = await _tenant(request, authorization)
+    result: dict[str, Any] = await request.app.state.responses.delete(tenant, response_id)
+    return result
+
+
 @router.post("/v1/feedback")
 async def feedback(body: FeedbackRequest, request: Request,
                    authorization: str | None = Header(default=None)) -> dict[str, Any]:
