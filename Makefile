@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Reinstall the Python dependencies only when pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install up down status demo test test-unit test-integration test-faults lint clean bench bench-sink \
+.PHONY: install install-node install-agents tool-eval up down status demo test test-unit test-integration test-faults lint clean bench bench-sink \
 	bench-freshness soak safety-eval safety-model
 
 $(STAMP): pyproject.toml
@@ -36,7 +36,7 @@ lint: install
 	$(BIN)/mypy
 
 # The test session itself starts the services it needs (see tests/conftest.py).
-test: lint
+test: lint install-node install-agents
 	@command -v chromium >/dev/null || { echo "installing Debian's chromium for the dashboard test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	$(BIN)/pytest
@@ -84,3 +84,17 @@ safety-model: install
 safety-eval: install
 	$(BIN)/conflux up
 	$(BIN)/python -m producers.safety_eval
+
+install-node:  # the official openai npm package, for tests/integration/test_node_client.py
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+
+tool-eval: install
+	$(BIN)/conflux up
+	$(BIN)/python -m producers.tool_eval
+
+AGENTS_VENV := .conflux/agents-venv
+install-agents: $(AGENTS_VENV)/.installed  # the OpenAI Agents SDK in its own venv (its pins never touch ours)
+$(AGENTS_VENV)/.installed:
+	@test -x $(AGENTS_VENV)/bin/python || $(PYTHON) -m venv $(AGENTS_VENV)
+	$(AGENTS_VENV)/bin/pip install -q --disable-pip-version-check openai-agents==0.24.0
+	touch $@

@@ -31,6 +31,18 @@ BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
 CHAR = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'
 DOT = r'[^"\\\x7F\x00-\x1F]'
 WIDEST = 10**15 - 1  # integers without a bound on one side: up to 15 digits, like the converter's own rule
+# Formats the converter has no rule for, as patterns it turns into grammar (the format itself is still checked
+# on the output by `validate`). date, time, date-time and uuid have rules of their own.
+_OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+FORMAT_PATTERNS = {
+    "email": r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63}){0,4}\.[A-Za-z]{2,24}$",
+    "hostname": r"^[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63}){0,10}$",
+    "ipv4": rf"^({_OCTET}\.){{3}}{_OCTET}$",
+    "ipv6": r"^([0-9a-f]{1,4}:){7}[0-9a-f]{1,4}$",  # the full form only: always valid, if not the shortest
+    "uri": r"^[a-z][a-z0-9+.-]{0,15}://[A-Za-z0-9._~%!$&()*+,;=:@/?#-]{1,200}$",
+    "duration": r"^P([0-9]{1,4}Y)?([0-9]{1,4}M)?([0-9]{1,4}W)?([0-9]{1,4}D)?"
+                r"(T([0-9]{1,4}H)?([0-9]{1,4}M)?([0-9]{1,4}S)?)?$",
+}
 
 
 class SchemaError(ConfluxError):
@@ -47,11 +59,24 @@ def check_schema(schema: Any, where: str = "schema") -> None:
         raise SchemaError(where, f"larger than {MAX_SCHEMA_BYTES} bytes")
     _check(schema, where, 0)
     try:
-        to_gbnf(json.dumps(schema, sort_keys=True))
+        gbnf = to_gbnf(json.dumps(schema, sort_keys=True))
     except SchemaError:
         raise
     except (AssertionError, ValueError, KeyError, TypeError, RecursionError) as exc:  # what the converter raises
         raise SchemaError(where, f"cannot be turned into a grammar: {exc}") from None
+    if why := parse_error(gbnf, _reference_vocab().vocab):
+        raise SchemaError(where, why)
+
+
+@lru_cache(maxsize=1)
+def _reference_vocab() -> Any:
+    """A vocabulary to parse grammars with (SmolLM2's, loaded without weights: 0.1 s, a few MB); the parse does
+    not depend on which. The Llama object is kept so that its vocabulary stays alive."""
+    from llama_cpp import Llama
+
+    from conflux.llm import smollm2_gguf_path
+
+    return Llama(str(smollm2_gguf_path()), vocab_only=True, verbose=False)._model
 
 
 def _check(schema: Any, where: str, depth: int) -> None:
@@ -168,18 +193,53 @@ def to_gbnf(schema_json: str, root: str = "root") -> str:
     for rule, body in (("char", CHAR), ("dot", DOT)):
         if rule in conv._rules:
             conv._rules[rule] = body
-    return str(conv.format_grammar())
+    return _llama_escapes(str(conv.format_grammar()))
+
+
+LLAMA_ESCAPES = set('xuUtrn\\"[]')  # what llama.cpp's grammar parser reads after a backslash
+
+
+def _llama_escapes(gbnf: str) -> str:
+    """The converter escapes characters llama.cpp's parser does not know as escapes (`\\.` from a pattern's
+    escaped dot, `\\-` in a class): those become hex escapes, which it reads everywhere."""
+    out, i = [], 0
+    while i < len(gbnf):
+        c = gbnf[i]
+        if c == "\\" and i + 1 < len(gbnf):
+            nxt = gbnf[i + 1]
+            out.append(c + nxt if nxt in LLAMA_ESCAPES else f"\\x{ord(nxt):02X}")
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def parse_error(gbnf: str, vocab: Any) -> str | None:
+    """Why llama.cpp cannot parse `gbnf` (None when it can), asked of llama.cpp itself with a model's vocabulary.
+    llama-cpp-python hands an unparsable grammar on unchecked and the process then crashes, so every grammar is
+    parsed here before it is used."""
+    import llama_cpp
+
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode(), b"root")
+    if not sampler:
+        return "llama.cpp cannot parse the grammar made from this schema"
+    llama_cpp.llama_sampler_free(sampler)
+    return None
 
 
 def _anchor_patterns(schema: Any) -> Any:
-    """JSON Schema's `pattern` matches anywhere in the string; the converter reads it as anchored at both ends."""
+    """The schema as the converter is to read it: formats without a rule of their own as patterns, and patterns
+    anchored (JSON Schema's `pattern` matches anywhere in the string; the converter reads it as anchored)."""
     if isinstance(schema, list):
         return [_anchor_patterns(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
     out = {k: _anchor_patterns(v) for k, v in schema.items()}
-    if isinstance(schema.get("pattern"), str):
-        p = schema["pattern"]
+    if schema.get("format") in FORMAT_PATTERNS and "pattern" not in schema:
+        out["pattern"] = FORMAT_PATTERNS[out.pop("format")]
+    if isinstance(out.get("pattern"), str):
+        p = out["pattern"]
         start, end = p.startswith("^"), p.endswith("$") and not p.endswith("\\$")
         core = p[1 if start else 0:len(p) - 1 if end else len(p)]
         out["pattern"] = ("^" if start else "^.*") + core + ("$" if end else ".*$")

@@ -9,6 +9,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from conflux.errors import ConfluxError
 from conflux.llm import Message, render_chatml
 from streams import tools
 from streams.deps import Deps
@@ -23,10 +24,15 @@ def _context_block(chunks: list[dict[str, Any]]) -> str:
     return "Use these documents when they help, citing them as [n]:\n" + "\n".join(lines)
 
 
+class PromptTooLong(ConfluxError):
+    """What cannot be dropped (the system prompt with its tool and format instructions, and the end of the newest
+    message) does not fit the model's window."""
+
+
 def build_messages(system_prompt: str, memory: list[dict[str, str]], chunks: list[dict[str, Any]],
                    conversation: list[dict[str, Any]], budget: int, count: Any) -> tuple[list[Message], bool, int]:
     """The message list, oldest memory and lowest-ranked context dropped first until it fits `budget`, whether
-    anything was dropped, and its size in tokens."""
+    anything was dropped, and its size in tokens; PromptTooLong when even the least that can be sent does not."""
     def assemble(mem: list[dict[str, str]], ctx: list[dict[str, Any]]) -> list[Message]:
         system = [p for p in (system_prompt, _context_block(ctx) if ctx else "") if p]
         msgs = [Message("system", "\n\n".join(system))] if system else []
@@ -48,15 +54,20 @@ def build_messages(system_prompt: str, memory: list[dict[str, str]], chunks: lis
             ctx.pop()
         elif len(conversation) > 1:
             conversation = conversation[1:]
-        else:  # a single message longer than the window: keep its end, which holds the question
+        elif len(conversation[0]["content"]) > 200:  # a message longer than the window: keep its end (the question)
             last = conversation[0]
             conversation = [{**last, "content": last["content"][-max(200, len(last["content"]) // 2):]}]
+        else:
+            raise PromptTooLong(f"the prompt needs {tokens} tokens even with the conversation cut to its newest "
+                                f"message's end (the system prompt, tools and response format stay whole); "
+                                f"this request leaves {budget} for it")
 
 
 @dataclass(frozen=True)
 class Built:
     messages: list[dict[str, Any]]
     prompt_tokens: int
+    too_long: str | None = None  # why no prompt fits (the request then ends with this error)
 
 
 async def recall(deps: Deps, rc: RequestContext) -> list[dict[str, str]]:
@@ -83,8 +94,11 @@ async def build(deps: Deps, rc: RequestContext, memory: list[dict[str, str]], ch
     guide = rc.guide
     system_prompt = "\n\n".join(p for p in (rc.system_prompt, guide.instructions if guide else "") if p)
     conversation = [dict(zip(("role", "content"), tools.render_message(m), strict=True)) for m in request["messages"]]
-    msgs, truncated, prompt_tokens = build_messages(system_prompt, memory, chunks, conversation,
-                                                    window - rc.max_tokens, deps.tokenizer.count)
+    try:
+        msgs, truncated, prompt_tokens = build_messages(system_prompt, memory, chunks, conversation,
+                                                        window - rc.max_tokens, deps.tokenizer.count)
+    except PromptTooLong as exc:
+        return Built([], 0, str(exc))
     built = [{"role": m.role, "content": m.content, "name": None} for m in msgs]
     for m in tools.new_results(request["messages"]):  # the results of the calls the model made last turn
         await rc.events.add("tool.results", {"envelope": deps.envelope(rc.env), "call_id": m.get("tool_call_id") or "",

@@ -102,3 +102,26 @@ def test_earlier_calls_and_results_are_rendered_for_the_model() -> None:
     assert tools.render_message(messages[1]) == ("assistant", '<tool_call>[{"name": "now", "arguments": {}}]')
     assert tools.render_message(messages[2]) == ("tool", "[result of c1] 12:00")
     assert tools.new_results(messages) == [messages[2]]
+
+
+def test_every_grammar_made_here_parses_in_llama_cpp() -> None:
+    vocab = grammar._reference_vocab().vocab
+    schemas = [{"type": "string", "format": f} for f in grammar.FORMATS] + [
+        {"type": "string", "pattern": r"^a\.b-c[x\-y]$"}, WEATHER,
+        tools.calls_schema(tools.functions_of({"tools": TOOLS}), True)]
+    for schema in schemas:
+        grammar.check_schema(schema)  # parses it in llama.cpp too
+        assert grammar.parse_error(grammar.to_gbnf(json.dumps(schema)), vocab) is None, schema
+    assert grammar.parse_error('root ::= "\\."', vocab) is not None  # what would have crashed the model server
+
+
+def test_a_prompt_that_cannot_fit_is_refused_instead_of_cut_forever() -> None:
+    from streams.prompt_build import PromptTooLong, build_messages
+
+    def count(text: str) -> int:
+        return len(text) // 4
+
+    with pytest.raises(PromptTooLong, match="tools and response format stay whole"):
+        build_messages("x" * 8000, [], [], [{"role": "user", "content": "question " * 500}], 1000, count)
+    msgs, truncated, _ = build_messages("short", [], [], [{"role": "user", "content": "q " * 5000}], 1000, count)
+    assert truncated and msgs[-1].content.endswith("q ")

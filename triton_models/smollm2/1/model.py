@@ -7,6 +7,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 from llama_cpp import LlamaGrammar
 
+from conflux.grammar import parse_error
 from conflux.llm import generation_inputs, load_llama_for_triton
 
 
@@ -19,6 +20,8 @@ class TritonPythonModel:
             sender = request.get_response_sender()
             try:
                 prompt, max_tokens, temperature, sampling, gbnf = generation_inputs(request, pb_utils)
+                if gbnf and (why := parse_error(gbnf, self.llm._model.vocab)):
+                    raise ValueError(why)  # handed on unchecked, an unparsable grammar crashes this process
                 grammar = LlamaGrammar.from_string(gbnf, verbose=False) if gbnf else None
                 for chunk in self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature,
                                                         stream=True, grammar=grammar, **sampling.llama_kwargs()):
