@@ -57,7 +57,7 @@ def request_body(i: int, tools: list[dict[str, Any]], max_tokens: int) -> dict[s
 
 
 def run(base: str, key: str, tools: list[dict[str, Any]], calls: int, max_tokens: int,
-        concurrency: int) -> dict[str, Any]:
+        concurrency: int, first: int = 0) -> dict[str, Any]:
     refused: dict[str, str] = {}
     for t in tools:  # the edge's own check (conflux/grammar.py): refused tools are never sent
         try:
@@ -78,8 +78,8 @@ def run(base: str, key: str, tools: list[dict[str, Any]], calls: int, max_tokens
         return body, resp, time.perf_counter() - t0
 
     with ThreadPoolExecutor(concurrency) as pool:
-        i = 0
-        while made + len(errors) < calls:
+        i = first
+        while made < calls and len(errors) < calls:  # errors (cut short, too long) are not calls
             batch = list(pool.map(one, range(i, i + concurrency)))
             i += concurrency
             for body, resp, took in batch:
@@ -107,6 +107,7 @@ def run(base: str, key: str, tools: list[dict[str, Any]], calls: int, max_tokens
             "requests": len(seconds), "tools_offered": len(tools), "tools_refused": refused,
             "errors": len(errors), "error_samples": errors[:10], "invalid": failures,
             "seconds_per_request_p50": round(seconds[len(seconds) // 2], 2) if seconds else None,
+            "first_request": first,
             "conditions": {"model": MODEL, "temperature": 1.0, "max_tokens": max_tokens, "concurrency": concurrency,
                            "source": "B3 tool specs in inspect-evals 0.28.0 (sha256-pinned wheel)"}}
 
@@ -116,13 +117,14 @@ def main() -> None:
     p.add_argument("--calls", type=int, default=200)
     p.add_argument("--max-tokens", type=int, default=300)
     p.add_argument("--concurrency", type=int, default=2, help="requests at once (the model has two instances)")
+    p.add_argument("--first", type=int, default=0, help="first request number (the seed; to extend a run)")
     p.add_argument("--wheels", type=Path, default=CACHE / "safety-wheels")
     args = p.parse_args()
     settings = Settings.from_env()
     wheels = safety_data.fetch_wheels(args.wheels)
     key = (settings.home / "dev-api-key").read_text().strip()
     result = run(f"http://127.0.0.1:{settings.edge_port}", key, tool_specs(wheels["inspect-evals"]), args.calls,
-                 args.max_tokens, args.concurrency)
+                 args.max_tokens, args.concurrency, args.first)
     print(json.dumps(result, indent=2))
 
 
