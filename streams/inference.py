@@ -12,6 +12,7 @@ from typing import Any
 
 from conflux.inference import InferenceError
 from conflux.llm import Message, Sampling, render_chatml
+from conflux.models import ModelSpec
 from conflux.routing import Decision
 from streams import output_guard, tools
 from streams.deps import Deps
@@ -36,6 +37,19 @@ class Generated:
     output: OutputVerdict  # the output check's verdict on the whole answer (or on the window that blocked it)
     output_checks: int  # output checks run on the stream
     tool_calls: list[tools.Call] = field(default_factory=list)
+
+
+def requested(deps: Deps, rc: RequestContext, model: ModelSpec, prompt: str, temperature: float,
+              sampling: Sampling, attempt: int = 0) -> dict[str, Any]:
+    """The inference.requests event of one generation (a constrained output that fails its check has several)."""
+    request, guide = rc.request, rc.guide
+    return {"envelope": deps.envelope(rc.env), "model": model.id, "triton_model": model.triton_stream,
+            "prompt": prompt, "max_tokens": rc.max_tokens, "temperature": temperature, "stream": True,
+            "reply_topic": request["reply_topic"], "reply_partition": request.get("reply_partition"),
+            "top_p": sampling.top_p, "seed": sampling.seed, "presence_penalty": sampling.presence_penalty,
+            "frequency_penalty": sampling.frequency_penalty, "stop": list(request.get("stop") or []),
+            "guide_type": guide.guide_type if guide else None, "guide": guide.guide if guide else None,
+            "attempt": attempt}
 
 
 def render(template: str, messages: list[dict[str, Any]]) -> str:
@@ -80,14 +94,7 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
     temperature = 1.0 if request["temperature"] is None else float(request["temperature"])
     sampling = Sampling.of(request)
     stop = list(request.get("stop") or [])
-    await rc.events.add("inference.requests", {
-        "envelope": deps.envelope(rc.env), "model": model.id, "triton_model": model.triton_stream, "prompt": prompt,
-        "max_tokens": rc.max_tokens, "temperature": temperature, "stream": True,
-        "reply_topic": request["reply_topic"], "reply_partition": request.get("reply_partition"),
-        "top_p": sampling.top_p, "seed": sampling.seed, "presence_penalty": sampling.presence_penalty,
-        "frequency_penalty": sampling.frequency_penalty, "stop": stop,
-        "guide_type": rc.guide.guide_type if rc.guide else None, "guide": rc.guide.guide if rc.guide else None,
-        "attempt": 0}, key=rc.key)
+    await rc.events.add("inference.requests", requested(deps, rc, model, prompt, temperature, sampling), key=rc.key)
 
     t0 = time.perf_counter()
     ttft: float | None = None
@@ -172,7 +179,7 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
         """Tools or response_format: the whole output first (it is checked before any of it leaves), then its
         text into the output guard; its tool calls are sent after the text."""
         nonlocal ttft, generated, finish, calls
-        out = await _guided(deps, rc, model.triton_stream, prompt, temperature, sampling, guide)
+        out = await _guided(deps, rc, model, prompt, temperature, sampling, guide)
         ttft, generated, finish, calls = out.ttft, out.generated, out.finish, out.calls
         if out.text and (text := stops.feed(out.text) + ("" if stops.stopped else stops.flush())):
             guard.add(text)
@@ -229,7 +236,7 @@ class GuidedOutput:
     ttft: float | None
 
 
-async def _guided(deps: Deps, rc: RequestContext, triton_model: str, prompt: str, temperature: float,
+async def _guided(deps: Deps, rc: RequestContext, model: ModelSpec, prompt: str, temperature: float,
                   sampling: Sampling, guide: tools.Guide) -> GuidedOutput:
     """A constrained generation, checked (conflux/grammar.py) and generated again when the grammar could not
     hold everything the schema asks (a number's bounds, a format), up to MAX_ATTEMPTS; then ConstraintError.
@@ -240,15 +247,10 @@ async def _guided(deps: Deps, rc: RequestContext, triton_model: str, prompt: str
     for attempt in range(tools.MAX_ATTEMPTS):
         if attempt:  # a given seed would give the same output again: move it
             sampling = replace(sampling, seed=None if sampling.seed is None else sampling.seed + attempt)
-            await rc.events.add("inference.requests", {
-                "envelope": deps.envelope(rc.env), "model": rc.request["model"], "triton_model": triton_model,
-                "prompt": prompt, "max_tokens": rc.max_tokens, "temperature": temperature, "stream": True,
-                "reply_topic": rc.request["reply_topic"], "reply_partition": rc.request.get("reply_partition"),
-                "top_p": sampling.top_p, "seed": sampling.seed, "presence_penalty": sampling.presence_penalty,
-                "frequency_penalty": sampling.frequency_penalty, "stop": list(rc.request.get("stop") or []),
-                "guide_type": guide.guide_type, "guide": guide.guide, "attempt": attempt}, key=rc.key)
+            await rc.events.add("inference.requests", requested(deps, rc, model, prompt, temperature, sampling,
+                                                                attempt), key=rc.key)
         pieces: list[str] = []
-        async for piece in deps.triton.stream(triton_model, prompt, rc.max_tokens, temperature,
+        async for piece in deps.triton.stream(model.triton_stream, prompt, rc.max_tokens, temperature,
                                               timeout_s=deps.inference_timeout_s, sampling=sampling,
                                               guide=(guide.guide_type, guide.guide)):
             ttft = ttft if ttft is not None else (time.perf_counter() - t0) * 1000
