@@ -76,6 +76,7 @@ async def test_openai_client_streams_a_real_smollm2_answer_with_every_step_on_it
     stream = await asyncio.to_thread(
         lambda: list(client.chat.completions.create(
             model="smollm2-135m-instruct", messages=[{"role": "user", "content": "What is 2+2?"}], max_tokens=24,
+            temperature=0,  # the answer is asserted: greedy (an omitted temperature means 1, as in OpenAI's API)
             stream=True, stream_options={"include_usage": True})))
     request_id = stream[0].id
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
