@@ -65,6 +65,20 @@ class ToolCalls:
         return [self._calls[i] for i in sorted(self._calls)]
 
 
+async def meter(limiter: RateLimiter, plan: Plan, tenant_id: str, tokens: int) -> None:
+    """Counts one request of `tokens` against the plan's limits before any work; ApiError(429) when over them
+    (with Retry-After, unless the request alone exceeds the plan's tokens per minute and no wait would help).
+    Chat, embeddings and moderation requests all pass here."""
+    verdict = await limiter.acquire(tenant_id, tokens, plan.requests_per_minute, plan.tokens_per_minute)
+    if verdict.allowed:
+        return
+    if verdict.retry_after_s < 0:
+        raise ApiError(429, f"this request (~{tokens} tokens) exceeds the plan's {plan.tokens_per_minute} "
+                       "tokens per minute", "rate_limit_error", code="tokens_per_minute_exceeded")
+    raise ApiError(429, f"rate limit of plan '{plan.name}' reached; retry after {verdict.retry_after_s}s",
+                   "rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": str(verdict.retry_after_s)})
+
+
 class ChatService:
     def __init__(self, *, publisher: EventPublisher, replies: ReplyRouter, models: ModelCatalogue,
                  limiter: RateLimiter, redis: Any, instance_id: str, chain_timeout_s: float,
@@ -114,15 +128,7 @@ class ChatService:
         max_tokens = asked or cap
         # A cheap upper bound (4 characters a token) is enough to enforce the budget before any work.
         est = sum(len(m.text()) for m in req.messages) // 4 + max_tokens
-        verdict = await self._limiter.acquire(tenant.tenant_id, est, plan.requests_per_minute,
-                                              plan.tokens_per_minute)
-        if not verdict.allowed:
-            if verdict.retry_after_s < 0:
-                raise ApiError(429, f"this request (~{est} tokens) exceeds the plan's {plan.tokens_per_minute} "
-                               "tokens per minute", "rate_limit_error", code="tokens_per_minute_exceeded")
-            raise ApiError(429, f"rate limit of plan '{plan.name}' reached; retry after {verdict.retry_after_s}s",
-                           "rate_limit_error", code="rate_limit_exceeded",
-                           headers={"Retry-After": str(verdict.retry_after_s)})
+        await meter(self._limiter, plan, tenant.tenant_id, est)
         request_id = self._ids.new(tenant.tenant_id)
         return Admitted(request_id, conversation_id or request_id, max_tokens, model)
 

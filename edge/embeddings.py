@@ -21,6 +21,7 @@ from conflux.minilm import load_tokenizer
 from conflux.ratelimit import RateLimiter
 from conflux.serde import new_envelope
 from conflux.tenants import Tenant
+from edge.chat import meter
 from edge.errors import ApiError
 
 MODEL = "all-minilm-l6-v2"
@@ -87,11 +88,7 @@ class EmbeddingService:
                            param="input", code="context_length_exceeded")
         tokens = sum(counts)
         plan = self._models.plan(tenant.plan)
-        verdict = await self._limiter.acquire(tenant.tenant_id, tokens, plan.requests_per_minute,
-                                              plan.tokens_per_minute)
-        if not verdict.allowed:
-            raise ApiError(429, f"rate limit of plan '{plan.name}' reached", "rate_limit_error",
-                           code="rate_limit_exceeded", headers={"Retry-After": str(max(1, verdict.retry_after_s))})
+        await meter(self._limiter, plan, tenant.tenant_id, tokens)
         t0 = time.perf_counter()
         try:
             vectors = await self._triton.embed(texts, TRITON_MODEL)  # split at the model's batch size

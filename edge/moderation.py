@@ -11,6 +11,7 @@ from conflux.inference import TritonClient
 from conflux.ratelimit import RateLimiter
 from conflux.safety_model import HEAD_CHARS, SafetyHead, assess
 from conflux.tenants import Tenant
+from edge.chat import meter
 from edge.errors import ApiError
 
 OPENAI_CATEGORIES = ("harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
@@ -54,11 +55,7 @@ class ModerationService:
                            code="model_not_found")
         texts = self._inputs(body.get("input"))
         plan = self._models.plan(tenant.plan)
-        verdict = await self._limiter.acquire(tenant.tenant_id, sum(len(t) for t in texts) // 4,
-                                              plan.requests_per_minute, plan.tokens_per_minute)
-        if not verdict.allowed:
-            raise ApiError(429, f"rate limit of plan '{plan.name}' reached", "rate_limit_error",
-                           code="rate_limit_exceeded", headers={"Retry-After": str(max(1, verdict.retry_after_s))})
+        await meter(self._limiter, plan, tenant.tenant_id, sum(len(t) for t in texts) // 4)
         policy = taxonomy.tenant_policy(tenant.tenant_id,
                                         await self._r.hget(f"conflux:tenant:{tenant.tenant_id}", "safety_policy"))
         heads = await self._triton.embed([t[:HEAD_CHARS] for t in texts])  # one batch for every input's head
