@@ -9,6 +9,7 @@ channel); opening a channel per call cost more CPU than the echo model itself.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,12 +31,15 @@ class InferenceError(ConfluxError):
 class Piece:
     text: str
     elapsed_ms: float  # since the request was sent
+    logprobs: list[dict[str, Any]] | None = None  # OpenAI logprobs.content entries of its tokens, when asked
 
 
 def _inputs(grpcclient: Any, prompt: str, max_tokens: int, temperature: float, stream: bool,
-            sampling: Sampling | None = None, guide: tuple[str, str] | None = None) -> list[Any]:
+            sampling: Sampling | None = None, guide: tuple[str, str] | None = None,
+            top_logprobs: int | None = None) -> list[Any]:
     """The ensemble's request: a batch of one, and `stream` (TensorRT-LLM streams only when asked). Sampling
-    knobs left unset are not sent, so the model's defaults (OpenAI's) apply."""
+    knobs left unset are not sent, so the model's defaults (OpenAI's) apply. top_logprobs None asks for no
+    logprobs."""
 
     def tensor(name: str, kind: str, value: Any, dtype: Any) -> Any:
         t = grpcclient.InferInput(name, [1, 1], kind)
@@ -56,11 +60,22 @@ def _inputs(grpcclient: Any, prompt: str, max_tokens: int, temperature: float, s
     if guide is not None:  # TensorRT-LLM's names for constrained decoding: (json_schema | gbnf, the guide)
         inputs.append(tensor("guided_decoding_guide_type", "BYTES", guide[0].encode(), np.object_))
         inputs.append(tensor("guided_decoding_guide", "BYTES", guide[1].encode(), np.object_))
+    if top_logprobs is not None:
+        inputs.append(tensor("return_log_probs", "BOOL", True, np.bool_))
+        inputs.append(tensor("top_logprobs", "INT32", top_logprobs, np.int32))
     return inputs
 
 
-def _text(result: Any) -> str:
-    out = result.as_numpy("text_output")
+def _logprobs(result: Any) -> list[dict[str, Any]] | None:
+    raw = _text(result, "logprobs")
+    if not raw:
+        return None
+    entries: list[dict[str, Any]] = json.loads(raw)
+    return entries
+
+
+def _text(result: Any, name: str = "text_output") -> str:
+    out = result.as_numpy(name)
     if out is None or not len(out):
         return ""
     raw = out.reshape(-1)[0]
@@ -122,11 +137,11 @@ class TritonClient:
 
     async def stream(self, model: str, prompt: str, max_tokens: int, temperature: float = 0.0,
                      timeout_s: float = 30.0, sampling: Sampling | None = None,
-                     guide: tuple[str, str] | None = None) -> AsyncIterator[Piece]:
+                     guide: tuple[str, str] | None = None, top_logprobs: int | None = None) -> AsyncIterator[Piece]:
         """Pieces as Triton produces them; raises InferenceError, never hangs past timeout_s."""
         from tritonclient.utils import InferenceServerException
 
-        inputs = _inputs(self._g, prompt, max_tokens, temperature, True, sampling, guide)
+        inputs = _inputs(self._g, prompt, max_tokens, temperature, True, sampling, guide, top_logprobs)
 
         async def requests() -> AsyncIterator[dict[str, object]]:
             # The aio client has no keyword for it: the empty final response is asked for as a parameter.
@@ -142,7 +157,8 @@ class TritonClient:
                 final = result.get_response().parameters.get("triton_final_response")
                 text = _text(result)
                 if text:
-                    yield Piece(text, (time.perf_counter() - t0) * 1000)
+                    yield Piece(text, (time.perf_counter() - t0) * 1000,
+                                _logprobs(result) if top_logprobs is not None else None)
                 if final is not None and final.bool_param:
                     await _drain(responses)
                     return

@@ -93,10 +93,22 @@ class Sampling:
         return kwargs
 
 
-def generation_inputs(request: Any, pb_utils: Any) -> tuple[str, int, float, Sampling, str | None]:
-    """(prompt, max_tokens, temperature, sampling, grammar) of a Triton request in the TensorRT-LLM ensemble's
-    terms. The grammar (GBNF, or None) comes from guided_decoding_guide_type/_guide: json_schema (converted
-    by conflux/grammar.py) or gbnf."""
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A Triton generation request in the TensorRT-LLM ensemble's terms."""
+
+    prompt: str
+    max_tokens: int
+    temperature: float
+    sampling: Sampling
+    gbnf: str | None  # the grammar output must follow, or None
+    top_logprobs: int | None  # None: no logprobs; else the chosen token's and this many alternatives
+
+
+def generation_inputs(request: Any, pb_utils: Any) -> GenerationRequest:
+    """The grammar (GBNF, or None) comes from guided_decoding_guide_type/_guide: json_schema (converted by
+    conflux/grammar.py) or gbnf. Logprobs are asked for by return_log_probs (TensorRT-LLM's name) and
+    top_logprobs (Conflux's: TensorRT-LLM's ensemble returns no alternatives)."""
 
     def scalar(name: str, default: Any) -> Any:
         t = pb_utils.get_input_tensor_by_name(request, name)
@@ -120,7 +132,9 @@ def generation_inputs(request: Any, pb_utils: Any) -> tuple[str, int, float, Sam
         gbnf = guide
     elif kind:
         raise LLMError(f"guided decoding of type {kind!r} is not supported (json_schema, gbnf)")
-    return prompt, int(scalar("max_tokens", DEFAULT_MAX_TOKENS)), float(scalar("temperature", 1.0)), sampling, gbnf
+    top = (opt("top_logprobs", int) or 0) if bool(scalar("return_log_probs", False)) else None
+    return GenerationRequest(prompt, int(scalar("max_tokens", DEFAULT_MAX_TOKENS)),
+                             float(scalar("temperature", 1.0)), sampling, gbnf, top)
 
 
 def _text(raw: Any) -> str:

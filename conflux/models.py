@@ -34,6 +34,8 @@ class ModelSpec:
     # Whether its Triton model takes a grammar (guided_decoding_guide_type / _guide inputs): tools and
     # response_format need one, so routing only sends them to these models.
     guided_decoding: bool = False
+    # Whether its Triton model returns logprobs (return_log_probs / top_logprobs inputs, `logprobs` output).
+    logprobs: bool = False
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_prompt_per_1k + completion_tokens * self.price_completion_per_1k) / 1000

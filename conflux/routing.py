@@ -34,6 +34,16 @@ class Features:
     turns: int
     text: str  # the latest user message
     guided: bool = False  # tools or response_format: only a model that takes a grammar can serve it
+    logprobs: bool = False  # only a model that returns logprobs can serve it
+
+
+def capable(model: ModelSpec, features: Features) -> str | None:
+    """What the request needs that the model cannot do, or None."""
+    if features.guided and not model.guided_decoding:
+        return "cannot constrain its output (tools, response_format)"
+    if features.logprobs and not model.logprobs:
+        return "returns no logprobs"
+    return None
 
 
 @dataclass(frozen=True)
@@ -74,9 +84,8 @@ def route(requested: str, catalogue: ModelCatalogue, plan: Plan, features: Featu
         if not fits(model):
             raise RoutingError(f"{features.prompt_tokens} prompt + {features.max_output_tokens} output tokens exceed "
                                f"{model.id}'s context of {model.context_length}", "context_length_exceeded")
-        if features.guided and not model.guided_decoding:
-            raise RoutingError(f"model {model.id} cannot constrain its output (tools, response_format)",
-                               "unsupported_parameter")
+        if lacks := capable(model, features):
+            raise RoutingError(f"model {model.id} {lacks}", "unsupported_parameter")
         if model.triton_stream not in served:
             raise RoutingError(f"model {model.id} is not being served right now", "no_capacity")
         return Decision(model, "explicit request, allowed by plan", (model.id,), cost(model))
@@ -84,7 +93,7 @@ def route(requested: str, catalogue: ModelCatalogue, plan: Plan, features: Featu
     level = complexity(features)
     # The echo model is a measuring tool, never an automatic choice.
     pool = [m for m in catalogue.models if m.quality > 0 and catalogue.allowed(m, plan)
-            and (m.guided_decoding or not features.guided)]
+            and capable(m, features) is None]
     usable = [m for m in pool if fits(m) and m.triton_stream in served]
     if not usable:
         raise RoutingError(f"no model on plan {plan.name} can serve {features.prompt_tokens} prompt tokens now",

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,11 +21,12 @@ from conflux.serde import new_envelope
 from conflux.tenants import Tenant
 from edge.errors import ApiError
 from edge.load import LoadGauge
-from edge.params import needs_grammar
+from edge.params import logprobs_asked, needs_grammar
 from edge.protocol import ChatCompletionRequest
 from edge.replies import ReplyRouter
 
 IDEMPOTENCY_TTL_S = 24 * 3600
+MERGED_QUEUE = 1024  # chunks of n choices waiting for the HTTP writer (each choice's own queue is bounded too)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,18 @@ class Admitted:
     conversation_id: str
     max_tokens: int
     model: ModelSpec | None  # None for "auto": the routing stage decides
+    choice_ids: tuple[str, ...]  # a request id per choice (n of them); the first is request_id
+
+
+class Choices:
+    """The n choices of one request: a generation each, with its own request id and reply queue."""
+
+    def __init__(self, ids: tuple[str, ...], queues: list[asyncio.Queue[dict[str, Any]]]) -> None:
+        self.ids = ids
+        self.queues = queues
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,7 @@ class Completion:
     completion_tokens: int
     citations: list[str]
     tool_calls: list[dict[str, Any]]  # OpenAI's message.tool_calls
+    logprobs: list[dict[str, Any]]  # OpenAI's logprobs.content (empty unless asked for)
 
 
 class ToolCalls:
@@ -115,10 +129,8 @@ class ChatService:
             if not self._models.allowed(model, plan):
                 raise ApiError(403, f"The model '{req.model}' needs plan '{model.min_plan}'; yours is "
                                f"'{plan.name}'", "permission_error", code="model_not_allowed", param="model")
-        if (field := needs_grammar(req)) and model is not None and not model.guided_decoding:
-            able = [m.id for m in self._models.models if m.guided_decoding]
-            raise ApiError(400, f"{field}: the model '{model.id}' cannot constrain its output; use "
-                           f"{', '.join(able)} or auto", param=field, code="unsupported_parameter")
+        if model is not None:
+            self._refuse_incapable(model, req)
         cap = min(plan.max_output_tokens, model.max_output_tokens if model else plan.max_output_tokens)
         asked = req.output_limit()
         if asked is not None and asked > cap:  # capping it quietly would answer a different request
@@ -126,18 +138,32 @@ class ChatService:
             raise ApiError(400, f"{field} is {asked}; at most {cap} output tokens here (plan '{plan.name}'"
                            + (f", model '{model.id}'" if model else "") + ")", param=field, code="max_tokens_too_large")
         max_tokens = asked or cap
-        # A cheap upper bound (4 characters a token) is enough to enforce the budget before any work.
-        est = sum(len(m.text()) for m in req.messages) // 4 + max_tokens
+        n = req.n or 1
+        # A cheap upper bound (4 characters a token) is enough to enforce the budget before any work; each
+        # choice is a whole generation.
+        est = (sum(len(m.text()) for m in req.messages) // 4 + max_tokens) * n
         await meter(self._limiter, plan, tenant.tenant_id, est)
-        request_id = self._ids.new(tenant.tenant_id)
-        return Admitted(request_id, conversation_id or request_id, max_tokens, model)
+        ids = tuple(self._ids.new(tenant.tenant_id) for _ in range(n))
+        return Admitted(ids[0], conversation_id or ids[0], max_tokens, model, ids)
+
+    def _refuse_incapable(self, model: ModelSpec, req: ChatCompletionRequest) -> None:
+        """ApiError(400) when the request needs what the model named cannot do (auto picks a model that can)."""
+        needs: list[tuple[str, str, Callable[[ModelSpec], bool]]] = []
+        if field := needs_grammar(req):
+            needs.append((field, "cannot constrain its output", lambda m: m.guided_decoding))
+        if logprobs_asked(req) is not None:
+            needs.append(("logprobs", "returns no logprobs", lambda m: m.logprobs))
+        for field, lack, able in needs:
+            if not able(model):
+                others = [m.id for m in self._models.models if able(m)]
+                raise ApiError(400, f"{field}: the model '{model.id}' {lack}; use {', '.join(others)} or auto",
+                               param=field, code="unsupported_parameter")
 
     async def submit(self, tenant: Tenant, req: ChatCompletionRequest, adm: Admitted,
-                     traceparent: str | None = None) -> asyncio.Queue[dict[str, Any]]:
-        queue = self._replies.register(adm.request_id)
+                     traceparent: str | None = None) -> Choices:
+        """One chat.requests event per choice; their reply queues, registered before anything is sent."""
+        choices = Choices(adm.choice_ids, [self._replies.register(rid) for rid in adm.choice_ids])
         record = {
-            "envelope": new_envelope(tenant_id=tenant.tenant_id, conversation_id=adm.conversation_id,
-                                     request_id=adm.request_id, producer=self.instance_id, traceparent=traceparent),
             "model": req.model,
             "messages": [{"role": m.role, "content": m.text(), "name": m.name, "tool_call_id": m.tool_call_id,
                           "tool_calls": json.dumps(m.tool_calls) if m.tool_calls else None} for m in req.messages],
@@ -151,17 +177,26 @@ class ChatService:
             "tool_choice": json.dumps(req.tool_choice) if req.tool_choice is not None else None,
             "parallel_tool_calls": req.parallel_tool_calls is not False,
             "response_format": json.dumps(req.response_format) if req.response_format else None,
+            "top_logprobs": logprobs_asked(req), "choices": len(choices),
         }
         try:
-            await self._publisher.publish("chat.requests", record, key=adm.conversation_id)
+            for i, rid in enumerate(choices.ids):
+                await self._publisher.publish("chat.requests", {
+                    **record, "choice": i,
+                    # The same seed for every choice would give n copies of one answer.
+                    "seed": None if req.seed is None else req.seed + i,
+                    "envelope": new_envelope(tenant_id=tenant.tenant_id, conversation_id=adm.conversation_id,
+                                             request_id=rid, producer=self.instance_id, traceparent=traceparent),
+                }, key=adm.conversation_id)
         except Exception:
-            self._replies.unregister(adm.request_id)
+            for rid in choices.ids:
+                self._replies.unregister(rid)
             # The send may still be delivered once the broker is back; the chain must not then generate
             # an answer nobody waits for.
             with contextlib.suppress(RedisError):
-                await self.cancel(adm.request_id)
+                await self.cancel(choices)
             raise
-        return queue
+        return choices
 
     async def chunks(self, request_id: str, queue: asyncio.Queue[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
         """Chunks in sequence order until the final one; ApiError(504) if the chain goes quiet too long."""
@@ -178,23 +213,65 @@ class ChatService:
         finally:
             self._replies.unregister(request_id)
 
-    async def cancel(self, request_id: str) -> None:
-        """Tells the inference stage to stop generating (it checks between tokens)."""
-        await self._r.set(f"conflux:cancel:{request_id}", "1", ex=600)
+    async def merged(self, choices: Choices) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+        """(choice index, chunk) of every choice as they come, until each choice's final chunk."""
+        if len(choices) == 1:
+            async for chunk in self.chunks(choices.ids[0], choices.queues[0]):
+                yield 0, chunk
+            return
+        out: asyncio.Queue[tuple[int, dict[str, Any] | ApiError]] = asyncio.Queue(MERGED_QUEUE)
+
+        async def pump(i: int) -> None:
+            try:
+                async for chunk in self.chunks(choices.ids[i], choices.queues[i]):
+                    await out.put((i, chunk))
+            except ApiError as exc:
+                await out.put((i, exc))
+
+        pumps = [asyncio.create_task(pump(i)) for i in range(len(choices))]
+        try:
+            running = len(pumps)
+            while running:
+                i, item = await out.get()
+                if isinstance(item, ApiError):
+                    raise item
+                yield i, item
+                running -= item["is_final"]
+        finally:
+            for p in pumps:
+                p.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+    async def cancel(self, choices: Choices) -> None:
+        """Tells the inference stage to stop generating every choice (it checks between tokens)."""
+        for rid in choices.ids:
+            await self._r.set(f"conflux:cancel:{rid}", "1", ex=600)
+
+    async def collect_all(self, choices: Choices, model: str) -> list[Completion]:
+        """Every choice's whole answer; the first failure ends the wait for the others."""
+        waits = [asyncio.ensure_future(self.collect(rid, q, model)) for rid, q in zip(choices.ids, choices.queues,
+                                                                                          strict=True)]
+        try:
+            return list(await asyncio.gather(*waits))
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def collect(self, request_id: str, queue: asyncio.Queue[dict[str, Any]], model: str) -> Completion:
         parts: list[str] = []
         final: dict[str, Any] = {}
         calls = ToolCalls()
+        logprobs: list[dict[str, Any]] = []
         async for chunk in self.chunks(request_id, queue):
             parts.append(chunk["text"])
             calls.add(chunk.get("tool_calls") or [])
+            logprobs += chunk.get("logprobs") or []
             final = chunk
         if final.get("error"):
             raise ApiError(502, final["error"], "server_error", code="generation_failed")
         return Completion("".join(parts), final.get("model") or model, final.get("finish_reason") or "stop",
                           final.get("prompt_tokens") or 0, final.get("completion_tokens") or 0,
-                          list(final.get("citations") or []), calls.calls())
+                          list(final.get("citations") or []), calls.calls(), logprobs)
 
     def owns(self, tenant_id: str, request_id: str) -> bool:
         """Whether this tenant was issued this response id (the id carries a signature: no lookup)."""

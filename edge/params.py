@@ -21,6 +21,8 @@ from edge.protocol import ChatCompletionRequest
 from streams.tools import MAX_PARALLEL as MAX_PARALLEL_CALLS
 
 MAX_STOP = 4  # OpenAI's limit
+MAX_N = 8  # choices per request: each is a whole generation, so the bound keeps one request's cost in reach
+LOGPROB_MODELS = "supported for `smollm2-135m-instruct` (and `auto`, which then picks it)"
 SAMPLING_MODELS = "supported for `smollm2-135m-instruct` (and `auto` when it picks it); echo models do not sample"
 
 
@@ -46,6 +48,10 @@ def _stop(value: Any) -> str | None:
     if any(not s for s in stops):
         return "a stop sequence cannot be empty"
     return None
+
+
+def _n(value: Any) -> str | None:
+    return f"at most {MAX_N} choices per request" if value is not None and value > MAX_N else None
 
 
 def _metadata(value: Any) -> str | None:
@@ -121,10 +127,12 @@ FIELDS: dict[str, FieldRule] = {
     "user": FieldRule("supported", "recorded on `chat.requests`"),
     "safety_identifier": FieldRule("supported", "recorded on `chat.requests` as the user when `user` is unset"),
     "metadata": FieldRule("supported", "up to 16 pairs, recorded on `chat.requests`", _metadata),
-    "n": FieldRule("refused unless 1", "one choice per request", only(1, why="only one choice (n: 1) per request")),
-    "logprobs": FieldRule("refused unless false", "log probabilities are not returned",
-                          only(False, why="log probabilities are not returned")),
-    "top_logprobs": FieldRule("refused", "needs `logprobs`", only(why="log probabilities are not returned")),
+    "n": FieldRule("supported", f"1 to {MAX_N} choices, each its own generation and events (`choice` on "
+                   "`chat.requests` and `token_chunk`); with a `seed` s, choice i samples with s + i; only the "
+                   "first choice enters session memory; usage counts the prompt once", _n),
+    "logprobs": FieldRule(LOGPROB_MODELS, "each content token's log-probability under the model's own "
+                          "distribution (before temperature, penalties and grammar); tool-call arguments carry none"),
+    "top_logprobs": FieldRule(LOGPROB_MODELS, "0 to 20 alternatives per token; needs `logprobs: true`"),
     "store": FieldRule("refused unless false", "stored completions are not kept (the events are)",
                        only(False, why="stored completions are not kept; the request's events are on Kafka")),
     "service_tier": FieldRule("refused unless auto or default", "the tenant's plan decides",
@@ -158,6 +166,8 @@ def refuse_unsupported(req: ChatCompletionRequest) -> None:
         if rule.refuse is not None and (why := rule.refuse(getattr(req, name))):
             raise ApiError(400, f"{name}: {why}", param=name, code="unsupported_parameter")
     _check_tool_choice(req)
+    if req.top_logprobs is not None and not req.logprobs:
+        raise ApiError(400, "top_logprobs: needs logprobs: true", param="top_logprobs", code="invalid_value")
     if req.tools and req.tool_choice != "none" and req.response_format and req.response_format["type"] != "text":
         raise ApiError(400, "response_format: a JSON answer together with tools is not supported yet; send one",
                        param="response_format", code="unsupported_parameter")
@@ -201,6 +211,11 @@ def _check_tool_choice(req: ChatCompletionRequest) -> None:
                        "{\"name\": ...}}", param="tool_choice", code="invalid_value")
     if name not in {t["function"]["name"] for t in req.tools or []}:
         raise ApiError(400, f"tool_choice: no tool named {name!r}", param="tool_choice", code="invalid_value")
+
+
+def logprobs_asked(req: ChatCompletionRequest) -> int | None:
+    """None when logprobs are not asked for; else how many alternatives per token."""
+    return (req.top_logprobs or 0) if req.logprobs else None
 
 
 def needs_grammar(req: ChatCompletionRequest) -> str | None:

@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from conflux.tenants import Tenant
-from edge.chat import ChatService, Completion, ToolCalls
+from edge.chat import ChatService, Choices, Completion, ToolCalls
 from edge.errors import ApiError
 from edge.params import refuse_unsupported
 from edge.protocol import ChatCompletionRequest
@@ -194,20 +194,20 @@ class ResponsesService:
     async def create(self, tenant: Tenant, body: dict[str, Any]) -> dict[str, Any] | AsyncIterator[str]:
         req, conversation = await self.translate(tenant, body)
         adm = await self._chat.admit(tenant, req, None)
-        queue = await self._chat.submit(tenant, req, adm)
+        choices = await self._chat.submit(tenant, req, adm)  # one: the Responses API has no n
         resp = Skeleton(response_id(adm.request_id), body, req)
         store = body.get("store") is not False
         if not req.stream:
             try:
-                completion = await self._chat.collect(adm.request_id, queue, req.model)
+                completion = await self._chat.collect(adm.request_id, choices.queues[0], req.model)
             except BaseException:
-                await self._chat.cancel(adm.request_id)
+                await self._chat.cancel(choices)
                 raise
             result = resp.completed(completion)
             if store:
                 await self._store(tenant, result, conversation)
             return result
-        return self._events(tenant, adm.request_id, queue, req, resp, conversation, store)
+        return self._events(tenant, choices, req, resp, conversation, store)
 
     async def _store(self, tenant: Tenant, response: dict[str, Any], conversation: list[dict[str, Any]]) -> None:
         text = "".join(p["text"] for item in response["output"] if item["type"] == "message" for p in item["content"])
@@ -220,7 +220,7 @@ class ResponsesService:
         if len(record) <= MAX_STORED_BYTES:  # a larger one is answered but not kept (said in the README)
             await self._r.set(self._key(tenant.tenant_id, response["id"]), record, ex=STORE_TTL_S)
 
-    async def _events(self, tenant: Tenant, request_id: str, queue: Any, req: ChatCompletionRequest,
+    async def _events(self, tenant: Tenant, choices: Choices, req: ChatCompletionRequest,
                       resp: Skeleton, conversation: list[dict[str, Any]], store: bool) -> AsyncIterator[str]:
         seq = 0
 
@@ -236,7 +236,7 @@ class ResponsesService:
         msg_id = resp.item_id("msg")
         finished = False
         try:
-            async for chunk in self._chat.chunks(request_id, queue):
+            async for chunk in self._chat.chunks(choices.ids[0], choices.queues[0]):
                 if chunk.get("error"):
                     yield event("response.failed", response=resp.failed(chunk["error"]))
                     finished = True
@@ -276,7 +276,7 @@ class ResponsesService:
                                     item=resp.call(c["id"], name, arguments, "completed", i))
                     completion = Completion(full, chunk.get("model") or req.model, chunk.get("finish_reason") or "stop",
                                             chunk.get("prompt_tokens") or 0, chunk.get("completion_tokens") or 0,
-                                            list(chunk.get("citations") or []), calls.calls())
+                                            list(chunk.get("citations") or []), calls.calls(), [])
                     result = resp.completed(completion)
                     if store:
                         await self._store(tenant, result, conversation)
@@ -289,7 +289,7 @@ class ResponsesService:
             yield event("response.failed", response=resp.failed(exc.message))
         finally:
             if not finished:
-                await self._chat.cancel(request_id)
+                await self._chat.cancel(choices)
 
 
 class Skeleton:

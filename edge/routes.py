@@ -37,15 +37,23 @@ async def _tenant(request: Request, authorization: str | None) -> Tenant:
         raise ApiError(401, str(exc), "authentication_error", code="invalid_api_key") from None
 
 
-def _completion_body(request_id: str, created: int, c: Completion) -> dict[str, Any]:
+def _completion_body(request_id: str, created: int, choices: list[Completion], logprobs: bool) -> dict[str, Any]:
+    first = choices[0]
+    # n choices answer one prompt: it is counted once, as OpenAI counts it.
+    completion_tokens = sum(c.completion_tokens for c in choices)
     return {
-        "id": request_id, "object": "chat.completion", "created": created, "model": c.model,
-        "choices": [{"index": 0, "message": _message(c), "finish_reason": c.finish_reason, "logprobs": None}],
-        "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                  "total_tokens": c.prompt_tokens + c.completion_tokens},
+        "id": request_id, "object": "chat.completion", "created": created, "model": first.model,
+        "choices": [{"index": i, "message": _message(c), "finish_reason": c.finish_reason,
+                     "logprobs": _logprobs(c.logprobs) if logprobs else None} for i, c in enumerate(choices)],
+        "usage": {"prompt_tokens": first.prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": first.prompt_tokens + completion_tokens},
         # Conflux extension: the retrieved chunks (document#n) the answer was grounded on.
-        "citations": c.citations,
+        "citations": first.citations,
     }
+
+
+def _logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"content": entries, "refusal": None}
 
 
 def _message(c: Completion) -> dict[str, Any]:
@@ -92,7 +100,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
             return JSONResponse(stored, headers={"x-request-id": stored["id"], "idempotent-replayed": "true"})
     try:
         adm = await svc.admit(tenant, body, x_conversation_id)
-        queue = await svc.submit(tenant, body, adm)
+        choices = await svc.submit(tenant, body, adm)
     except BaseException:
         if idempotency_key:
             await svc.idempotent_finish(tenant.tenant_id, idempotency_key, None)
@@ -101,15 +109,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     headers = {"x-request-id": adm.request_id, "x-conversation-id": adm.conversation_id}
     if not body.stream:
         try:
-            completion = await svc.collect(adm.request_id, queue, body.model)
+            completions = await svc.collect_all(choices, body.model)
         except BaseException as exc:
             if isinstance(exc, ApiError):  # an error answer names its request like any other answer
                 exc.headers = {**exc.headers, **headers}
-            await svc.cancel(adm.request_id)
+            await svc.cancel(choices)
             if idempotency_key:
                 await svc.idempotent_finish(tenant.tenant_id, idempotency_key, None)
             raise
-        result = _completion_body(adm.request_id, created, completion)
+        result = _completion_body(adm.request_id, created, completions, bool(body.logprobs))
         if idempotency_key:
             await svc.idempotent_finish(tenant.tenant_id, idempotency_key, result)
         return JSONResponse(result, headers=headers)
@@ -119,10 +127,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     async def events() -> AsyncIterator[str]:
         base = {"id": adm.request_id, "object": "chat.completion.chunk", "created": created, "model": body.model}
         finished = False
+        prompt_tokens, completion_tokens = 0, 0
+
+        def delta(i: int, model: str, d: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
+            return sse({**base, "model": model, "choices": [{"index": i, "delta": d, "finish_reason": None,
+                                                             **(extra or {})}]})
+
         try:
-            yield sse({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                            "finish_reason": None}]})
-            async for chunk in svc.chunks(adm.request_id, queue):
+            for i in range(len(choices)):
+                yield delta(i, body.model, {"role": "assistant", "content": ""})
+            async for i, chunk in svc.merged(choices):
                 model = chunk.get("model") or body.model
                 if chunk.get("error"):
                     yield sse({"error": {"message": chunk["error"], "type": "server_error", "param": None,
@@ -130,19 +144,20 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
                     finished = True
                     return
                 if chunk["text"]:
-                    yield sse({**base, "model": model, "choices": [{"index": 0, "delta": {"content": chunk["text"]},
-                                                                     "finish_reason": None}]})
+                    extra = {"logprobs": _logprobs(chunk.get("logprobs") or [])} if body.logprobs else {}
+                    yield delta(i, model, {"content": chunk["text"]}, extra)
                 for d in chunk.get("tool_calls") or []:
-                    yield sse({**base, "model": model, "choices": [
-                        {"index": 0, "delta": {"tool_calls": [_tool_call_delta(d)]}, "finish_reason": None}]})
+                    yield delta(i, model, {"tool_calls": [_tool_call_delta(d)]})
                 if chunk["is_final"]:
                     yield sse({**base, "model": model, "citations": chunk.get("citations") or [],
-                               "choices": [{"index": 0, "delta": {},
+                               "choices": [{"index": i, "delta": {},
                                             "finish_reason": chunk.get("finish_reason") or "stop"}]})
-                    if include_usage:
-                        p, c = chunk.get("prompt_tokens") or 0, chunk.get("completion_tokens") or 0
-                        yield sse({**base, "model": model, "choices": [],
-                                   "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})
+                    prompt_tokens = chunk.get("prompt_tokens") or prompt_tokens
+                    completion_tokens += chunk.get("completion_tokens") or 0
+            if include_usage:  # after every choice has ended; the prompt counted once
+                yield sse({**base, "choices": [], "usage": {
+                    "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens}})
             finished = True
             yield "data: [DONE]\n\n"
         except ApiError as exc:
@@ -150,7 +165,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
             yield sse(exc.body())
         finally:
             if not finished:  # the client went away (or the server is stopping): stop the generation
-                await asyncio.shield(svc.cancel(adm.request_id))
+                await asyncio.shield(svc.cancel(choices))
             if idempotency_key:
                 await svc.idempotent_finish(tenant.tenant_id, idempotency_key, None)
 

@@ -64,7 +64,7 @@ class Deps:
 
     async def reply(self, request: dict[str, Any], record: dict[str, Any]) -> None:
         """A token chunk to the reply topic of the edge instance holding the caller."""
-        value = self.serde.encode("token_chunk", record)
+        value = self.serde.encode("token_chunk", {**record, "choice": request.get("choice") or 0})
         try:
             # A reply topic can vanish with its edge instance: fail fast instead of blocking the stage.
             await asyncio.wait_for(self.producer.send_and_wait(

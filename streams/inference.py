@@ -16,6 +16,7 @@ from conflux.models import ModelSpec
 from conflux.routing import Decision
 from streams import output_guard, tools
 from streams.deps import Deps
+from streams.logprobs import AlignedLogprobs
 from streams.once import Claim
 from streams.output_guard import OutputVerdict, StreamGuard
 from streams.prompt_build import Built
@@ -49,7 +50,7 @@ def requested(deps: Deps, rc: RequestContext, model: ModelSpec, prompt: str, tem
             "top_p": sampling.top_p, "seed": sampling.seed, "presence_penalty": sampling.presence_penalty,
             "frequency_penalty": sampling.frequency_penalty, "stop": list(request.get("stop") or []),
             "guide_type": guide.guide_type if guide else None, "guide": guide.guide if guide else None,
-            "attempt": attempt}
+            "attempt": attempt, "top_logprobs": request.get("top_logprobs")}
 
 
 def render(template: str, messages: list[dict[str, Any]]) -> str:
@@ -94,6 +95,7 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
     temperature = 1.0 if request["temperature"] is None else float(request["temperature"])
     sampling = Sampling.of(request)
     stop = list(request.get("stop") or [])
+    top_logprobs = request.get("top_logprobs")
     await rc.events.add("inference.requests", requested(deps, rc, model, prompt, temperature, sampling), key=rc.key)
 
     t0 = time.perf_counter()
@@ -104,6 +106,7 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
     guard = StreamGuard(output_guard.checker(deps, rc))
     parts = guard.pieces
     stops = StopScanner(stop)
+    logprobs = AlignedLogprobs()
     generated = 0  # pieces from the model (what completion_tokens counts)
     released = 0
     sent_chunks = 0
@@ -129,7 +132,8 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
             await deps.ctx.put(rc.request_id, streamed=True)
         chunk = {"envelope": deps.envelope(rc.env), "sequence": sent_chunks, "text": text,
                  "is_final": False, "finish_reason": None, "error": None, "model": None,
-                 "prompt_tokens": None, "completion_tokens": None, "epoch": epoch, "tool_calls": tool_calls or []}
+                 "prompt_tokens": None, "completion_tokens": None, "epoch": epoch, "tool_calls": tool_calls or [],
+                 "logprobs": logprobs.take(len(text)), "choice": request.get("choice") or 0}
         sent_chunks += 1
         last_flush = time.perf_counter()
         value = deps.serde.encode("token_chunk", chunk)
@@ -158,9 +162,11 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
         """Free text: each piece into the output guard as it comes."""
         nonlocal ttft, generated, finish
         async for piece in deps.triton.stream(model.triton_stream, prompt, rc.max_tokens, temperature,
-                                              timeout_s=deps.inference_timeout_s, sampling=sampling):
+                                              timeout_s=deps.inference_timeout_s, sampling=sampling,
+                                              top_logprobs=top_logprobs):
             ttft = ttft if ttft is not None else (time.perf_counter() - t0) * 1000
             generated += 1
+            logprobs.add(len(piece.text), piece.logprobs)
             if text := stops.feed(piece.text):
                 guard.add(text)
             if stops.stopped:
@@ -179,8 +185,10 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
         """Tools or response_format: the whole output first (it is checked before any of it leaves), then its
         text into the output guard; its tool calls are sent after the text."""
         nonlocal ttft, generated, finish, calls
-        out = await _guided(deps, rc, model, prompt, temperature, sampling, guide)
+        out = await _guided(deps, rc, model, prompt, temperature, sampling, guide, top_logprobs)
         ttft, generated, finish, calls = out.ttft, out.generated, out.finish, out.calls
+        if out.text:
+            logprobs.add(len(out.text), out.logprobs)
         if out.text and (text := stops.feed(out.text) + ("" if stops.stopped else stops.flush())):
             guard.add(text)
 
@@ -234,10 +242,11 @@ class GuidedOutput:
     generated: int
     finish: str
     ttft: float | None
+    logprobs: list[dict[str, Any]] = field(default_factory=list)  # of a text output's tokens, when asked
 
 
 async def _guided(deps: Deps, rc: RequestContext, model: ModelSpec, prompt: str, temperature: float,
-                  sampling: Sampling, guide: tools.Guide) -> GuidedOutput:
+                  sampling: Sampling, guide: tools.Guide, top_logprobs: int | None = None) -> GuidedOutput:
     """A constrained generation, checked (conflux/grammar.py) and generated again when the grammar could not
     hold everything the schema asks (a number's bounds, a format), up to MAX_ATTEMPTS; then ConstraintError.
     An output cut short by the token limit is returned as it stands, with finish "length"."""
@@ -250,21 +259,23 @@ async def _guided(deps: Deps, rc: RequestContext, model: ModelSpec, prompt: str,
             await rc.events.add("inference.requests", requested(deps, rc, model, prompt, temperature, sampling,
                                                                 attempt), key=rc.key)
         pieces: list[str] = []
+        entries: list[dict[str, Any]] = []
         async for piece in deps.triton.stream(model.triton_stream, prompt, rc.max_tokens, temperature,
                                               timeout_s=deps.inference_timeout_s, sampling=sampling,
-                                              guide=(guide.guide_type, guide.guide)):
+                                              guide=(guide.guide_type, guide.guide), top_logprobs=top_logprobs):
             ttft = ttft if ttft is not None else (time.perf_counter() - t0) * 1000
             pieces.append(piece.text)
+            entries += piece.logprobs or []
             if len(pieces) % CANCEL_CHECK_EVERY == 0 and await deps.ctx.cancelled(rc.request_id):
                 return GuidedOutput(None, [], len(pieces), "cancelled", ttft)
         text = "".join(pieces)
         if len(pieces) >= rc.max_tokens:
             calls = tools.partial_calls(guide, text) if guide.kind == "tools" else []
-            return GuidedOutput(None if calls else text, calls, len(pieces), "length", ttft)
+            return GuidedOutput(None if calls else text, calls, len(pieces), "length", ttft, entries)
         outcome = tools.check(guide, text)
         if outcome.problem is None:
             calls = [replace(c, attempts=attempt + 1) for c in outcome.calls]
-            return GuidedOutput(outcome.text, calls, len(pieces), "tool_calls" if calls else "stop", ttft)
+            return GuidedOutput(outcome.text, calls, len(pieces), "tool_calls" if calls else "stop", ttft, entries)
         problem = outcome.problem
         log.info("constrained output of %s failed its check (attempt %d): %s", rc.request_id, attempt + 1, problem)
     raise tools.ConstraintError(f"the model's output did not pass its schema in {tools.MAX_ATTEMPTS} attempts: "

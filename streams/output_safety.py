@@ -52,7 +52,9 @@ async def finish(deps: Deps, rc: RequestContext, decision: Decision, built: Buil
             "finish_reason": finish_reason, "error": None, "model": decision.model.id,
             "prompt_tokens": built.prompt_tokens, "completion_tokens": gen.completion_tokens,
             "citations": citations, "epoch": gen.epoch})
-    if verdict != "BLOCK":
+    # Of n choices, only the first becomes the conversation's turn: the others are alternatives the client
+    # may pick from, and memory holds one answer per turn.
+    if verdict != "BLOCK" and not rc.request.get("choice"):
         try:
             await deps.ctx.remember(env["tenant_id"], env["conversation_id"], [
                 {"role": "user", "content": rc.newest_user_message}, {"role": "assistant", "content": gen.text}])

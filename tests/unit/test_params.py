@@ -41,7 +41,7 @@ def test_values_that_ask_for_nothing_special_pass() -> None:
 
 
 @pytest.mark.parametrize(("field", "value"), [
-    ("n", 2), ("logprobs", True), ("top_logprobs", 3), ("store", True), ("service_tier", "flex"),
+    ("n", params.MAX_N + 1), ("store", True), ("service_tier", "flex"),
     ("modalities", ["text", "audio"]), ("response_format", {"type": "json_xml"}),
     ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {}}}}),
     ("tools", [{"type": "function", "function": {"name": "bad name"}}]),
@@ -55,6 +55,17 @@ def test_values_that_ask_for_nothing_special_pass() -> None:
 def test_values_the_platform_does_not_honour_are_refused_by_name(field: str, value: Any) -> None:
     err = refused(**{field: value})
     assert err.param == field and err.message.startswith(f"{field}: ")
+
+
+def test_n_and_logprobs_are_taken_and_top_logprobs_needs_logprobs() -> None:
+    asked = req(n=params.MAX_N, logprobs=True, top_logprobs=5)
+    params.refuse_unsupported(asked)
+    assert params.logprobs_asked(asked) == 5
+    assert params.logprobs_asked(req(logprobs=True)) == 0
+    assert params.logprobs_asked(req(logprobs=False)) is None
+    with pytest.raises(ApiError) as info:
+        params.refuse_unsupported(req(top_logprobs=3))
+    assert info.value.status == 400 and info.value.param == "top_logprobs"
 
 
 def test_messages_with_parts_the_platform_cannot_read_are_refused() -> None:

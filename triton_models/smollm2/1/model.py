@@ -1,14 +1,21 @@
 """Triton Python backend, decoupled: streams one response per generated token, then a final flag.
 
+A response carries the token's text and, when asked for (return_log_probs), `logprobs`: a JSON list of
+OpenAI logprobs.content entries for the tokens behind that text (a multi-byte character can span several).
 A cancelled request (the client went away) stops generating at the next token.
 """
 
+import json
+
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from llama_cpp import LlamaGrammar
 
-from conflux.grammar import parse_error
+from conflux import llama_gen
 from conflux.llm import generation_inputs, load_llama_for_triton
+
+
+def _bytes_tensor(name, text):
+    return pb_utils.Tensor(name, np.array([text.encode()], dtype=np.object_))
 
 
 class TritonPythonModel:
@@ -19,18 +26,20 @@ class TritonPythonModel:
         for request in requests:
             sender = request.get_response_sender()
             try:
-                prompt, max_tokens, temperature, sampling, gbnf = generation_inputs(request, pb_utils)
-                if gbnf and (why := parse_error(gbnf, self.llm._model.vocab)):
-                    raise ValueError(why)  # handed on unchecked, an unparsable grammar crashes this process
-                grammar = LlamaGrammar.from_string(gbnf, verbose=False) if gbnf else None
-                for chunk in self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature,
-                                                        stream=True, grammar=grammar, **sampling.llama_kwargs()):
+                g = generation_inputs(request, pb_utils)
+                pending = []  # logprobs of tokens whose text is not out yet
+                for step in llama_gen.generate(self.llm, g.prompt, g.max_tokens, g.temperature, g.sampling,
+                                               llama_gen.grammar_for(self.llm, g.gbnf), g.top_logprobs):
                     if request.is_cancelled():
                         break
-                    text = chunk["choices"][0]["text"]
-                    if text:
-                        out = pb_utils.Tensor("text_output", np.array([text.encode()], dtype=np.object_))
-                        sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
+                    if step.logprob is not None:
+                        pending.append(step.logprob)
+                    if step.text:
+                        outputs = [_bytes_tensor("text_output", step.text)]
+                        if g.top_logprobs is not None:
+                            outputs.append(_bytes_tensor("logprobs", json.dumps(pending)))
+                            pending = []
+                        sender.send(pb_utils.InferenceResponse(output_tensors=outputs))
                 sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             except Exception as exc:  # noqa: BLE001 - any failure must end the stream, never hang the caller
                 sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"smollm2 failed: {exc}")),

@@ -1,11 +1,17 @@
-"""Triton Python backend, non-streaming: the whole answer in one response."""
+"""Triton Python backend, non-streaming: the whole answer in one response (with `logprobs`, a JSON list of
+OpenAI logprobs.content entries, when return_log_probs asks for them)."""
+
+import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from llama_cpp import LlamaGrammar
 
-from conflux.grammar import parse_error
+from conflux import llama_gen
 from conflux.llm import generation_inputs, load_llama_for_triton
+
+
+def _bytes_tensor(name, text):
+    return pb_utils.Tensor(name, np.array([text.encode()], dtype=np.object_))
 
 
 class TritonPythonModel:
@@ -16,15 +22,13 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             try:
-                prompt, max_tokens, temperature, sampling, gbnf = generation_inputs(request, pb_utils)
-                if gbnf and (why := parse_error(gbnf, self.llm._model.vocab)):
-                    raise ValueError(why)  # handed on unchecked, an unparsable grammar crashes this process
-                grammar = LlamaGrammar.from_string(gbnf, verbose=False) if gbnf else None
-                result = self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature,
-                                                    grammar=grammar, **sampling.llama_kwargs())
-                text = result["choices"][0]["text"]
-                out = pb_utils.Tensor("text_output", np.array([text.encode()], dtype=np.object_))
-                responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+                g = generation_inputs(request, pb_utils)
+                steps = list(llama_gen.generate(self.llm, g.prompt, g.max_tokens, g.temperature, g.sampling,
+                                                llama_gen.grammar_for(self.llm, g.gbnf), g.top_logprobs))
+                outputs = [_bytes_tensor("text_output", "".join(s.text for s in steps))]
+                if g.top_logprobs is not None:
+                    outputs.append(_bytes_tensor("logprobs", json.dumps([s.logprob for s in steps if s.logprob])))
+                responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
             except Exception as exc:  # noqa: BLE001 - reported to the caller as a Triton error
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"smollm2 failed: {exc}")))
         return responses
