@@ -39,8 +39,8 @@ def base(stack: Settings) -> str:
 
 
 async def events_of(settings: Settings, request_id: str, since_ms: int, topics: tuple[str, ...] = CHAIN_TOPICS,
-                    want: int = 0) -> dict[str, list[dict[str, Any]]]:
-    """Every event carrying this request id, per topic, read back from Kafka."""
+                    want: int = 0, field: str = "request_id") -> dict[str, list[dict[str, Any]]]:
+    """Every event carrying this request id (or another envelope `field`), per topic, read back from Kafka."""
     serde = AvroSerde(SchemaRegistry())
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
     await consumer.start()
@@ -61,7 +61,7 @@ async def events_of(settings: Settings, request_id: str, since_ms: int, topics: 
             for msgs in batch.values():
                 for m in msgs:
                     rec = serde.decode(m.value).record
-                    if rec["envelope"]["request_id"] == request_id:
+                    if rec["envelope"][field] == request_id:
                         found.setdefault(m.topic, []).append(rec)
             if not batch and (not want or len(found) >= want):
                 break

@@ -55,7 +55,7 @@ async def test_the_same_seed_gives_the_same_sampled_answer(client: openai.OpenAI
 
 def test_fields_the_platform_cannot_honour_are_refused_by_name(stack: Settings, client: openai.OpenAI) -> None:
     refusals: dict[str, dict[str, Any]] = {
-        "n": {"n": 2},
+        "n": {"n": 9},
         "response_format": {"response_format": {"type": "json_object"}},
         "tools": {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
         "logprobs": {"logprobs": True},
