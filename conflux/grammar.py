@@ -246,6 +246,23 @@ def _anchor_patterns(schema: Any) -> Any:
     return out
 
 
+def held_by_grammar(schema: Any) -> bool:
+    """Whether the grammar of `schema` alone makes every output valid, so that the output may be streamed as it
+    is generated instead of checked whole first. Not held: bounds of non-integers, multipleOf, formats (their
+    finer rules, such as a real calendar date), and patterns (the converter's regular expressions are a subset,
+    so it is not trusted to hold one exactly)."""
+    if not isinstance(schema, dict):
+        return True
+    if "multipleOf" in schema or "format" in schema or "pattern" in schema:
+        return False
+    if any(b in schema for b in BOUNDS) and schema.get("type") != "integer":
+        return False
+    subs = [sub for key in ("properties", "$defs", "definitions") for sub in (schema.get(key) or {}).values()]
+    subs += [sub for key in ("anyOf", "prefixItems") for sub in schema.get(key) or []]
+    subs += [schema["items"]] if isinstance(schema.get("items"), dict) else []
+    return all(held_by_grammar(sub) for sub in subs)
+
+
 def validate(schema: dict[str, Any], text: str) -> str | None:
     """Why `text` is not a JSON value valid under `schema`, or None when it is."""
     import jsonschema

@@ -79,6 +79,21 @@ class ToolCalls:
         return [self._calls[i] for i in sorted(self._calls)]
 
 
+# A request the chain refused for what it asked (its finish_reason says why) is the client's error, as OpenAI
+# answers it; any other ending with an error is the platform's (502).
+REFUSALS = {"context_length_exceeded": 400, "unsupported_parameter": 400, "model_not_found": 404,
+            "model_not_allowed": 403, "no_capacity": 503}
+
+
+def chain_error(final: dict[str, Any]) -> ApiError:
+    """The ApiError of a final chunk that ended its request with an error."""
+    code = final.get("finish_reason") or ""
+    status = REFUSALS.get(code)
+    if status is None:
+        return ApiError(502, final["error"], "server_error", code="generation_failed")
+    return ApiError(status, final["error"], "invalid_request_error" if status < 500 else "server_error", code=code)
+
+
 async def meter(limiter: RateLimiter, plan: Plan, tenant_id: str, tokens: int) -> None:
     """Counts one request of `tokens` against the plan's limits before any work; ApiError(429) when over them
     (with Retry-After, unless the request alone exceeds the plan's tokens per minute and no wait would help).
@@ -268,7 +283,7 @@ class ChatService:
             logprobs += chunk.get("logprobs") or []
             final = chunk
         if final.get("error"):
-            raise ApiError(502, final["error"], "server_error", code="generation_failed")
+            raise chain_error(final)
         return Completion("".join(parts), final.get("model") or model, final.get("finish_reason") or "stop",
                           final.get("prompt_tokens") or 0, final.get("completion_tokens") or 0,
                           list(final.get("citations") or []), calls.calls(), logprobs)

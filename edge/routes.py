@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from conflux.errors import EncodeError
 from conflux.serde import new_envelope
 from conflux.tenants import AuthError, Tenant
-from edge.chat import ChatService, Completion
+from edge.chat import ChatService, Completion, chain_error
 from edge.embeddings import MODEL as EMBEDDING_MODEL
 from edge.errors import ApiError, sse
 from edge.params import refuse_unsupported
@@ -139,8 +139,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
             async for i, chunk in svc.merged(choices):
                 model = chunk.get("model") or body.model
                 if chunk.get("error"):
-                    yield sse({"error": {"message": chunk["error"], "type": "server_error", "param": None,
-                                         "code": "generation_failed"}})
+                    yield sse(chain_error(chunk).body())
                     finished = True
                     return
                 if chunk["text"]:

@@ -157,17 +157,29 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
             await flush()
 
     calls: list[tools.Call] = []
+    calls_streamed = False
 
-    async def stream_text() -> None:
-        """Free text: each piece into the output guard as it comes."""
-        nonlocal ttft, generated, finish
+    async def stream_text(guide: tools.Guide | None = None) -> None:
+        """Free text, or a constrained output the grammar alone holds (guide.streamed): each piece into the
+        output guard as it comes; tool calls straight to the caller (they are not text the guard reads)."""
+        nonlocal ttft, generated, finish, calls, calls_streamed
+        call_stream = tools.CallStream(guide) if guide is not None and guide.kind == "tools" else None
+        pieces: list[str] = []
         async for piece in deps.triton.stream(model.triton_stream, prompt, rc.max_tokens, temperature,
                                               timeout_s=deps.inference_timeout_s, sampling=sampling,
-                                              top_logprobs=top_logprobs):
+                                              top_logprobs=top_logprobs,
+                                              guide=(guide.guide_type, guide.guide) if guide else None):
             ttft = ttft if ttft is not None else (time.perf_counter() - t0) * 1000
             generated += 1
-            logprobs.add(len(piece.text), piece.logprobs)
-            if text := stops.feed(piece.text):
+            pieces.append(piece.text)
+            text = piece.text
+            if call_stream is not None and not call_stream.text_mode:
+                if deltas := call_stream.feed(piece.text):
+                    calls_streamed = True
+                    await send("", deltas)
+                text = call_stream.take_text() if call_stream.text_mode else ""
+            logprobs.add(len(text), piece.logprobs)
+            if text and (text := stops.feed(text)):
                 guard.add(text)
             if stops.stopped:
                 finish = "stop"  # leaving the loop cancels the generation in Triton
@@ -180,6 +192,14 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
         finish = "length" if generated >= rc.max_tokens else "stop"
         if tail := stops.flush():
             guard.add(tail)
+        if call_stream is not None and not call_stream.text_mode:
+            calls = call_stream.calls()  # cut short by the token limit: as they stand (finish "length")
+            finish = "tool_calls" if finish == "stop" else finish
+        if guide is not None and finish in ("stop", "tool_calls"):
+            # The grammar held the schema; a failure here breaks that promise, and ends the request.
+            outcome = tools.check(guide, "".join(pieces))
+            if outcome.problem is not None:
+                raise tools.ConstraintError(f"the streamed output did not pass its schema: {outcome.problem}")
 
     async def constrained(guide: tools.Guide) -> None:
         """Tools or response_format: the whole output first (it is checked before any of it leaves), then its
@@ -195,7 +215,7 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
     sending = asyncio.ensure_future(sender())
     try:
         async with asyncio.timeout(deps.inference_timeout_s):
-            await (stream_text() if rc.guide is None else constrained(rc.guide))
+            await (stream_text(rc.guide) if rc.guide is None or rc.guide.streamed else constrained(rc.guide))
             await guard.finish()
     except (InferenceError, TimeoutError, tools.ConstraintError) as exc:
         log.warning("inference of %s failed: %r", rc.request_id, exc)
@@ -214,7 +234,8 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
         error = "the output safety check failed; nothing unchecked was sent"
     await flush()  # what the checks cleared (on a block: everything before the window that tripped it)
     if calls and error is None and guard.blocked is None:
-        await send("", tools.deltas(calls))
+        if not calls_streamed:
+            await send("", tools.deltas(calls))
         for i, c in enumerate(calls):
             await rc.events.add("tool.calls", {
                 "envelope": deps.envelope(rc.env), "call_id": c.id, "index": i, "name": c.name,

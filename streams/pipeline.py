@@ -72,7 +72,8 @@ async def handle(deps: Deps, request: dict[str, Any]) -> None:
     await gate.release()  # allowed: retrieval's and prompt build's events join the request's
     built, chunks = prepared.result()
     if built.too_long:
-        await deps.finish_with_error(request, built.too_long, events=rc.events)
+        await deps.finish_with_error(request, built.too_long, finish_reason="context_length_exceeded",
+                                     events=rc.events)
         return
     decision = await _stage(deps, "routing", routing_stage.choose(deps, rc, built))
     if decision is None:

@@ -11,6 +11,7 @@ text never starts with "<"). A named `tool_choice` generates the arguments objec
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,9 @@ class Guide:
     schema: dict[str, Any] | None = None  # kind json: what the answer must validate against
     functions: dict[str, Function] = field(default_factory=dict)
     choice: str = "auto"  # auto | required | a function's name
+    # The grammar alone holds every schema (conflux/grammar.held_by_grammar): the output leaves as it is
+    # generated. Otherwise it is generated whole and checked first, and generated again if it fails.
+    streamed: bool = False
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,8 @@ def plan(request: dict[str, Any]) -> Guide | None:
             f = functions[choice]
             return Guide("tools", "json_schema", json.dumps(f.parameters), f"Call the function {f.name}: answer "
                          f"with its arguments as a JSON object.\nFunction:\n{listing}", functions=functions,
-                         choice=choice)
+                         choice=choice, streamed=grammar.held_by_grammar(f.parameters))
+        held = all(grammar.held_by_grammar(f.parameters) for f in functions.values())
         calls = grammar.to_gbnf(json.dumps(calls_schema(functions, bool(request.get("parallel_tool_calls", True)))),
                                 root="calls")
         how = (f"To call functions, answer with {TOOL_TAG} followed by a JSON array of calls, "
@@ -108,17 +113,17 @@ def plan(request: dict[str, Any]) -> Guide | None:
         if choice == "required":
             gbnf = calls + f'\nroot ::= "{TOOL_TAG}" calls'
             return Guide("tools", "gbnf", gbnf, f"You must call a function. {how}\nFunctions:\n{listing}",
-                         functions=functions, choice=choice)
+                         functions=functions, choice=choice, streamed=held)
         # auto: a call, or text that does not start with "<" (so the first character tells them apart)
         gbnf = calls + f'\nroot ::= "{TOOL_TAG}" calls | text\ntext ::= ([^<] [^\\x00]*)?'
         return Guide("tools", "gbnf", gbnf, f"You may call functions. {how} Otherwise answer in text.\n"
-                     f"Functions:\n{listing}", functions=functions, choice=choice)
+                     f"Functions:\n{listing}", functions=functions, choice=choice, streamed=held)
     fmt = json.loads(request.get("response_format") or "null")
     if fmt and fmt.get("type") in ("json_object", "json_schema"):
         schema = fmt["json_schema"].get("schema") or {"type": "object"} if fmt["type"] == "json_schema" \
             else {"type": "object"}
         return Guide("json", "json_schema", json.dumps(schema), "Answer with JSON only, matching this JSON "
-                     f"Schema:\n{json.dumps(schema)}", schema=schema)
+                     f"Schema:\n{json.dumps(schema)}", schema=schema, streamed=grammar.held_by_grammar(schema))
     return None
 
 
@@ -166,6 +171,118 @@ def deltas(calls: list[Call]) -> list[dict[str, Any]]:
         out += [{"index": i, "id": None, "name": None, "arguments": c.arguments[j:j + ARGUMENT_FRAGMENT]}
                 for j in range(0, len(c.arguments), ARGUMENT_FRAGMENT)]
     return out
+
+
+ENVELOPE = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
+
+
+class CallStream:
+    """Tool-call deltas of a streamed constrained output (Guide.streamed), as it is generated: a call's id and
+    name once its envelope names the function, then its arguments as they come. Under `auto` the model may
+    answer in text instead: `text_mode` then says so (the first character tells, as the grammar has it)."""
+
+    def __init__(self, guide: Guide) -> None:
+        named = guide.choice not in ("auto", "required")
+        self._state = "args" if named else "tag"  # tag | between | envelope | args | after | done
+        self._buf = ""
+        self._depth, self._in_string, self._escaped = 0, False, False
+        self._calls: list[list[str]] = []  # [id, name, arguments]
+        self._out: list[dict[str, Any]] = []
+        self.text_mode = False
+        if named:
+            self._start(guide.choice)
+
+    def _start(self, name: str) -> None:
+        call_id = _call(name, "").id
+        self._calls.append([call_id, name, ""])
+        self._out.append({"index": len(self._calls) - 1, "id": call_id, "name": name, "arguments": ""})
+        self._depth, self._in_string, self._escaped = 0, False, False
+
+    def feed(self, text: str) -> list[dict[str, Any]]:
+        """The deltas this text completes (none in text mode)."""
+        self._buf += text
+        while self._step():
+            pass
+        out, self._out = self._out, []
+        return out
+
+    def _step(self) -> bool:
+        """Consumes what it can of the buffer; False when it needs more text."""
+        buf = self._buf
+        if self._state == "tag":
+            if buf.startswith(TOOL_TAG):
+                self._buf, self._state = buf[len(TOOL_TAG):], "between"
+                return True
+            self.text_mode = bool(buf) and not TOOL_TAG.startswith(buf)
+            return False
+        if self._state == "between":
+            rest = buf.lstrip(" \t\n[,")
+            self._buf = rest
+            if rest.startswith("]"):
+                self._state = "done"
+            elif rest.startswith("{"):
+                self._state = "envelope"
+                return True
+            return False
+        if self._state == "envelope":
+            m = ENVELOPE.match(buf)
+            if m is None:
+                return False
+            self._start(json.loads(f'"{m.group(1)}"'))
+            self._buf, self._state = buf[m.end():], "args"
+            return True
+        if self._state == "args":
+            return self._arguments()
+        if self._state == "after":
+            rest = buf.lstrip(" \t\n")
+            self._buf = rest[1:] if rest.startswith("}") else rest
+            if rest.startswith("}"):
+                self._state = "between"
+                return True
+        return False
+
+    def _arguments(self) -> bool:
+        """The arguments value, character by character until it closes (depth back to 0)."""
+        taken: list[str] = []
+        for i, c in enumerate(self._buf):
+            if self._depth == 0 and not taken and c in " \t\n":
+                continue  # space before the value
+            taken.append(c)
+            if self._in_string:
+                if self._escaped:
+                    self._escaped = False
+                elif c == "\\":
+                    self._escaped = True
+                elif c == '"':
+                    self._in_string = False
+            elif c == '"':
+                self._in_string = True
+            elif c in "{[":
+                self._depth += 1
+            elif c in "}]":
+                self._depth -= 1
+                if self._depth == 0:
+                    self._emit("".join(taken))
+                    self._buf = self._buf[i + 1:]
+                    self._state = "after"
+                    return True
+        self._buf = ""
+        self._emit("".join(taken))
+        return False
+
+    def _emit(self, fragment: str) -> None:
+        if fragment:
+            self._calls[-1][2] += fragment
+            self._out.append({"index": len(self._calls) - 1, "id": None, "name": None, "arguments": fragment})
+
+    def take_text(self) -> str:
+        """In text mode: the text held so far (the pieces after it are text too)."""
+        text, self._buf = self._buf, ""
+        return text
+
+    def calls(self) -> list[Call]:
+        """The calls as streamed (arguments as the model spelled them, which is what the client assembled)."""
+        return [Call(call_id, name, arguments) for call_id, name, arguments in self._calls]
 
 
 def _call(name: str, arguments: str) -> Call:

@@ -70,3 +70,11 @@ def test_fields_the_platform_cannot_honour_are_refused_by_name(stack: Settings, 
     # what SDKs send by default passes
     r = client.chat.completions.create(model="echo", messages=ASK, n=1, store=False, logprobs=False, max_tokens=2)
     assert r.choices[0].message.content
+
+
+def test_a_prompt_too_long_for_the_model_is_the_clients_error(client: openai.OpenAI) -> None:
+    long: Any = [{"role": "user", "content": "kafka stream event " * 1500}]  # past SmolLM2's 2,048 tokens
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="smollm2-135m-instruct", messages=long, max_tokens=8)
+    body = info.value.body
+    assert isinstance(body, dict) and body["code"] == "context_length_exceeded", body

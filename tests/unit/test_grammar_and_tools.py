@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from typing import Any
 
 import pytest
 
@@ -125,3 +126,71 @@ def test_a_prompt_that_cannot_fit_is_refused_instead_of_cut_forever() -> None:
         build_messages("x" * 8000, [], [], [{"role": "user", "content": "question " * 500}], 1000, count)
     msgs, truncated, _ = build_messages("short", [], [], [{"role": "user", "content": "q " * 5000}], 1000, count)
     assert truncated and msgs[-1].content.endswith("q ")
+
+
+def test_only_schemas_the_grammar_holds_whole_are_streamed() -> None:
+    held = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1, "maximum": 7},
+                                             "format": {"type": "string", "enum": ["a", "b"]}},
+            "required": ["n", "format"], "additionalProperties": False}
+    assert grammar.held_by_grammar(held)  # a property may be named "format"
+    for loose in ({"type": "number", "maximum": 2.5}, {"type": "integer", "multipleOf": 3},
+                  {"type": "string", "format": "date"}, {"type": "string", "pattern": "^a+$"}):
+        assert not grammar.held_by_grammar({"type": "object", "properties": {"x": {"type": "array", "items": loose}}})
+
+
+FORECAST = {"type": "object", "properties": {"city": {"type": "string"}, "tags": {"type": "array",
+                                                                                 "items": {"type": "string"}}},
+           "required": ["city", "tags"], "additionalProperties": False}
+
+
+def _two_tools(choice: Any = None) -> tools.Guide:
+    guide = tools.plan({"tools": json.dumps([
+        {"type": "function", "function": {"name": "weather", "parameters": FORECAST}},
+        {"type": "function", "function": {"name": "time", "parameters": {"type": "object", "properties": {},
+                                                                       "additionalProperties": False}}}]),
+        "tool_choice": json.dumps(choice) if choice else None, "parallel_tool_calls": True})
+    assert guide is not None and guide.streamed
+    return guide
+
+
+def _feed_in_random_pieces(stream: tools.CallStream, text: str, rng: random.Random) -> list[dict[str, Any]]:
+    deltas, i = [], 0
+    while i < len(text):
+        k = rng.randint(1, 6)
+        deltas += stream.feed(text[i:i + k])
+        i += k
+    return deltas
+
+
+def test_calls_stream_as_they_are_generated_whatever_the_pieces() -> None:
+    out = ('<tool_call>[{"name": "weather", "arguments": {"city": "Pa\\"ris {x}", "tags": ["a]", "b\\\\"]}}, '
+           '{"name":"time","arguments":{}}]')
+    rng = random.Random(3)
+    for _ in range(100):
+        stream = tools.CallStream(_two_tools())
+        deltas = _feed_in_random_pieces(stream, out, rng)
+        calls = stream.calls()
+        assert not stream.text_mode and [c.name for c in calls] == ["weather", "time"]
+        assert json.loads(calls[0].arguments) == {"city": 'Pa"ris {x}', "tags": ["a]", "b\\"]}
+        assert json.loads(calls[1].arguments) == {}
+        assert [d["index"] for d in deltas if d["id"]] == [0, 1]  # id and name first, once per call
+        assembled: dict[int, str] = {}
+        for d in deltas:
+            assembled[d["index"]] = assembled.get(d["index"], "") + d["arguments"]
+        assert [assembled[0], assembled[1]] == [c.arguments for c in calls]
+        assert tools.check(_two_tools(), out).problem is None
+
+
+def test_under_auto_text_is_told_from_a_call_by_its_first_character() -> None:
+    text = tools.CallStream(_two_tools())
+    assert text.feed("Hello") == [] and text.text_mode and text.take_text() == "Hello"
+    undecided = tools.CallStream(_two_tools())
+    assert undecided.feed("<tool") == [] and not undecided.text_mode
+
+
+def test_a_named_choice_streams_its_arguments_from_the_first_character() -> None:
+    stream = tools.CallStream(_two_tools({"type": "function", "function": {"name": "weather"}}))
+    first = stream.feed(' {"city"')
+    assert first[0]["name"] == "weather" and first[0]["id"] and first[1]["arguments"] == '{"city"'
+    stream.feed(': "Oslo", "tags": []}')
+    assert json.loads(stream.calls()[0].arguments) == {"city": "Oslo", "tags": []}

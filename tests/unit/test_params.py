@@ -123,3 +123,12 @@ def test_a_held_back_prefix_never_leaves_early() -> None:
     s = StopScanner(["STOP"])
     assert s.feed("go ST") == "go "
     assert s.feed("OP") == "" and s.stopped
+
+
+def test_a_chain_refusal_keeps_its_status_and_a_failure_is_the_platforms() -> None:
+    from edge.chat import chain_error
+
+    too_long = chain_error({"finish_reason": "context_length_exceeded", "error": "2,300 tokens; 2,048 fit"})
+    assert (too_long.status, too_long.code, too_long.type) == (400, "context_length_exceeded", "invalid_request_error")
+    failed = chain_error({"finish_reason": "error", "error": "the model server failed"})
+    assert (failed.status, failed.code) == (502, "generation_failed")
