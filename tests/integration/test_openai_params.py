@@ -73,8 +73,10 @@ def test_fields_the_platform_cannot_honour_are_refused_by_name(stack: Settings, 
 
 
 def test_a_prompt_too_long_for_the_model_is_the_clients_error(client: openai.OpenAI) -> None:
-    long: Any = [{"role": "user", "content": "kafka stream event " * 1500}]  # past SmolLM2's 2,048 tokens
+    # Old turns are dropped and a long newest message cut to its end to fit; tool definitions cannot be cut.
+    tools: Any = [{"type": "function", "function": {"name": "f", "description": "kafka stream event " * 1500,
+                                                    "parameters": {"type": "object", "properties": {}}}}]
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(model="smollm2-135m-instruct", messages=long, max_tokens=8)
+        client.chat.completions.create(model="smollm2-135m-instruct", messages=COLOUR, tools=tools, max_tokens=8)
     body = info.value.body
     assert isinstance(body, dict) and body["code"] == "context_length_exceeded", body

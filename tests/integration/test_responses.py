@@ -63,7 +63,7 @@ def test_a_streamed_text_response(client: openai.OpenAI) -> None:
 
 def test_a_streamed_function_call_and_its_output_next_turn(client: openai.OpenAI) -> None:
     stream = client.responses.create(model=MODEL, input="What is the weather in Oslo?", tools=TOOLS,
-                                     tool_choice="required", stream=True)
+                                     tool_choice="required", parallel_tool_calls=False, stream=True)
     events = list(stream)
     kinds = [e.type for e in events]
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
