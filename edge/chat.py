@@ -31,19 +31,23 @@ MERGED_QUEUE = 1024  # chunks of n choices waiting for the HTTP writer (each cho
 
 @dataclass(frozen=True)
 class Admitted:
-    request_id: str
+    choice_ids: tuple[str, ...]  # a request id per choice (n of them)
     conversation_id: str
     max_tokens: int
     model: ModelSpec | None  # None for "auto": the routing stage decides
-    choice_ids: tuple[str, ...]  # a request id per choice (n of them); the first is request_id
+
+    @property
+    def request_id(self) -> str:
+        """The id the client sees: its first choice's."""
+        return self.choice_ids[0]
 
 
+@dataclass(frozen=True)
 class Choices:
     """The n choices of one request: a generation each, with its own request id and reply queue."""
 
-    def __init__(self, ids: tuple[str, ...], queues: list[asyncio.Queue[dict[str, Any]]]) -> None:
-        self.ids = ids
-        self.queues = queues
+    ids: tuple[str, ...]
+    queues: list[asyncio.Queue[dict[str, Any]]]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -159,7 +163,7 @@ class ChatService:
         est = (sum(len(m.text()) for m in req.messages) // 4 + max_tokens) * n
         await meter(self._limiter, plan, tenant.tenant_id, est)
         ids = tuple(self._ids.new(tenant.tenant_id) for _ in range(n))
-        return Admitted(ids[0], conversation_id or ids[0], max_tokens, model, ids)
+        return Admitted(ids, conversation_id or ids[0], max_tokens, model)
 
     def _refuse_incapable(self, model: ModelSpec, req: ChatCompletionRequest) -> None:
         """ApiError(400) when the request needs what the model named cannot do (auto picks a model that can)."""

@@ -159,7 +159,7 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
     calls: list[tools.Call] = []
     calls_streamed = False
 
-    async def stream_text(guide: tools.Guide | None = None) -> None:
+    async def stream_output(guide: tools.Guide | None = None) -> None:
         """Free text, or a constrained output the grammar alone holds (guide.streamed): each piece into the
         output guard as it comes; tool calls straight to the caller (they are not text the guard reads)."""
         nonlocal ttft, generated, finish, calls, calls_streamed
@@ -215,7 +215,7 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
     sending = asyncio.ensure_future(sender())
     try:
         async with asyncio.timeout(deps.inference_timeout_s):
-            await (stream_text(rc.guide) if rc.guide is None or rc.guide.streamed else constrained(rc.guide))
+            await (stream_output(rc.guide) if rc.guide is None or rc.guide.streamed else constrained(rc.guide))
             await guard.finish()
     except (InferenceError, TimeoutError, tools.ConstraintError) as exc:
         log.warning("inference of %s failed: %r", rc.request_id, exc)
