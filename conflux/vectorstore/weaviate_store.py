@@ -37,7 +37,13 @@ class WeaviateStore:
                 http_host=parts.hostname or "127.0.0.1", http_port=parts.port or 8080,
                 http_secure=parts.scheme == "https", grpc_host=parts.hostname or "127.0.0.1",
                 grpc_port=grpc_port, grpc_secure=parts.scheme == "https",
+                # The client's start-up checks include asking pypi.org for its latest version: a service must
+                # not phone out (there may be no route at all), so readiness is checked here instead.
+                skip_init_checks=True,
             )
+            if not client.is_ready():
+                client.close()
+                raise VectorStoreError(f"Weaviate at {url} is not ready")
         except (WeaviateBaseError, OSError) as exc:
             raise VectorStoreError(f"cannot connect to Weaviate at {url}: {exc}") from exc
         return cls(client)
