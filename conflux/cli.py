@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from conflux.config import Settings
 from conflux.errors import ConfluxError
@@ -99,20 +100,42 @@ def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     import redis.asyncio as aioredis
 
-    from conflux.tenants import ApiKeyStore, Tenant
+    from conflux.tenants import ApiKeyStore, AuthError, Tenant
 
-    async def create() -> str:
+    async def act() -> Any:
         client = aioredis.Redis.from_url(settings.redis_url)
         try:
             store = ApiKeyStore(client)
-            await store.upsert_tenant(Tenant(args.tenant, args.plan, args.system_prompt))
-            return await store.create_key(args.tenant, args.name)
+            if args.action == "create":
+                # An existing tenant keeps its plan and system prompt unless they are given.
+                if not await store.tenant_exists(args.tenant) or args.plan or args.system_prompt is not None:
+                    await store.upsert_tenant(Tenant(args.tenant, args.plan or "free", args.system_prompt or ""))
+                return await store.create_key(args.tenant, args.name)
+            if args.action == "list":
+                return await store.list_keys(args.tenant)
+            if not args.id:
+                raise AuthError(f"keys {args.action} needs --id (see `conflux keys list --tenant {args.tenant}`)")
+            if args.action == "revoke":
+                return await store.revoke_id(args.tenant, args.id)
+            return await store.rotate(args.tenant, args.id)
         finally:
             await client.aclose()
 
-    key = asyncio.run(create())
-    _progress(f"key for tenant {args.tenant} (plan {args.plan}); it is shown only now, only its hash is stored:")
-    print(key)
+    try:
+        result = asyncio.run(act())
+    except AuthError as exc:
+        _progress(f"refused: {exc}")
+        return 2
+    if args.action == "list":
+        for k in result:
+            print(json.dumps({"id": k.id, "name": k.name, "created": k.created}))
+        return 0
+    if args.action == "revoke":
+        _progress(f"revoked {result.id} ({result.name}) of tenant {args.tenant}; it is refused from now on")
+        return 0
+    _progress(f"new key for tenant {args.tenant}" + (" (the old one is revoked)" if args.action == "rotate" else "")
+              + "; it is shown only now, only its hash is stored:")
+    print(result)
     return 0
 
 
@@ -231,12 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schemas", help="event schema evolution: check against history, or freeze changes")
     p.add_argument("action", choices=["check", "snapshot"])
     p.set_defaults(func=cmd_schemas)
-    p = sub.add_parser("keys", help="API keys: create a tenant's key (printed once, stored hashed)")
-    p.add_argument("action", choices=["create"])
+    p = sub.add_parser("keys", help="API keys: create (printed once, stored hashed), list, revoke or rotate "
+                       "a tenant's keys")
+    p.add_argument("action", choices=["create", "list", "revoke", "rotate"])
     p.add_argument("--tenant", required=True)
-    p.add_argument("--plan", default="free", choices=["free", "pro", "enterprise"])
+    p.add_argument("--plan", default=None, choices=["free", "pro", "enterprise"],
+                   help="create: the tenant's plan (a new tenant: free; an existing one keeps its own)")
     p.add_argument("--name", default="default")
-    p.add_argument("--system-prompt", default="")
+    p.add_argument("--system-prompt", default=None)
+    p.add_argument("--id", help="revoke, rotate: the key's id, from `keys list`")
     p.set_defaults(func=cmd_keys)
     p = sub.add_parser("tenants", help="tenant settings: set-policy (what each safety category does for a tenant)")
     p.add_argument("action", choices=["set-policy"])

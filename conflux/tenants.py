@@ -32,6 +32,17 @@ class Tenant:
     system_prompt: str = ""
 
 
+KEY_ID_PREFIX = "key_"
+KEY_ID_CHARS = 12  # hex digits of the hash: 48 bits, unique enough among one tenant's keys to name one
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    id: str
+    name: str
+    created: int  # unix seconds
+
+
 def hash_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
@@ -77,6 +88,46 @@ class ApiKeyStore:
 
     async def revoke(self, api_key: str) -> None:
         await self._r.delete(f"conflux:apikey:{hash_key(api_key)}")
+
+    async def tenant_exists(self, tenant_id: str) -> bool:
+        return bool(await self._r.exists(f"conflux:tenant:{tenant_id}"))
+
+    async def list_keys(self, tenant_id: str) -> list[KeyInfo]:
+        """The tenant's keys, oldest first, by id (a prefix of the key's hash: the key itself is not stored).
+        A scan over every key: an operator's command, not a request path."""
+        found = []
+        async for rkey in self._r.scan_iter(match="conflux:apikey:*", count=500):
+            record = await self._r.hgetall(rkey)
+            if record and _s(record[b"tenant_id"]) == tenant_id:
+                digest = _s(rkey).rsplit(":", 1)[1]
+                found.append(KeyInfo(KEY_ID_PREFIX + digest[:KEY_ID_CHARS], _s(record.get(b"name", b"")),
+                                     int(_s(record.get(b"created", b"0")))))
+        return sorted(found, key=lambda k: (k.created, k.id))
+
+    async def revoke_id(self, tenant_id: str, key_id: str) -> KeyInfo:
+        """Revokes the tenant's key with this id (effective on the next request: every request reads Redis)."""
+        info, digest = await self._find(tenant_id, key_id)
+        await self._r.delete(f"conflux:apikey:{digest}")
+        return info
+
+    async def rotate(self, tenant_id: str, key_id: str) -> str:
+        """A new key with the old one's name; the old one is revoked. Returns the new key (shown once)."""
+        info, digest = await self._find(tenant_id, key_id)
+        key = await self.create_key(tenant_id, info.name)
+        await self._r.delete(f"conflux:apikey:{digest}")
+        return key
+
+    async def _find(self, tenant_id: str, key_id: str) -> tuple[KeyInfo, str]:
+        prefix = key_id.removeprefix(KEY_ID_PREFIX)
+        if len(prefix) != KEY_ID_CHARS:
+            raise AuthError(f"a key id is {KEY_ID_PREFIX} and {KEY_ID_CHARS} hex digits (see `conflux keys list`)")
+        async for rkey in self._r.scan_iter(match=f"conflux:apikey:{prefix}*", count=500):
+            record = await self._r.hgetall(rkey)
+            if record and _s(record[b"tenant_id"]) == tenant_id:  # another tenant's key is not found
+                info = KeyInfo(KEY_ID_PREFIX + prefix, _s(record.get(b"name", b"")),
+                               int(_s(record.get(b"created", b"0"))))
+                return info, _s(rkey).rsplit(":", 1)[1]
+        raise AuthError(f"tenant {tenant_id!r} has no key {key_id!r}")
 
     async def authenticate(self, api_key: str | None) -> Tenant:
         if not api_key:

@@ -69,3 +69,29 @@ async def test_tenants_have_separate_budgets(r: aioredis.Redis) -> None:
     assert (await limiter.acquire(a, 1, 1, 100)).allowed
     assert not (await limiter.acquire(a, 1, 1, 100)).allowed
     assert (await limiter.acquire(b, 1, 1, 100)).allowed
+
+
+async def test_keys_are_listed_revoked_and_rotated_by_id_within_their_tenant(r: aioredis.Redis) -> None:
+    store = ApiKeyStore(r)
+    mine, theirs = f"t-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
+    for tid in (mine, theirs):
+        await store.upsert_tenant(Tenant(tid, "free"))
+    first, second = await store.create_key(mine, "ci"), await store.create_key(mine, "laptop")
+    other = await store.create_key(theirs, "ci")
+    listed = await store.list_keys(mine)
+    assert sorted(k.name for k in listed) == ["ci", "laptop"]
+    assert all(k.id.startswith("key_") and first not in k.id for k in listed)
+    by_name = {k.name: k.id for k in listed}
+    other_id = (await store.list_keys(theirs))[0].id
+    with pytest.raises(AuthError, match="has no key"):  # another tenant's key cannot be named
+        await store.revoke_id(mine, other_id)
+    await store.authenticate(other)
+
+    await store.revoke_id(mine, by_name["laptop"])
+    with pytest.raises(AuthError, match="invalid"):
+        await store.authenticate(second)
+    rotated = await store.rotate(mine, by_name["ci"])
+    with pytest.raises(AuthError, match="invalid"):
+        await store.authenticate(first)
+    assert (await store.authenticate(rotated)).tenant_id == mine
+    assert [k.name for k in await store.list_keys(mine)] == ["ci"]
