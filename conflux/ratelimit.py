@@ -16,6 +16,7 @@ local caps = {tonumber(ARGV[2]), tonumber(ARGV[3])}
 local want = {1, tonumber(ARGV[4])}
 local level = {}
 local wait = 0
+local too_big = false
 for i = 1, 2 do
   local state = redis.call('HMGET', KEYS[i], 'level', 'ts')
   local cap = caps[i]
@@ -25,20 +26,23 @@ for i = 1, 2 do
   l = math.min(cap, l + (now - ts) * rate)
   level[i] = l
   if want[i] > cap then
-    return {0, -1}
+    too_big = true
   end
   if l < want[i] then
     wait = math.max(wait, (want[i] - l) / rate)
   end
 end
+if too_big then
+  return {0, -1, math.floor(level[1]), math.floor(level[2])}
+end
 if wait > 0 then
-  return {0, math.ceil(wait)}
+  return {0, math.ceil(wait), math.floor(level[1]), math.floor(level[2])}
 end
 for i = 1, 2 do
   redis.call('HSET', KEYS[i], 'level', level[i] - want[i], 'ts', now)
   redis.call('PEXPIRE', KEYS[i], 120000)
 end
-return {1, 0}
+return {1, 0, math.floor(level[1] - 1), math.floor(level[2] - want[2])}
 """
 
 
@@ -46,6 +50,31 @@ return {1, 0}
 class Verdict:
     allowed: bool
     retry_after_s: int  # 0 when allowed; -1 when the request alone exceeds the per-minute limit
+    remaining_requests: int = 0
+    remaining_tokens: int = 0
+    requests_per_minute: int = 0
+    tokens_per_minute: int = 0
+
+    def headers(self) -> dict[str, str]:
+        """OpenAI's x-ratelimit-* headers: the limits, what is left of them, and when they are whole again
+        (the buckets refill continuously)."""
+        def reset(left: int, cap: int) -> str:
+            return _duration((cap - left) * 60 / cap) if cap else "0s"
+
+        return {"x-ratelimit-limit-requests": str(self.requests_per_minute),
+                "x-ratelimit-limit-tokens": str(self.tokens_per_minute),
+                "x-ratelimit-remaining-requests": str(self.remaining_requests),
+                "x-ratelimit-remaining-tokens": str(self.remaining_tokens),
+                "x-ratelimit-reset-requests": reset(self.remaining_requests, self.requests_per_minute),
+                "x-ratelimit-reset-tokens": reset(self.remaining_tokens, self.tokens_per_minute)}
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's spelling of a reset time: 20ms, 6s, 1m30s."""
+    if seconds < 1:
+        return f"{max(0, math.ceil(seconds * 1000))}ms"
+    whole = math.ceil(seconds)
+    return f"{whole // 60}m{whole % 60}s" if whole >= 60 else f"{whole}s"
 
 
 class RateLimiter:
@@ -54,10 +83,10 @@ class RateLimiter:
         self._script = redis.register_script(_LUA)
 
     async def acquire(self, tenant_id: str, tokens: int, requests_per_minute: int, tokens_per_minute: int) -> Verdict:
-        allowed, wait_ms = await self._script(
+        allowed, wait_ms, left_requests, left_tokens = await self._script(
             keys=[f"conflux:rl:{tenant_id}:req", f"conflux:rl:{tenant_id}:tok"],
             args=[int(time.time() * 1000), requests_per_minute, tokens_per_minute, max(0, tokens)],
         )
-        if int(allowed):
-            return Verdict(True, 0)
-        return Verdict(False, -1 if int(wait_ms) < 0 else max(1, math.ceil(int(wait_ms) / 1000)))
+        wait = 0 if int(allowed) else -1 if int(wait_ms) < 0 else max(1, math.ceil(int(wait_ms) / 1000))
+        return Verdict(bool(int(allowed)), wait, max(0, int(left_requests)), max(0, int(left_tokens)),
+                       requests_per_minute, tokens_per_minute)

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from conflux.ids import ResponseIds
 from conflux.kafka import EventPublisher
 from conflux.models import CatalogueModelError, ModelCatalogue, ModelSpec, Plan
-from conflux.ratelimit import RateLimiter
+from conflux.ratelimit import RateLimiter, Verdict
 from conflux.serde import new_envelope
 from conflux.tenants import Tenant
 from edge.errors import ApiError
@@ -35,6 +35,7 @@ class Admitted:
     conversation_id: str
     max_tokens: int
     model: ModelSpec | None  # None for "auto": the routing stage decides
+    limits: Verdict  # the plan's rate limits after this request (x-ratelimit-* headers)
 
     @property
     def request_id(self) -> str:
@@ -98,18 +99,20 @@ def chain_error(final: dict[str, Any]) -> ApiError:
     return ApiError(status, final["error"], "invalid_request_error" if status < 500 else "server_error", code=code)
 
 
-async def meter(limiter: RateLimiter, plan: Plan, tenant_id: str, tokens: int) -> None:
+async def meter(limiter: RateLimiter, plan: Plan, tenant_id: str, tokens: int) -> Verdict:
     """Counts one request of `tokens` against the plan's limits before any work; ApiError(429) when over them
     (with Retry-After, unless the request alone exceeds the plan's tokens per minute and no wait would help).
-    Chat, embeddings and moderation requests all pass here."""
+    Chat, embeddings and moderation requests all pass here; the verdict's headers() go on their answers."""
     verdict = await limiter.acquire(tenant_id, tokens, plan.requests_per_minute, plan.tokens_per_minute)
     if verdict.allowed:
-        return
+        return verdict
     if verdict.retry_after_s < 0:
         raise ApiError(429, f"this request (~{tokens} tokens) exceeds the plan's {plan.tokens_per_minute} "
-                       "tokens per minute", "rate_limit_error", code="tokens_per_minute_exceeded")
+                       "tokens per minute", "rate_limit_error", code="tokens_per_minute_exceeded",
+                       headers=verdict.headers())
     raise ApiError(429, f"rate limit of plan '{plan.name}' reached; retry after {verdict.retry_after_s}s",
-                   "rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": str(verdict.retry_after_s)})
+                   "rate_limit_error", code="rate_limit_exceeded",
+                   headers={"Retry-After": str(verdict.retry_after_s), **verdict.headers()})
 
 
 class ChatService:
@@ -161,9 +164,9 @@ class ChatService:
         # A cheap upper bound (4 characters a token) is enough to enforce the budget before any work; each
         # choice is a whole generation.
         est = (sum(len(m.text()) for m in req.messages) // 4 + max_tokens) * n
-        await meter(self._limiter, plan, tenant.tenant_id, est)
+        limits = await meter(self._limiter, plan, tenant.tenant_id, est)
         ids = tuple(self._ids.new(tenant.tenant_id) for _ in range(n))
-        return Admitted(ids, conversation_id or ids[0], max_tokens, model)
+        return Admitted(ids, conversation_id or ids[0], max_tokens, model, limits)
 
     def _refuse_incapable(self, model: ModelSpec, req: ChatCompletionRequest) -> None:
         """ApiError(400) when the request needs what the model named cannot do (auto picks a model that can)."""

@@ -60,7 +60,8 @@ class EmbeddingService:
             raise ApiError(400, "input: an empty string cannot be embedded", param="input", code="invalid_value")
         return texts
 
-    async def create(self, tenant: Tenant, body: dict[str, Any]) -> dict[str, Any]:
+    async def create(self, tenant: Tenant, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """The answer and its headers (the plan's x-ratelimit-*)."""
         unknown = sorted(set(body) - FIELDS)
         if unknown:
             raise ApiError(400, f"Unrecognized request argument supplied: {unknown[0]}", param=unknown[0],
@@ -88,7 +89,7 @@ class EmbeddingService:
                            param="input", code="context_length_exceeded")
         tokens = sum(counts)
         plan = self._models.plan(tenant.plan)
-        await meter(self._limiter, plan, tenant.tenant_id, tokens)
+        limits = await meter(self._limiter, plan, tenant.tenant_id, tokens)
         t0 = time.perf_counter()
         try:
             vectors = await self._triton.embed(texts, TRITON_MODEL)  # split at the model's batch size
@@ -107,7 +108,7 @@ class EmbeddingService:
             "user": user}, key=request_id)
         data = [{"object": "embedding", "index": i, "embedding": _encode(v, fmt)} for i, v in enumerate(vectors)]
         return {"object": "list", "data": data, "model": MODEL, "id": request_id,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, limits.headers()
 
 
 def _encode(vector: Any, fmt: str) -> Any:

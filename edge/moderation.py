@@ -45,7 +45,8 @@ class ModerationService:
                            code="input_too_large")
         return texts
 
-    async def moderate(self, tenant: Tenant, body: dict[str, Any]) -> dict[str, Any]:
+    async def moderate(self, tenant: Tenant, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+        """The answer and its headers (the plan's x-ratelimit-*)."""
         unknown = sorted(set(body) - {"input", "model"})
         if unknown:
             raise ApiError(400, f"unsupported parameter: {unknown[0]}", param=unknown[0], code="unsupported_parameter")
@@ -55,7 +56,7 @@ class ModerationService:
                            code="model_not_found")
         texts = self._inputs(body.get("input"))
         plan = self._models.plan(tenant.plan)
-        await meter(self._limiter, plan, tenant.tenant_id, sum(len(t) for t in texts) // 4)
+        limits = await meter(self._limiter, plan, tenant.tenant_id, sum(len(t) for t in texts) // 4)
         policy = taxonomy.tenant_policy(tenant.tenant_id,
                                         await self._r.hget(f"conflux:tenant:{tenant.tenant_id}", "safety_policy"))
         heads = await self._triton.embed([t[:HEAD_CHARS] for t in texts])  # one batch for every input's head
@@ -63,7 +64,7 @@ class ModerationService:
         for text, vector in zip(texts, heads, strict=True):
             a = await assess(self._triton, self._head, policy, text, head_vector=vector)
             results.append(self._result(a.categories, a.model.scores, a.verdict, a.model.p_unsafe))
-        return {"id": "modr-" + secrets.token_hex(12), "model": model, "results": results}
+        return {"id": "modr-" + secrets.token_hex(12), "model": model, "results": results}, limits.headers()
 
     def _result(self, cats: list[str], scores: dict[str, float], verdict: str, p_unsafe: float) -> dict[str, Any]:
         flags = dict.fromkeys(OPENAI_CATEGORIES, False)

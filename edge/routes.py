@@ -106,7 +106,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
             await svc.idempotent_finish(tenant.tenant_id, idempotency_key, None)
         raise
     created = int(time.time())
-    headers = {"x-request-id": adm.request_id, "x-conversation-id": adm.conversation_id}
+    headers = {"x-request-id": adm.request_id, "x-conversation-id": adm.conversation_id, **adm.limits.headers()}
     if not body.stream:
         try:
             completions = await svc.collect_all(choices, body.model)
@@ -182,18 +182,18 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return body
 
 
-@router.post("/v1/moderations")
-async def moderations(request: Request, authorization: str | None = Header(default=None)) -> dict[str, Any]:
+@router.post("/v1/moderations", response_model=None)
+async def moderations(request: Request, authorization: str | None = Header(default=None)) -> JSONResponse:
     tenant = await _tenant(request, authorization)
-    result: dict[str, Any] = await request.app.state.moderation.moderate(tenant, await _json_object(request))
-    return result
+    body, headers = await request.app.state.moderation.moderate(tenant, await _json_object(request))
+    return JSONResponse(body, headers=headers)
 
 
-@router.post("/v1/embeddings")
-async def embeddings(request: Request, authorization: str | None = Header(default=None)) -> dict[str, Any]:
+@router.post("/v1/embeddings", response_model=None)
+async def embeddings(request: Request, authorization: str | None = Header(default=None)) -> JSONResponse:
     tenant = await _tenant(request, authorization)
-    result: dict[str, Any] = await request.app.state.embeddings.create(tenant, await _json_object(request))
-    return result
+    body, headers = await request.app.state.embeddings.create(tenant, await _json_object(request))
+    return JSONResponse(body, headers=headers)
 
 
 @router.post("/v1/responses", response_model=None)

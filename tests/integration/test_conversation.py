@@ -157,6 +157,7 @@ async def test_token_limit_answers_429_with_retry_after_before_any_work(stack: S
         alone = await http.post(f"{base}/chat/completions", json=huge, headers={"Authorization": f"Bearer {key}"})
     assert first.status_code == 200
     assert second.status_code == 429 and int(second.headers["retry-after"]) >= 1
+    assert int(second.headers["x-ratelimit-remaining-tokens"]) < int(second.headers["x-ratelimit-limit-tokens"])
     assert second.json()["error"]["type"] == "rate_limit_error"
     assert alone.status_code == 429 and alone.json()["error"]["code"] == "tokens_per_minute_exceeded"
 

@@ -80,3 +80,15 @@ def test_a_prompt_too_long_for_the_model_is_the_clients_error(client: openai.Ope
         client.chat.completions.create(model="smollm2-135m-instruct", messages=COLOUR, tools=tools, max_tokens=8)
     body = info.value.body
     assert isinstance(body, dict) and body["code"] == "context_length_exceeded", body
+
+
+def test_answers_carry_openai_rate_limit_headers(client: openai.OpenAI) -> None:
+    first = client.chat.completions.with_raw_response.create(model="echo", messages=ASK, max_tokens=2).headers
+    assert first["x-ratelimit-limit-requests"] == "600" and first["x-ratelimit-limit-tokens"] == "200000"  # pro
+    second = client.chat.completions.with_raw_response.create(model="echo", messages=ASK, max_tokens=2).headers
+    # a bucket refills at 10 requests a second: between two requests it cannot have gained more than one back
+    assert int(second["x-ratelimit-remaining-requests"]) <= int(first["x-ratelimit-remaining-requests"]) + 1
+    assert int(second["x-ratelimit-remaining-tokens"]) < 200_000
+    assert first["x-ratelimit-reset-requests"].endswith("s")
+    embedded = client.embeddings.with_raw_response.create(model="all-minilm-l6-v2", input="a short text").headers
+    assert int(embedded["x-ratelimit-remaining-tokens"]) < 200_000
