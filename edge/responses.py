@@ -191,7 +191,9 @@ class ResponsesService:
         refuse_unsupported(req)
         return req, conversation
 
-    async def create(self, tenant: Tenant, body: dict[str, Any]) -> dict[str, Any] | AsyncIterator[str]:
+    async def create(self, tenant: Tenant, body: dict[str, Any]
+                     ) -> tuple[dict[str, Any] | AsyncIterator[str], dict[str, str]]:
+        """The Response (or its event stream) and the answer's headers (the plan's x-ratelimit-*)."""
         req, conversation = await self.translate(tenant, body)
         adm = await self._chat.admit(tenant, req, None)
         choices = await self._chat.submit(tenant, req, adm)  # one: the Responses API has no n
@@ -206,8 +208,8 @@ class ResponsesService:
             result = resp.completed(completion)
             if store:
                 await self._store(tenant, result, conversation)
-            return result
-        return self._events(tenant, choices, req, resp, conversation, store)
+            return result, adm.limits.headers()
+        return self._events(tenant, choices, req, resp, conversation, store), adm.limits.headers()
 
     async def _store(self, tenant: Tenant, response: dict[str, Any], conversation: list[dict[str, Any]]) -> None:
         text = "".join(p["text"] for item in response["output"] if item["type"] == "message" for p in item["content"])

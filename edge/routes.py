@@ -199,10 +199,10 @@ async def embeddings(request: Request, authorization: str | None = Header(defaul
 @router.post("/v1/responses", response_model=None)
 async def create_response(request: Request, authorization: str | None = Header(default=None)) -> Any:
     tenant = await _tenant(request, authorization)
-    result = await request.app.state.responses.create(tenant, await _json_object(request))
+    result, headers = await request.app.state.responses.create(tenant, await _json_object(request))
     if isinstance(result, dict):
-        return JSONResponse(result, headers={"x-request-id": result["id"]})
-    return StreamingResponse(result, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return JSONResponse(result, headers={"x-request-id": result["id"], **headers})
+    return StreamingResponse(result, media_type="text/event-stream", headers={"Cache-Control": "no-cache", **headers})
 
 
 @router.get("/v1/responses/{response_id}")
