@@ -12,6 +12,7 @@ import json
 import re
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,15 +94,8 @@ class ApiKeyStore:
         return bool(await self._r.exists(f"conflux:tenant:{tenant_id}"))
 
     async def list_keys(self, tenant_id: str) -> list[KeyInfo]:
-        """The tenant's keys, oldest first, by id (a prefix of the key's hash: the key itself is not stored).
-        A scan over every key: an operator's command, not a request path."""
-        found = []
-        async for rkey in self._r.scan_iter(match="conflux:apikey:*", count=500):
-            record = await self._r.hgetall(rkey)
-            if record and _s(record[b"tenant_id"]) == tenant_id:
-                digest = _s(rkey).rsplit(":", 1)[1]
-                found.append(KeyInfo(KEY_ID_PREFIX + digest[:KEY_ID_CHARS], _s(record.get(b"name", b"")),
-                                     int(_s(record.get(b"created", b"0")))))
+        """The tenant's keys, oldest first, by id (a prefix of the key's hash: the key itself is not stored)."""
+        found = [info async for info, _ in self._keys_of(tenant_id)]
         return sorted(found, key=lambda k: (k.created, k.id))
 
     async def revoke_id(self, tenant_id: str, key_id: str) -> KeyInfo:
@@ -121,13 +115,19 @@ class ApiKeyStore:
         prefix = key_id.removeprefix(KEY_ID_PREFIX)
         if len(prefix) != KEY_ID_CHARS:
             raise AuthError(f"a key id is {KEY_ID_PREFIX} and {KEY_ID_CHARS} hex digits (see `conflux keys list`)")
+        async for found in self._keys_of(tenant_id, prefix):  # another tenant's key is not found
+            return found
+        raise AuthError(f"tenant {tenant_id!r} has no key {key_id!r}")
+
+    async def _keys_of(self, tenant_id: str, prefix: str = "") -> AsyncIterator[tuple[KeyInfo, str]]:
+        """(KeyInfo, hash) of the tenant's keys whose hash starts with `prefix`. A scan over every key: an
+        operator's command, not a request path."""
         async for rkey in self._r.scan_iter(match=f"conflux:apikey:{prefix}*", count=500):
             record = await self._r.hgetall(rkey)
-            if record and _s(record[b"tenant_id"]) == tenant_id:  # another tenant's key is not found
-                info = KeyInfo(KEY_ID_PREFIX + prefix, _s(record.get(b"name", b"")),
-                               int(_s(record.get(b"created", b"0"))))
-                return info, _s(rkey).rsplit(":", 1)[1]
-        raise AuthError(f"tenant {tenant_id!r} has no key {key_id!r}")
+            if record and _s(record[b"tenant_id"]) == tenant_id:
+                digest = _s(rkey).rsplit(":", 1)[1]
+                yield KeyInfo(KEY_ID_PREFIX + digest[:KEY_ID_CHARS], _s(record.get(b"name", b"")),
+                              int(_s(record.get(b"created", b"0")))), digest
 
     async def authenticate(self, api_key: str | None) -> Tenant:
         if not api_key:
