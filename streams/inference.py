@@ -157,12 +157,11 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
             await flush()
 
     calls: list[tools.Call] = []
-    calls_streamed = False
 
     async def stream_output(guide: tools.Guide | None = None) -> None:
         """Free text, or a constrained output the grammar alone holds (guide.streamed): each piece into the
         output guard as it comes; tool calls straight to the caller (they are not text the guard reads)."""
-        nonlocal ttft, generated, finish, calls, calls_streamed
+        nonlocal ttft, generated, finish, calls
         call_stream = tools.CallStream(guide) if guide is not None and guide.kind == "tools" else None
         pieces: list[str] = []
         async for piece in deps.triton.stream(model.triton_stream, prompt, rc.max_tokens, temperature,
@@ -175,7 +174,6 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
             text = piece.text
             if call_stream is not None and not call_stream.text_mode:
                 if deltas := call_stream.feed(piece.text):
-                    calls_streamed = True
                     await send("", deltas)
                 text = call_stream.take_text() if call_stream.text_mode else ""
             logprobs.add(len(text), piece.logprobs)
@@ -209,8 +207,8 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
         ttft, generated, finish, calls = out.ttft, out.generated, out.finish, out.calls
         if out.text:
             logprobs.add(len(out.text), out.logprobs)
-        if out.text and (text := stops.feed(out.text) + ("" if stops.stopped else stops.flush())):
-            guard.add(text)
+            if text := stops.feed(out.text) + ("" if stops.stopped else stops.flush()):
+                guard.add(text)
 
     sending = asyncio.ensure_future(sender())
     try:
@@ -234,7 +232,7 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
         error = "the output safety check failed; nothing unchecked was sent"
     await flush()  # what the checks cleared (on a block: everything before the window that tripped it)
     if calls and error is None and guard.blocked is None:
-        if not calls_streamed:
+        if not rc.guide or not rc.guide.streamed:  # streamed calls left as they were generated
             await send("", tools.deltas(calls))
         for i, c in enumerate(calls):
             await rc.events.add("tool.calls", {
