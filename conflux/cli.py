@@ -100,6 +100,7 @@ def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     import redis.asyncio as aioredis
 
+    from conflux.budget import BudgetError
     from conflux.tenants import ApiKeyStore, AuthError, Tenant
 
     async def act() -> Any:
@@ -107,10 +108,11 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
         try:
             store = ApiKeyStore(client)
             if args.action == "create":
+                budget = _budget(args.budget_usd, args.budget_tokens, args.budget_period)
                 # An existing tenant keeps its plan and system prompt unless they are given.
                 if not await store.tenant_exists(args.tenant) or args.plan or args.system_prompt is not None:
                     await store.upsert_tenant(Tenant(args.tenant, args.plan or "free", args.system_prompt or ""))
-                return await store.create_key(args.tenant, args.name)
+                return await store.create_key(args.tenant, args.name, budget)
             if args.action == "list":
                 return await store.list_keys(args.tenant)
             if not args.id:
@@ -123,7 +125,7 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
 
     try:
         result = asyncio.run(act())
-    except AuthError as exc:
+    except (AuthError, BudgetError) as exc:
         _progress(f"refused: {exc}")
         return 2
     if args.action == "list":
@@ -139,7 +141,51 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _budget(usd: float | None, tokens: int | None, period: str | None) -> Any:
+    """The Budget the flags describe, or None when they name no limit."""
+    from conflux.budget import Budget, BudgetError, usd_to_micros
+
+    if usd is None and tokens is None:
+        if period is not None:
+            raise BudgetError("a budget period needs a limit: --budget-usd and/or --budget-tokens")
+        return None
+    return Budget(period or "month", None if usd is None else usd_to_micros(usd), tokens)
+
+
 def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "set-budget":
+        return _set_budget(settings, args)
+    return _set_policy(settings, args)
+
+
+def _set_budget(settings: Settings, args: argparse.Namespace) -> int:
+    import redis.asyncio as aioredis
+
+    from conflux.budget import BudgetError
+    from conflux.tenants import ApiKeyStore, AuthError
+
+    async def act() -> Any:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            budget = None if args.clear else _budget(args.budget_usd, args.budget_tokens, args.budget_period)
+            if budget is None and not args.clear:
+                raise BudgetError("nothing to set: --budget-usd and/or --budget-tokens (or --clear)")
+            await ApiKeyStore(client).set_budget(args.tenant, budget, args.id)
+            return budget
+        finally:
+            await client.aclose()
+
+    try:
+        budget = asyncio.run(act())
+    except (AuthError, BudgetError) as exc:
+        _progress(f"refused: {exc}")
+        return 2
+    whose = f"key {args.id} of tenant {args.tenant}" if args.id else f"tenant {args.tenant}"
+    _progress(f"budget of {whose}: " + ("none" if budget is None else budget.to_json()))
+    return 0
+
+
+def _set_policy(settings: Settings, args: argparse.Namespace) -> int:
     import json
 
     import redis.asyncio as aioredis
@@ -263,13 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default="default")
     p.add_argument("--system-prompt", default=None)
     p.add_argument("--id", help="revoke, rotate: the key's id, from `keys list`")
+    _budget_flags(p, "create: the key's own budget")
     p.set_defaults(func=cmd_keys)
-    p = sub.add_parser("tenants", help="tenant settings: set-policy (what each safety category does for a tenant)")
-    p.add_argument("action", choices=["set-policy"])
+    p = sub.add_parser("tenants", help="tenant settings: set-policy (what each safety category does for a "
+                       "tenant), set-budget (spend limits of the tenant, or of one key with --id)")
+    p.add_argument("action", choices=["set-policy", "set-budget"])
     p.add_argument("--tenant", required=True)
     for action in ("block", "flag", "allow"):
         p.add_argument(f"--{action}", default="", metavar="CATEGORIES",
-                       help=f"comma-separated taxonomy ids to {action} (infra/safety_taxonomy.toml)")
+                       help=f"set-policy: comma-separated taxonomy ids to {action} (infra/safety_taxonomy.toml)")
+    p.add_argument("--id", help="set-budget: one key's budget (its id, from `keys list`) instead of the tenant's")
+    p.add_argument("--clear", action="store_true", help="set-budget: remove the budget")
+    _budget_flags(p, "set-budget")
     p.set_defaults(func=cmd_tenants)
     p = sub.add_parser("edge", help="run an OpenAI-compatible HTTP edge instance")
     p.add_argument("--host", default="127.0.0.1")
@@ -299,6 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="one event through every engine of the running stack")
     p.set_defaults(func=cmd_demo)
     return ap
+
+
+def _budget_flags(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--budget-usd", type=float, default=None, help=f"{what}: USD per period")
+    p.add_argument("--budget-tokens", type=int, default=None, help=f"{what}: tokens per period")
+    p.add_argument("--budget-period", choices=["day", "month"], default=None,
+                   help=f"{what}: the UTC day or month the limits apply to (default: month)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conflux import budget
 from conflux.config import REPO_ROOT
 from conflux.errors import ConfluxError
 
@@ -39,6 +40,11 @@ class ModelSpec:
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_prompt_per_1k + completion_tokens * self.price_completion_per_1k) / 1000
+
+    def cost_micros(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """What a tenant is charged, in whole micro-dollars (integers only: budgets must add up exactly)."""
+        return budget.cost_micros(prompt_tokens, completion_tokens, budget.price_picos(self.price_prompt_per_1k),
+                                  budget.price_picos(self.price_completion_per_1k))
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ class RoutingError(ConfluxError):
     def __init__(self, message: str, code: str) -> None:
         super().__init__(message)
         self.code = code  # model_not_found | model_not_allowed | context_length_exceeded | no_capacity
+        # | insufficient_quota (streams/routing_stage.py)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from conflux.budget import Budget
 from conflux.errors import ConfluxError
 
 KEY_PREFIX = "cfx_"
@@ -31,6 +32,8 @@ class Tenant:
     tenant_id: str
     plan: str
     system_prompt: str = ""
+    key_id: str = ""  # the key this request came with (key_<12 hex>); empty for a tenant not authenticated
+    budgets: tuple[tuple[str, Budget], ...] = ()  # (scope, budget) of the tenant and of the key, when set
 
 
 KEY_ID_PREFIX = "key_"
@@ -78,14 +81,30 @@ class ApiKeyStore:
         await self._r.hset(key, "safety_policy", json.dumps(merged, sort_keys=True))
         return merged
 
-    async def create_key(self, tenant_id: str, name: str = "default") -> str:
+    async def create_key(self, tenant_id: str, name: str = "default", budget: Budget | None = None) -> str:
         """Returns the new key. It is not stored anywhere, so this is the only time it can be seen."""
         if not await self._r.exists(f"conflux:tenant:{tenant_id}"):
             raise AuthError(f"unknown tenant {tenant_id!r}")
         key = KEY_PREFIX + secrets.token_urlsafe(32)
-        await self._r.hset(f"conflux:apikey:{hash_key(key)}",
-                           mapping={"tenant_id": tenant_id, "name": name, "created": str(int(time.time()))})
+        record = {"tenant_id": tenant_id, "name": name, "created": str(int(time.time()))}
+        if budget is not None:
+            record["budget"] = budget.to_json()
+        await self._r.hset(f"conflux:apikey:{hash_key(key)}", mapping=record)
         return key
+
+    async def set_budget(self, tenant_id: str, budget: Budget | None, key_id: str | None = None) -> None:
+        """The tenant's budget, or one key's (key_id); None removes it. Read on every request: no restart."""
+        if key_id is not None:
+            _, digest = await self._find(tenant_id, key_id)
+            rkey = f"conflux:apikey:{digest}"
+        elif await self._r.exists(f"conflux:tenant:{tenant_id}"):
+            rkey = f"conflux:tenant:{tenant_id}"
+        else:
+            raise AuthError(f"unknown tenant {tenant_id!r}")
+        if budget is None:
+            await self._r.hdel(rkey, "budget")
+        else:
+            await self._r.hset(rkey, "budget", budget.to_json())
 
     async def revoke(self, api_key: str) -> None:
         await self._r.delete(f"conflux:apikey:{hash_key(api_key)}")
@@ -105,9 +124,11 @@ class ApiKeyStore:
         return info
 
     async def rotate(self, tenant_id: str, key_id: str) -> str:
-        """A new key with the old one's name; the old one is revoked. Returns the new key (shown once)."""
+        """A new key with the old one's name and budget; the old one is revoked. Returns the new key (shown once)."""
         info, digest = await self._find(tenant_id, key_id)
-        key = await self.create_key(tenant_id, info.name)
+        # The budget goes with the name; the old key's spend stays with its id (the tenant's budget spans both).
+        key = await self.create_key(tenant_id, info.name,
+                                    Budget.from_json(await self._r.hget(f"conflux:apikey:{digest}", "budget")))
         await self._r.delete(f"conflux:apikey:{digest}")
         return key
 
@@ -143,7 +164,12 @@ class ApiKeyStore:
         tenant = await self._r.hgetall(f"conflux:tenant:{tenant_id}")
         if not tenant:
             raise AuthError("the tenant of this API key no longer exists")
-        return Tenant(tenant_id, _s(tenant[b"plan"]), _s(tenant.get(b"system_prompt", b"")))
+        key_id = KEY_ID_PREFIX + digest[:KEY_ID_CHARS]
+        budgets = [(scope, b) for scope, b in ((f"tenant:{tenant_id}", Budget.from_json(tenant.get(b"budget"))),
+                                               (f"key:{tenant_id}:{key_id}", Budget.from_json(record.get(b"budget"))))
+                   if b is not None]
+        return Tenant(tenant_id, _s(tenant[b"plan"]), _s(tenant.get(b"system_prompt", b"")), key_id,
+                      tuple(budgets))
 
 
 def _s(v: bytes | str) -> str:

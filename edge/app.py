@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from conflux.budget import Budgets
 from conflux.clickhouse import clickhouse_client
 from conflux.config import Settings
 from conflux.ids import ResponseIds, load_secret
@@ -83,11 +84,12 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
         triton = TritonClient(settings.triton_grpc_url)
         app.state.moderation = ModerationService(triton, SafetyHead.load(), RateLimiter(redis), models, redis)
         ids = ResponseIds(load_secret(settings))
+        budgets = Budgets(redis)
         app.state.embeddings = EmbeddingService(triton=triton, limiter=RateLimiter(redis), models=models,
-                                                publisher=publisher, ids=ids, instance_id=instance)
+                                                publisher=publisher, ids=ids, instance_id=instance, budgets=budgets)
         app.state.chat = chat = ChatService(publisher=publisher, replies=replies, models=models,
                                      limiter=RateLimiter(redis), redis=redis, instance_id=instance,
-                                     chain_timeout_s=chain_timeout_s, ids=ids,
+                                     chain_timeout_s=chain_timeout_s, ids=ids, budgets=budgets,
                                      load=load)
         app.state.responses = ResponsesService(chat, redis)
         try:

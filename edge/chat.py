@@ -13,6 +13,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from conflux.budget import Budgets, Limit, Standing
 from conflux.ids import ResponseIds
 from conflux.kafka import EventPublisher
 from conflux.models import CatalogueModelError, ModelCatalogue, ModelSpec, Plan
@@ -23,6 +24,7 @@ from edge.errors import ApiError
 from edge.load import LoadGauge
 from edge.params import logprobs_asked, needs_grammar
 from edge.protocol import ChatCompletionRequest
+from edge.quota import spend_gate
 from edge.replies import ReplyRouter
 
 IDEMPOTENCY_TTL_S = 24 * 3600
@@ -36,6 +38,12 @@ class Admitted:
     max_tokens: int
     model: ModelSpec | None  # None for "auto": the routing stage decides
     limits: Verdict  # the plan's rate limits after this request (x-ratelimit-* headers)
+    budgets: tuple[Limit, ...] = ()  # the spend budgets the worker reserves against
+    standing: Standing | None = None  # the tightest budget's standing before this request
+
+    def headers(self) -> dict[str, str]:
+        """The rate-limit headers, and the budget's when one applies."""
+        return {**self.limits.headers(), **(self.standing.headers() if self.standing else {})}
 
     @property
     def request_id(self) -> str:
@@ -87,7 +95,7 @@ class ToolCalls:
 # A request the chain refused for what it asked (its finish_reason says why) is the client's error, as OpenAI
 # answers it; any other ending with an error is the platform's (502).
 REFUSALS = {"context_length_exceeded": 400, "unsupported_parameter": 400, "model_not_found": 404,
-            "model_not_allowed": 403, "no_capacity": 503}
+            "model_not_allowed": 403, "no_capacity": 503, "insufficient_quota": 429}
 
 
 def chain_error(final: dict[str, Any]) -> ApiError:
@@ -96,6 +104,8 @@ def chain_error(final: dict[str, Any]) -> ApiError:
     status = REFUSALS.get(code)
     if status is None:
         return ApiError(502, final["error"], "server_error", code="generation_failed")
+    if code == "insufficient_quota":
+        return ApiError(status, final["error"], code, code=code)
     return ApiError(status, final["error"], "invalid_request_error" if status < 500 else "server_error", code=code)
 
 
@@ -118,8 +128,9 @@ async def meter(limiter: RateLimiter, plan: Plan, tenant_id: str, tokens: int) -
 class ChatService:
     def __init__(self, *, publisher: EventPublisher, replies: ReplyRouter, models: ModelCatalogue,
                  limiter: RateLimiter, redis: Any, instance_id: str, chain_timeout_s: float,
-                 ids: ResponseIds, load: LoadGauge | None = None) -> None:
+                 ids: ResponseIds, budgets: Budgets, load: LoadGauge | None = None) -> None:
         self._ids = ids
+        self.budgets = budgets
         self._load = load
         self._publisher = publisher
         self._replies = replies
@@ -165,8 +176,9 @@ class ChatService:
         # choice is a whole generation.
         est = (sum(len(m.text()) for m in req.messages) // 4 + max_tokens) * n
         limits = await meter(self._limiter, plan, tenant.tenant_id, est)
+        budgets, standing = await spend_gate(self.budgets, tenant)
         ids = tuple(self._ids.new(tenant.tenant_id) for _ in range(n))
-        return Admitted(ids, conversation_id or ids[0], max_tokens, model, limits)
+        return Admitted(ids, conversation_id or ids[0], max_tokens, model, limits, tuple(budgets), standing)
 
     def _refuse_incapable(self, model: ModelSpec, req: ChatCompletionRequest) -> None:
         """ApiError(400) when the request needs what the model named cannot do (auto picks a model that can)."""
@@ -200,6 +212,7 @@ class ChatService:
             "parallel_tool_calls": req.parallel_tool_calls is not False,
             "response_format": json.dumps(req.response_format) if req.response_format else None,
             "top_logprobs": logprobs_asked(req), "choices": len(choices),
+            "key_id": tenant.key_id, "budgets": [b.record() for b in adm.budgets],
         }
         try:
             for i, rid in enumerate(choices.ids):

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from conflux.budget import Budgets, cost_micros, price_picos
 from conflux.ids import ResponseIds
 from conflux.inference import InferenceError, TritonClient
 from conflux.kafka import EventPublisher
@@ -23,6 +24,7 @@ from conflux.serde import new_envelope
 from conflux.tenants import Tenant
 from edge.chat import meter
 from edge.errors import ApiError
+from edge.quota import quota_error, spend_gate
 
 MODEL = "all-minilm-l6-v2"
 TRITON_MODEL = "minilm_embed"
@@ -36,7 +38,8 @@ FIELDS = {"input", "model", "encoding_format", "dimensions", "user"}
 
 class EmbeddingService:
     def __init__(self, *, triton: TritonClient, limiter: RateLimiter, models: Any, publisher: EventPublisher,
-                 ids: ResponseIds, instance_id: str) -> None:
+                 ids: ResponseIds, instance_id: str, budgets: Budgets) -> None:
+        self._budgets = budgets
         self._triton = triton
         self._limiter = limiter
         self._models = models
@@ -90,25 +93,37 @@ class EmbeddingService:
         tokens = sum(counts)
         plan = self._models.plan(tenant.plan)
         limits = await meter(self._limiter, plan, tenant.tenant_id, tokens)
-        t0 = time.perf_counter()
-        try:
-            vectors = await self._triton.embed(texts, TRITON_MODEL)  # split at the model's batch size
-        except InferenceError as exc:
-            raise ApiError(502, f"the embedding model failed: {exc}", "server_error",
-                           code="embedding_failed") from None
-        latency = (time.perf_counter() - t0) * 1000
         request_id = self._ids.new(tenant.tenant_id)
-        cost = tokens / 1000 * PRICE_PER_1K
-        # Recorded (and acknowledged) before the answer leaves: a served embedding is never unmetered.
-        await self._publisher.publish("embeddings.created", {
-            "envelope": new_envelope(tenant_id=tenant.tenant_id, conversation_id=request_id, request_id=request_id,
-                                     producer=self._instance),
-            "model": MODEL, "triton_model": TRITON_MODEL, "inputs": len(texts), "prompt_tokens": tokens,
-            "dimensions": DIMENSIONS, "encoding_format": fmt, "latency_ms": latency, "cost_usd": cost,
-            "user": user}, key=request_id)
+        budgets, standing = await spend_gate(self._budgets, tenant)
+        # The cost is known before the work: it is held against the budgets, and settled once recorded.
+        cost = cost_micros(tokens, 0, price_picos(PRICE_PER_1K), 0)
+        if (short := await self._budgets.reserve(request_id, budgets, cost, tokens)) is not None:
+            raise quota_error(f"You exceeded your current quota: this request (${cost / 1e6:.6f}, {tokens} tokens) "
+                              f"does not fit in the budget of {short.scope.split(':')[0]}", standing)
+        charged = 0
+        try:
+            t0 = time.perf_counter()
+            try:
+                vectors = await self._triton.embed(texts, TRITON_MODEL)  # split at the model's batch size
+            except InferenceError as exc:
+                raise ApiError(502, f"the embedding model failed: {exc}", "server_error",
+                               code="embedding_failed") from None
+            latency = (time.perf_counter() - t0) * 1000
+            # Recorded (and acknowledged) before the answer leaves: a served embedding is never unmetered.
+            await self._publisher.publish("embeddings.created", {
+                "envelope": new_envelope(tenant_id=tenant.tenant_id, conversation_id=request_id,
+                                         request_id=request_id, producer=self._instance),
+                "model": MODEL, "triton_model": TRITON_MODEL, "inputs": len(texts), "prompt_tokens": tokens,
+                "dimensions": DIMENSIONS, "encoding_format": fmt, "latency_ms": latency,
+                "cost_usd": tokens / 1000 * PRICE_PER_1K, "cost_micros": cost, "key_id": tenant.key_id,
+                "user": user}, key=request_id)
+            charged = cost
+        finally:
+            await self._budgets.settle(request_id, charged, tokens if charged else 0)
+        headers = {**limits.headers(), **(standing.headers() if standing else {})}
         data = [{"object": "embedding", "index": i, "embedding": _encode(v, fmt)} for i, v in enumerate(vectors)]
         return {"object": "list", "data": data, "model": MODEL, "id": request_id,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, limits.headers()
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}, headers
 
 
 def _encode(vector: Any, fmt: str) -> Any:

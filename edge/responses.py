@@ -208,8 +208,8 @@ class ResponsesService:
             result = resp.completed(completion)
             if store:
                 await self._store(tenant, result, conversation)
-            return result, adm.limits.headers()
-        return self._events(tenant, choices, req, resp, conversation, store), adm.limits.headers()
+            return result, adm.headers()
+        return self._events(tenant, choices, req, resp, conversation, store), adm.headers()
 
     async def _store(self, tenant: Tenant, response: dict[str, Any], conversation: list[dict[str, Any]]) -> None:
         text = "".join(p["text"] for item in response["output"] if item["type"] == "message" for p in item["content"])

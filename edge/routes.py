@@ -106,7 +106,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
             await svc.idempotent_finish(tenant.tenant_id, idempotency_key, None)
         raise
     created = int(time.time())
-    headers = {"x-request-id": adm.request_id, "x-conversation-id": adm.conversation_id, **adm.limits.headers()}
+    headers = {"x-request-id": adm.request_id, "x-conversation-id": adm.conversation_id, **adm.headers()}
     if not body.stream:
         try:
             completions = await svc.collect_all(choices, body.model)

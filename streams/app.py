@@ -20,6 +20,7 @@ import faust
 from opentelemetry import trace
 from redis.exceptions import RedisError
 
+from conflux.budget import Budgets
 from conflux.config import Settings
 from conflux.errors import ConfluxError, PublishError
 from conflux.inference import TritonClient
@@ -83,7 +84,7 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
                 ctx=ContextStore(redis), redis=redis, vectors=vectors, tokenizer=Tokenizer(),
                 once=Once(redis, worker_id, done_ttl_s(settings.inference_timeout_s)),
                 triton=TritonClient(settings.triton_grpc_url), tracer=tracer, ready_models=ReadyModels(),
-                safety=SafetyHead.load(),
+                safety=SafetyHead.load(), budgets=Budgets(redis),
                 worker_id=worker_id, metrics=Metrics("conflux_worker", {"instance": worker_id}),
                 inference_timeout_s=settings.inference_timeout_s)
 
@@ -122,6 +123,17 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, metrics_
             await deps.redis.set(f"conflux:worker:{wid}:heartbeat", str(os.getpid()), ex=HEARTBEAT_TTL_S)
         except RedisError as exc:  # a missing heartbeat is the report; the timer must not take the worker down
             log.warning("heartbeat failed: %r", exc)
+
+    @app.timer(30.0)  # type: ignore[untyped-decorator]
+    async def release_budget_holds() -> None:
+        # A request whose worker died and was never replayed would hold its worst case against the budget
+        # for ever; any worker may release it (the release is atomic and once).
+        deps = await lazy.get()
+        try:
+            if released := await deps.budgets.release_expired():
+                log.warning("released %d budget holds nobody settled", released)
+        except RedisError as exc:
+            log.warning("budget hold release failed: %r", exc)
 
     return app
 

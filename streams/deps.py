@@ -11,6 +11,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from conflux.budget import Budgets
 from conflux.config import Settings
 from conflux.errors import ConfluxError
 from conflux.inference import TritonClient
@@ -52,6 +53,7 @@ class Deps:
     once: Once
     ready_models: Any  # streams.routing_stage.ReadyModels (typed loosely: that module imports this one)
     safety: SafetyHead  # the safety classifier (input check, output check on the stream)
+    budgets: Budgets  # spend holds (routing stage) and their settlement (the request's end)
     inference_timeout_s: float = 60.0
     retrieval_k: int = 4
     collection: str = "documents"
@@ -112,8 +114,13 @@ class Deps:
             await events.add("chat.responses", {
                 "envelope": self.envelope(env), "model": request.get("model", ""), "content": text,
                 "finish_reason": finish_reason, "blocked": blocked, "error": error, "prompt_tokens": 0,
-                "completion_tokens": 0, "citations": [], "latency_ms": latency_ms}, key=env["conversation_id"])
+                "completion_tokens": 0, "citations": [], "latency_ms": latency_ms, "cost_micros": 0,
+                "key_id": request.get("key_id") or ""}, key=env["conversation_id"])
             await events.settle()
+            # No answer it can charge for (a refusal, an error, a block by input safety): the hold, if any,
+            # is released at no cost. After the event is acknowledged, so that Redis never records a spend the
+            # log does not have.
+            await self.budgets.settle(env["request_id"], 0, 0)
             await self.reply_final(request, {
                 "envelope": self.envelope(env), "sequence": seq, "text": text, "is_final": True,
                 "finish_reason": finish_reason, "error": error, "model": model, "prompt_tokens": usage,

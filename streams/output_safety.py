@@ -39,14 +39,19 @@ async def finish(deps: Deps, rc: RequestContext, decision: Decision, built: Buil
             "latency_ms": (time.perf_counter() - t0) * 1000}, key=rc.key)
         finish_reason = "content_filter" if verdict == "BLOCK" else gen.finish_reason
         citations = [c["chunk_id"] for c in chunks]
+        # Generated tokens are charged however the answer ended: whole, cut by the token limit, cancelled by
+        # the caller, or blocked by the output check (the model did the work the request asked for).
+        cost = decision.model.cost_micros(built.prompt_tokens, gen.completion_tokens)
         await rc.events.add("chat.responses", {
             "envelope": deps.envelope(env), "model": decision.model.id,
             "content": "" if verdict == "BLOCK" else gen.text, "finish_reason": finish_reason,
             "blocked": verdict == "BLOCK", "error": None, "prompt_tokens": built.prompt_tokens,
             "completion_tokens": gen.completion_tokens, "citations": citations,
-            "latency_ms": (time.time() - rc.started) * 1000}, key=rc.key)
+            "latency_ms": (time.time() - rc.started) * 1000, "cost_micros": cost,
+            "key_id": rc.request.get("key_id") or ""}, key=rc.key)
         # Every event of the request is acknowledged before the caller hears it has ended.
         await rc.events.settle()
+        await deps.budgets.settle(rc.request_id, cost, built.prompt_tokens + gen.completion_tokens)
         await deps.reply_final(rc.request, {
             "envelope": deps.envelope(env), "sequence": gen.chunks_sent, "text": "", "is_final": True,
             "finish_reason": finish_reason, "error": None, "model": decision.model.id,

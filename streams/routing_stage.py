@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from conflux.budget import Limit, renews_at
 from conflux.routing import Decision, Features, RoutingError, route
 from streams.deps import Deps
 from streams.prompt_build import Built
@@ -39,6 +40,7 @@ async def choose(deps: Deps, rc: RequestContext, built: Built) -> Decision | Non
                         guided=rc.guide is not None, logprobs=request.get("top_logprobs") is not None)
     try:
         decision = route(request["model"], deps.models, plan, features, await deps.ready_models.get(deps))
+        await _reserve(deps, rc, decision, built)
     except RoutingError as exc:
         await rc.events.add("routing.decisions", {
             "envelope": deps.envelope(rc.env), "requested_model": request["model"], "chosen_model": "",
@@ -51,3 +53,20 @@ async def choose(deps: Deps, rc: RequestContext, built: Built) -> Decision | Non
         "triton_model": decision.model.triton_stream, "tier": plan.name, "reason": decision.reason,
         "candidates": list(decision.candidates), "estimated_cost_usd": decision.estimated_cost_usd}, key=rc.key)
     return decision
+
+
+async def _reserve(deps: Deps, rc: RequestContext, decision: Decision, built: Built) -> None:
+    """Holds the request's worst-case cost (the whole prompt, every output token it may generate) against each
+    budget that applies, before any inference; RoutingError("insufficient_quota") when one has no room. A
+    replay of the request finds its hold already made."""
+    limits = [Limit.of(r) for r in rc.request.get("budgets") or []]
+    if not limits:
+        return
+    micros = decision.model.cost_micros(built.prompt_tokens, rc.max_tokens)
+    tokens = built.prompt_tokens + rc.max_tokens
+    if (short := await deps.budgets.reserve(rc.request_id, limits, micros, tokens)) is not None:
+        whose = short.scope.split(":")[0]
+        raise RoutingError(f"You exceeded your current quota: this request may cost up to ${micros / 1e6:.6f} "
+                           f"and {tokens} tokens ({decision.model.id}, max_tokens {rc.max_tokens}); the {whose}'s "
+                           f"budget does not have that left (it renews at {renews_at(short.window).isoformat()})",
+                           "insufficient_quota")
