@@ -1,10 +1,12 @@
 """Spend budgets per tenant and per API key, in micro-dollars and tokens, per UTC day or month, in Redis.
 
-A request's worst-case cost is *reserved* before any inference (one Lua call: every budget that applies must
-have room for it, or nothing is held), then *settled* with the actual cost when the request ends, whatever
-the ending. Both are atomic and keyed on the request id, so a replay after a worker failure neither holds
-twice nor settles twice. Money is integers only: prices become pico-dollars per token once, at load
-(`price_picos`), and a request's cost is rounded up to a whole micro-dollar (`cost_micros`).
+Spend is counted for every tenant and key in both windows (day, month), budget or not: a budget set on the
+15th then covers the month's spend so far, and the counters can be reconciled with the event log
+(consumers/reconcile.py). A request's worst-case cost is *reserved* before any inference (one Lua call: every
+budget that applies must have room for it, or nothing is held), then *settled* with the actual cost when the
+request ends, whatever the ending. Both are atomic and keyed on the request id, so a replay after a worker
+failure neither holds twice nor settles twice. Money is integers only: prices become pico-dollars per token
+once (`price_picos`), and a request's cost is rounded up to a whole micro-dollar (`cost_micros`).
 
 Redis layout:
     conflux:spend:<scope>:<window>  hash {spent_micros, spent_tokens, held_micros, held_tokens}
@@ -76,6 +78,10 @@ class Limit:
     tokens: int | None
 
     @property
+    def limited(self) -> bool:
+        return self.usd_micros is not None or self.tokens is not None
+
+    @property
     def redis_key(self) -> str:
         return f"conflux:spend:{self.scope}:{self.window}"
 
@@ -101,14 +107,18 @@ def renews_at(window_id: str) -> dt.datetime:
     return (month + dt.timedelta(days=32)).replace(day=1)
 
 
-def limits_for(budgets: list[tuple[str, Budget]], at: dt.datetime | None = None) -> list[Limit]:
-    """The limits that apply to a request arriving `at` (now): one per (scope, budget)."""
+def limits_for(scoped: list[tuple[str, Budget | None]], at: dt.datetime | None = None) -> list[Limit]:
+    """The spend counters a request arriving `at` (now) goes to: per scope (tenant, key), its day and its month,
+    each with the scope's budget when that budget is for that period (else unlimited: counted only)."""
     now = at or dt.datetime.now(dt.UTC)
     out = []
-    for scope, b in budgets:
+    for scope, b in scoped:
         if not _SCOPE.match(scope):
             raise BudgetError(f"invalid budget scope {scope!r}")
-        out.append(Limit(scope, window(b.period, now), b.usd_micros, b.tokens))
+        for period in PERIODS:
+            mine = b is not None and b.period == period
+            out.append(Limit(scope, window(period, now), b.usd_micros if b and mine else None,
+                             b.tokens if b and mine else None))
     return out
 
 
@@ -209,8 +219,9 @@ class Budgets:
         self._settle = redis.register_script(_SETTLE)
 
     async def standing(self, limits: list[Limit]) -> Standing | None:
-        """The tightest of these budgets (least left, spent or held), or None when no budget applies. One round
-        trip; the edge asks it before queueing any work."""
+        """The tightest of these budgets (least left, spent or held), or None when no budget applies (no round
+        trip then). The edge asks it before queueing any work."""
+        limits = [lim for lim in limits if lim.limited]
         if not limits:
             return None
         async with self._r.pipeline(transaction=False) as pipe:

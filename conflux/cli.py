@@ -276,6 +276,39 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_budgets(settings: Settings, args: argparse.Namespace) -> int:
+    """Compares the spend Redis counted with the spend the event log holds, per scope; exit 1 on any drift."""
+    import datetime as dt
+    import re
+
+    import redis.asyncio as aioredis
+
+    from conflux.budget import window
+    from conflux.clickhouse import clickhouse_client
+    from consumers.reconcile import reconcile
+
+    win = args.window or window("day", dt.datetime.now(dt.UTC))
+    if not re.fullmatch(r"d\d{8}|m\d{6}", win):
+        _progress(f"refused: --window is d<YYYYMMDD> or m<YYYYMM> (UTC), not {win!r}")
+        return 2
+
+    async def act() -> Any:
+        client = clickhouse_client(settings)
+        r = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            return await reconcile(client, r, win, args.tenant)
+        finally:
+            await r.aclose()
+            client.close()
+
+    drifts = asyncio.run(act())
+    for d in drifts:
+        print(json.dumps(d.record()))
+    off = [d for d in drifts if not d.exact]
+    _progress(f"{len(drifts)} scope(s) in window {win}: " + (f"{len(off)} with drift" if off else "no drift"))
+    return 1 if off else 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from conflux.demo import run_demo
 
@@ -322,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clear", action="store_true", help="set-budget: remove the budget")
     _budget_flags(p, "set-budget")
     p.set_defaults(func=cmd_tenants)
+    p = sub.add_parser("budgets", help="reconcile: the spend counted in Redis against the event log, per "
+                       "tenant and key (exit 1 on drift)")
+    p.add_argument("action", choices=["reconcile"])
+    p.add_argument("--window", help="d<YYYYMMDD> or m<YYYYMM>, UTC (default: today)")
+    p.add_argument("--tenant", help="only this tenant (default: all)")
+    p.set_defaults(func=cmd_budgets)
     p = sub.add_parser("edge", help="run an OpenAI-compatible HTTP edge instance")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)

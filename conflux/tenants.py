@@ -33,7 +33,16 @@ class Tenant:
     plan: str
     system_prompt: str = ""
     key_id: str = ""  # the key this request came with (key_<12 hex>); empty for a tenant not authenticated
-    budgets: tuple[tuple[str, Budget], ...] = ()  # (scope, budget) of the tenant and of the key, when set
+    budget: Budget | None = None  # the tenant's spend budget
+    key_budget: Budget | None = None  # the key's own
+
+    @property
+    def spend_scopes(self) -> list[tuple[str, Budget | None]]:
+        """(scope, budget) of the tenant and of its key: where this request's spend is counted and limited."""
+        scopes: list[tuple[str, Budget | None]] = [(f"tenant:{self.tenant_id}", self.budget)]
+        if self.key_id:
+            scopes.append((f"key:{self.tenant_id}:{self.key_id}", self.key_budget))
+        return scopes
 
 
 KEY_ID_PREFIX = "key_"
@@ -164,12 +173,9 @@ class ApiKeyStore:
         tenant = await self._r.hgetall(f"conflux:tenant:{tenant_id}")
         if not tenant:
             raise AuthError("the tenant of this API key no longer exists")
-        key_id = KEY_ID_PREFIX + digest[:KEY_ID_CHARS]
-        budgets = [(scope, b) for scope, b in ((f"tenant:{tenant_id}", Budget.from_json(tenant.get(b"budget"))),
-                                               (f"key:{tenant_id}:{key_id}", Budget.from_json(record.get(b"budget"))))
-                   if b is not None]
-        return Tenant(tenant_id, _s(tenant[b"plan"]), _s(tenant.get(b"system_prompt", b"")), key_id,
-                      tuple(budgets))
+        return Tenant(tenant_id, _s(tenant[b"plan"]), _s(tenant.get(b"system_prompt", b"")),
+                      KEY_ID_PREFIX + digest[:KEY_ID_CHARS], Budget.from_json(tenant.get(b"budget")),
+                      Budget.from_json(record.get(b"budget")))
 
 
 def _s(v: bytes | str) -> str:

@@ -38,7 +38,7 @@ class Admitted:
     max_tokens: int
     model: ModelSpec | None  # None for "auto": the routing stage decides
     limits: Verdict  # the plan's rate limits after this request (x-ratelimit-* headers)
-    budgets: tuple[Limit, ...] = ()  # the spend budgets the worker reserves against
+    budgets: tuple[Limit, ...] = ()  # the spend counters and limits the worker reserves against
     standing: Standing | None = None  # the tightest budget's standing before this request
 
     def headers(self) -> dict[str, str]:

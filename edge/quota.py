@@ -16,9 +16,9 @@ def quota_error(message: str, standing: Standing | None = None) -> ApiError:
 
 
 async def spend_gate(budgets: Budgets, tenant: Tenant) -> tuple[list[Limit], Standing | None]:
-    """The budgets that apply to this request and the tightest one's standing (None when none is set: no
-    Redis call); ApiError(429) when one is spent."""
-    limits = limits_for(list(tenant.budgets))
+    """The spend counters of this request (with the budgets that apply) and the tightest budget's standing
+    (None when none is set: no Redis call then); ApiError(429) when one is spent."""
+    limits = limits_for(tenant.spend_scopes)
     standing = await budgets.standing(limits)
     if standing is not None and standing.spent:
         raise quota_error(f"You exceeded your current quota: {standing.describe()}", standing)

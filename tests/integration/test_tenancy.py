@@ -31,7 +31,8 @@ async def test_keys_are_stored_hashed_and_resolve_to_their_tenant(r: aioredis.Re
         values = [v if isinstance(v, bytes) else v.encode() for v in (await r.hgetall(k)).values()]
         assert key.encode() not in k and key.encode() not in b"".join(values)
     tenant = await store.authenticate(key)
-    assert tenant == Tenant(tid, "pro", "Be concise.")
+    assert (tenant.tenant_id, tenant.plan, tenant.system_prompt) == (tid, "pro", "Be concise.")
+    assert tenant.key_id == "key_" + hash_key(key)[:12]
     await store.revoke(key)
     with pytest.raises(AuthError, match="invalid"):
         await store.authenticate(key)

@@ -34,9 +34,14 @@ def test_catalogue_models_cost_in_micros() -> None:
 
 def test_windows_and_renewals_are_utc_days_and_months() -> None:
     at = dt.datetime(2026, 12, 31, 23, 59, tzinfo=dt.UTC)
-    day, month = limits_for([("tenant:t1", Budget("day", 5)), ("key:t1:key_0123456789ab", Budget("month", None, 9))],
-                            at)
+    t_day, t_month, k_day, k_month = limits_for([("tenant:t1", Budget("day", 5)),
+                                                 ("key:t1:key_0123456789ab", Budget("month", None, 9))], at)
+    assert (t_day.usd_micros, t_month.usd_micros, k_day.tokens, k_month.tokens) == (5, None, None, 9)
+    assert not t_month.limited and t_day.limited
+    day, month = t_day, k_month
     assert (day.window, month.window) == ("d20261231", "m202612")
+    # Counted even without a budget: the counters hold the whole spend of the day and the month.
+    assert [x.window for x in limits_for([("tenant:t2", None)], at)] == ["d20261231", "m202612"]
     assert renews_at(day.window) == dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
     assert renews_at(month.window) == dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
     assert renews_at("m202602") == dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
