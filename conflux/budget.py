@@ -197,8 +197,9 @@ _SETTLE = """
 local r = redis.call('HMGET', KEYS[1], 'micros', 'tokens', 'keys')
 if not r[3] then return 0 end
 for _, k in ipairs(cjson.decode(r[3])) do
-  redis.call('HINCRBY', k, 'held_micros', -tonumber(r[1]))
-  redis.call('HINCRBY', k, 'held_tokens', -tonumber(r[2]))
+  -- 0 - x, not -x: Lua's -0 is the string "-0", which HINCRBY refuses as "not an integer".
+  redis.call('HINCRBY', k, 'held_micros', 0 - tonumber(r[1]))
+  redis.call('HINCRBY', k, 'held_tokens', 0 - tonumber(r[2]))
   redis.call('HINCRBY', k, 'spent_micros', tonumber(ARGV[2]))
   redis.call('HINCRBY', k, 'spent_tokens', tonumber(ARGV[3]))
 end

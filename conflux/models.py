@@ -37,6 +37,8 @@ class ModelSpec:
     guided_decoding: bool = False
     # Whether its Triton model returns logprobs (return_log_probs / top_logprobs inputs, `logprobs` output).
     logprobs: bool = False
+    # Models (ids) to answer instead, in order, when this one is down or fails before its first token.
+    fallbacks: tuple[str, ...] = ()
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_prompt_per_1k + completion_tokens * self.price_completion_per_1k) / 1000
@@ -84,7 +86,8 @@ def load_models(path: Path = MODELS_PATH) -> ModelCatalogue:
     try:
         doc: dict[str, Any] = tomllib.loads(path.read_text())
         plans = {name: Plan(name=name, **raw) for name, raw in doc.get("plan", {}).items()}
-        models = tuple(ModelSpec(**raw) for raw in doc.get("model", []))
+        models = tuple(ModelSpec(**{**raw, "fallbacks": tuple(raw.get("fallbacks", ()))})
+                       for raw in doc.get("model", []))
     except (OSError, tomllib.TOMLDecodeError, TypeError) as exc:
         raise CatalogueModelError(f"invalid model catalogue {path}: {exc}") from exc
     ids = [m.id for m in models]
@@ -95,4 +98,6 @@ def load_models(path: Path = MODELS_PATH) -> ModelCatalogue:
             raise CatalogueModelError(f"{path}: model {m.id} names unknown plan {m.min_plan!r}")
         if m.context_length <= m.max_output_tokens or not m.triton_stream:
             raise CatalogueModelError(f"{path}: model {m.id} needs triton_stream and context > max output")
+        if bad := [f for f in m.fallbacks if f not in ids or f == m.id]:
+            raise CatalogueModelError(f"{path}: model {m.id} names unknown or itself as fallback: {bad}")
     return ModelCatalogue(models, plans)

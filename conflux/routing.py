@@ -53,6 +53,9 @@ class Decision:
     reason: str
     candidates: tuple[str, ...]
     estimated_cost_usd: float
+    # Where the inference stage goes if `model` fails or stays silent before its first token: the catalogue's
+    # fallbacks of the model asked for, in order, that this request may use and that are being served.
+    fallbacks: tuple[ModelSpec, ...] = ()
 
 
 def complexity(f: Features) -> int:
@@ -74,6 +77,9 @@ def route(requested: str, catalogue: ModelCatalogue, plan: Plan, features: Featu
     def cost(m: ModelSpec) -> float:
         return m.cost(features.prompt_tokens, features.max_output_tokens)
 
+    def usable(m: ModelSpec) -> bool:
+        return catalogue.allowed(m, plan) and fits(m) and capable(m, features) is None and m.triton_stream in served
+
     if requested != "auto":
         try:
             model = catalogue.get(requested)
@@ -87,23 +93,31 @@ def route(requested: str, catalogue: ModelCatalogue, plan: Plan, features: Featu
                                f"{model.id}'s context of {model.context_length}", "context_length_exceeded")
         if lacks := capable(model, features):
             raise RoutingError(f"model {model.id} {lacks}", "unsupported_parameter")
+        backups = tuple(m for m in map(catalogue.get, model.fallbacks) if usable(m))
         if model.triton_stream not in served:
-            raise RoutingError(f"model {model.id} is not being served right now", "no_capacity")
-        return Decision(model, "explicit request, allowed by plan", (model.id,), cost(model))
+            if not backups:
+                tried = f" nor any of its fallbacks ({', '.join(model.fallbacks)})" if model.fallbacks else ""
+                raise RoutingError(f"model {model.id} is not being served right now{tried}", "no_capacity")
+            return Decision(backups[0], f"fallback from {model.id}: not being served", (model.id,),
+                            cost(backups[0]), backups[1:])
+        return Decision(model, "explicit request, allowed by plan", (model.id,), cost(model), backups)
 
     level = complexity(features)
     # The echo model is a measuring tool, never an automatic choice.
     pool = [m for m in catalogue.models if m.quality > 0 and catalogue.allowed(m, plan)
             and capable(m, features) is None]
-    usable = [m for m in pool if fits(m) and m.triton_stream in served]
-    if not usable:
+    usable_now = [m for m in pool if fits(m) and m.triton_stream in served]
+    if not usable_now:
         raise RoutingError(f"no model on plan {plan.name} can serve {features.prompt_tokens} prompt tokens now",
                            "no_capacity" if pool else "model_not_allowed")
-    strong = [m for m in usable if m.quality >= level + 1]
+    strong = [m for m in usable_now if m.quality >= level + 1]
     if strong:
         chosen = min(strong, key=lambda m: (cost(m), load.get(m.id, 0), -m.quality))
         why = f"auto: complexity {level}, cheapest of {len(strong)} model(s) with quality >= {level + 1}"
     else:
-        chosen = max(usable, key=lambda m: (m.quality, -cost(m), -load.get(m.id, 0)))
+        chosen = max(usable_now, key=lambda m: (m.quality, -cost(m), -load.get(m.id, 0)))
         why = f"auto: complexity {level}, strongest model plan {plan.name} can use now (quality {chosen.quality})"
-    return Decision(chosen, why, tuple(m.id for m in usable), cost(chosen))
+    if down := [m.id for m in pool if fits(m) and m.triton_stream not in served]:
+        why += f"; not served now: {', '.join(down)}"
+    backups = tuple(m for m in map(catalogue.get, chosen.fallbacks) if usable(m))
+    return Decision(chosen, why, tuple(m.id for m in usable_now), cost(chosen), backups)

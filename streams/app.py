@@ -178,7 +178,8 @@ async def _with_retries(stage: str, handle: Callable[[Deps, dict[str, Any]], Awa
         except (RedisError, PublishError) as exc:
             if time.monotonic() + delay > deadline:
                 raise
-            log.warning("%s: dependency unavailable, retrying in %.1fs: %r", stage, delay, exc)
+            # redis-py 8 leaves the message out of repr(): name both.
+            log.warning("%s: dependency unavailable, retrying in %.1fs: %s: %s", stage, delay, type(exc).__name__, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 

@@ -63,6 +63,16 @@ async def test_a_hold_is_all_or_nothing_and_settles_once(r: aioredis.Redis) -> N
     assert standing is not None and standing.scope == tight.scope and standing.usd_micros_left == 75
 
 
+async def test_a_free_request_holds_and_settles_nothing_without_error(r: aioredis.Redis) -> None:
+    """The echo models cost 0 micro-dollars: a hold of 0 must settle (a Lua -0 once made HINCRBY fail)."""
+    budgets = Budgets(r)
+    lim = limits_for([(_scope(), None)])[0]
+    rid = f"free-{uuid.uuid4().hex}"
+    assert await budgets.reserve(rid, [lim], 0, 0) is None
+    assert await budgets.settle(rid, 0, 12)
+    assert await budgets.spent(lim) == (0, 12)
+
+
 async def test_a_hold_nobody_settles_is_released(r: aioredis.Redis) -> None:
     budgets = Budgets(r)
     lim = Limit(_scope(), window("day", dt.datetime.now(dt.UTC)), 100, None)

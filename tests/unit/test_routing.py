@@ -36,7 +36,7 @@ def test_explicit_model_above_the_plan_is_refused(cat: ModelCatalogue) -> None:
 
 @pytest.mark.parametrize(("model", "served", "code"), [
     ("gpt-17", CPU_SERVED, "model_not_found"),
-    ("llama-3.1-8b-instruct", CPU_SERVED, "no_capacity"),  # pro plan, but no GPU deployment
+    ("llama-3.1-8b-instruct", {"echo"}, "no_capacity"),  # pro plan, but no GPU deployment nor its fallback
 ])
 def test_unknown_or_unserved_models_fail_with_a_code(cat: ModelCatalogue, model: str, served: set[str],
                                                       code: str) -> None:
@@ -69,6 +69,32 @@ def test_auto_never_picks_echo_and_prefers_the_cheapest_sufficient_model(cat: Mo
 def test_auto_on_a_small_plan_takes_the_strongest_it_may_use(cat: ModelCatalogue) -> None:
     d = route("auto", cat, cat.plan("free"), feats("Prove that the algorithm terminates"), ALL_SERVED)
     assert d.model.id == "smollm2-135m-instruct" and "strongest" in d.reason
+
+
+def test_an_unserved_model_falls_back_to_the_next_usable_one(cat: ModelCatalogue) -> None:
+    d = route("llama-3.1-8b-instruct", cat, cat.plan("pro"), feats(), CPU_SERVED)  # no GPU deployment
+    assert d.model.id == "smollm2-135m-instruct" and d.reason == "fallback from llama-3.1-8b-instruct: not being served"
+    assert d.candidates == ("llama-3.1-8b-instruct",) and d.fallbacks == ()
+    # Served: it answers itself, with its fallback ready for a failure before the first token.
+    served = route("llama-3.1-8b-instruct", cat, cat.plan("pro"), feats(), ALL_SERVED)
+    assert served.model.id == "llama-3.1-8b-instruct" and [m.id for m in served.fallbacks] == ["smollm2-135m-instruct"]
+    # A fallback that is down is not offered.
+    paced = route("echo-paced", cat, cat.plan("free"), feats(), {"echo_paced", "echo"})
+    assert [m.id for m in paced.fallbacks] == ["echo"]
+    assert route("echo-paced", cat, cat.plan("free"), feats(), {"echo_paced"}).fallbacks == ()
+
+
+def test_auto_says_which_stronger_models_were_down(cat: ModelCatalogue) -> None:
+    d = route("auto", cat, cat.plan("pro"), feats("Prove that the algorithm terminates"), CPU_SERVED)
+    assert d.model.id == "smollm2-135m-instruct" and "not served now: llama-3.1-8b-instruct" in d.reason
+
+
+def test_a_fallback_must_name_another_known_model(tmp_path: Path) -> None:
+    src = Path(load_models.__defaults__[0]).read_text()  # type: ignore[index]
+    bad = tmp_path / "models.toml"
+    bad.write_text(src.replace('fallbacks = ["echo"]', 'fallbacks = ["gpt-17"]'))
+    with pytest.raises(CatalogueModelError, match="fallback"):
+        load_models(bad)
 
 
 def test_auto_with_nothing_served_is_no_capacity(cat: ModelCatalogue) -> None:
