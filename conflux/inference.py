@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,7 +137,8 @@ class TritonClient:
 
     async def stream(self, model: str, prompt: str, max_tokens: int, temperature: float = 0.0,
                      timeout_s: float = 30.0, sampling: Sampling | None = None,
-                     guide: tuple[str, str] | None = None, top_logprobs: int | None = None) -> AsyncIterator[Piece]:
+                     guide: tuple[str, str] | None = None,
+                     top_logprobs: int | None = None) -> AsyncGenerator[Piece]:
         """Pieces as Triton produces them; raises InferenceError, never hangs past timeout_s."""
         from tritonclient.utils import InferenceServerException
 

@@ -86,7 +86,8 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
                 triton=TritonClient(settings.triton_grpc_url), tracer=tracer, ready_models=ReadyModels(),
                 safety=SafetyHead.load(), budgets=Budgets(redis),
                 worker_id=worker_id, metrics=Metrics("conflux_worker", {"instance": worker_id}),
-                inference_timeout_s=settings.inference_timeout_s)
+                inference_timeout_s=settings.inference_timeout_s,
+                first_token_timeout_s=settings.first_token_timeout_s)
 
 
 def create_worker_app(settings: Settings, worker_id: str | None = None, metrics_port: int = 0) -> faust.App:

@@ -55,6 +55,7 @@ class Deps:
     safety: SafetyHead  # the safety classifier (input check, output check on the stream)
     budgets: Budgets  # spend holds (routing stage) and their settlement (the request's end)
     inference_timeout_s: float = 60.0
+    first_token_timeout_s: float = 15.0
     retrieval_k: int = 4
     collection: str = "documents"
 

@@ -1,20 +1,25 @@
 """Inference: stream the answer from Triton to the caller's reply topic, each piece released once the output
 check covering it has passed (streams/output_guard.py), then record counts, time to first token, duration and
-cost. The caller leaving, or an output check that blocks, stops the generation."""
+cost. The caller leaving, or an output check that blocks, stops the generation.
+
+A model that fails, or stays silent for first_token_timeout_s, before its first token hands the request to the
+routing decision's next fallback (recorded on routing.decisions, with why); after the first token a failure
+ends the request with an explicit error, since the caller has seen part of the answer."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from conflux.inference import InferenceError
+from conflux.inference import InferenceError, Piece
 from conflux.llm import Message, Sampling, render_chatml
 from conflux.models import ModelSpec
 from conflux.routing import Decision
-from streams import output_guard, tools
+from streams import output_guard, routing_stage, tools
 from streams.deps import Deps
 from streams.logprobs import AlignedLogprobs
 from streams.once import Claim
@@ -28,8 +33,13 @@ CANCEL_CHECK_EVERY = 8  # tokens between looks at the cancel flag (a Redis round
 FLUSH_S = 0.015  # the least time between two chunks after the first
 
 
+class NoFirstToken(InferenceError):
+    """The model failed or stayed silent before its first token, and a fallback may answer instead."""
+
+
 @dataclass(frozen=True)
 class Generated:
+    model: ModelSpec  # the model that answered (the decision's, or a fallback)
     text: str
     completion_tokens: int
     finish_reason: str
@@ -77,7 +87,7 @@ async def generate(deps: Deps, rc: RequestContext, decision: Decision, built: Bu
                                          events=rc.events, epoch=epoch)
             result = None
         else:
-            result = await _generate(deps, rc, decision, built, epoch)
+            result = await _with_fallbacks(deps, rc, decision, built, epoch)
     except BaseException:
         await deps.once.release("gen", rid)
         raise
@@ -86,9 +96,49 @@ async def generate(deps: Deps, rc: RequestContext, decision: Decision, built: Bu
     return result
 
 
-async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: Built,
-                    epoch: int) -> Generated | None:
-    model = decision.model
+async def _with_fallbacks(deps: Deps, rc: RequestContext, decision: Decision, built: Built,
+                          epoch: int) -> Generated | None:
+    """The decision's model, then each fallback in turn while the one before failed before its first token."""
+    models = (decision.model, *decision.fallbacks)
+    for i, model in enumerate(models):
+        last = i == len(models) - 1
+        try:
+            return await _generate(deps, rc, model, built, epoch, None if last else deps.first_token_timeout_s)
+        except NoFirstToken as exc:
+            log.warning("%s: %s failed before its first token (%s); falling back to %s", rc.request_id, model.id,
+                        exc, models[i + 1].id)
+            await routing_stage.record(deps, rc, replace(
+                decision, model=models[i + 1], reason=f"fallback from {model.id}: {exc}",
+                candidates=tuple(m.id for m in models[i + 1:]), fallbacks=models[i + 2:],
+                estimated_cost_usd=models[i + 1].cost(built.prompt_tokens, rc.max_tokens)))
+    raise AssertionError("unreachable: the last model never raises NoFirstToken")
+
+
+def _first_within(pieces: AsyncGenerator[Piece], seconds: float | None) -> AsyncIterator[Piece]:
+    """The stream, failing with NoFirstToken if its first piece takes longer than `seconds`; the stream itself
+    when there is no limit (no extra hop per piece)."""
+    return pieces if seconds is None else _bounded(pieces, seconds)
+
+
+async def _bounded(pieces: AsyncGenerator[Piece], seconds: float) -> AsyncIterator[Piece]:
+    try:
+        try:
+            first = await asyncio.wait_for(anext(pieces), seconds)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise NoFirstToken(f"no first token within {seconds:g}s") from None
+        yield first
+        async for piece in pieces:
+            yield piece
+    finally:
+        await pieces.aclose()  # leaving early cancels the generation in Triton now, not at garbage collection
+
+
+async def _generate(deps: Deps, rc: RequestContext, model: ModelSpec, built: Built, epoch: int,
+                    first_token_s: float | None = None) -> Generated | None:
+    """One model's answer. With first_token_s (a fallback exists), a failure or silence before the first token
+    raises NoFirstToken instead of ending the request."""
     request = rc.request
     prompt = render(model.template, built.messages)
     # OpenAI's default temperature is 1; the edge writes it, and an older record without one means the same.
@@ -112,6 +162,7 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
     sent_chunks = 0
     last_flush = 0.0
     closing = False
+    fell_back: InferenceError | None = None  # failed before the first token, and a fallback may answer
 
     async def flush() -> None:
         nonlocal released
@@ -164,10 +215,10 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
         nonlocal ttft, generated, finish, calls
         call_stream = tools.CallStream(guide) if guide is not None and guide.kind == "tools" else None
         pieces: list[str] = []
-        async for piece in deps.triton.stream(model.triton_stream, prompt, rc.max_tokens, temperature,
-                                              timeout_s=deps.inference_timeout_s, sampling=sampling,
-                                              top_logprobs=top_logprobs,
-                                              guide=(guide.guide_type, guide.guide) if guide else None):
+        async for piece in _first_within(deps.triton.stream(
+                model.triton_stream, prompt, rc.max_tokens, temperature, timeout_s=deps.inference_timeout_s,
+                sampling=sampling, top_logprobs=top_logprobs,
+                guide=(guide.guide_type, guide.guide) if guide else None), first_token_s):
             ttft = ttft if ttft is not None else (time.perf_counter() - t0) * 1000
             generated += 1
             pieces.append(piece.text)
@@ -203,7 +254,7 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
         """Tools or response_format: the whole output first (it is checked before any of it leaves), then its
         text into the output guard; its tool calls are sent after the text."""
         nonlocal ttft, generated, finish, calls
-        out = await _guided(deps, rc, model, prompt, temperature, sampling, guide, top_logprobs)
+        out = await _guided(deps, rc, model, prompt, temperature, sampling, guide, top_logprobs, first_token_s)
         ttft, generated, finish, calls = out.ttft, out.generated, out.finish, out.calls
         if out.text:
             logprobs.add(len(out.text), out.logprobs)
@@ -220,6 +271,8 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
         error = str(exc) if isinstance(exc, tools.ConstraintError) else \
             "the model server failed during generation" if isinstance(exc, InferenceError) else \
             f"inference timed out after {deps.inference_timeout_s:.0f}s"
+        if first_token_s is not None and ttft is None and sent_chunks == 0 and isinstance(exc, InferenceError):
+            fell_back = exc
     finally:
         closing = True
         guard.progress.set()
@@ -246,11 +299,18 @@ async def _generate(deps: Deps, rc: RequestContext, decision: Decision, built: B
         "prompt_tokens": built.prompt_tokens, "completion_tokens": generated, "ttft_ms": ttft,
         "duration_ms": duration, "cost_usd": model.cost(built.prompt_tokens, generated),
         "finish_reason": "error" if error else finish, "error": error}, key=rc.key)
+    if fell_back is not None:
+        raise NoFirstToken(str(fell_back) if isinstance(fell_back, NoFirstToken) else _why(fell_back))
     if error:
         await deps.finish_with_error(request, error, seq=sent_chunks, events=rc.events, epoch=epoch)
         return None
     output = guard.blocked or guard.last
-    return Generated("".join(parts), generated, finish, sent_chunks, epoch, output, guard.checks, calls)
+    return Generated(model, "".join(parts), generated, finish, sent_chunks, epoch, output, guard.checks, calls)
+
+
+def _why(exc: InferenceError) -> str:
+    """A short reason for the routing event: the model server's own first line."""
+    return str(exc).splitlines()[0][:200] or type(exc).__name__
 
 
 
@@ -265,7 +325,8 @@ class GuidedOutput:
 
 
 async def _guided(deps: Deps, rc: RequestContext, model: ModelSpec, prompt: str, temperature: float,
-                  sampling: Sampling, guide: tools.Guide, top_logprobs: int | None = None) -> GuidedOutput:
+                  sampling: Sampling, guide: tools.Guide, top_logprobs: int | None = None,
+                  first_token_s: float | None = None) -> GuidedOutput:
     """A constrained generation, checked (conflux/grammar.py) and generated again when the grammar could not
     hold everything the schema asks (a number's bounds, a format), up to MAX_ATTEMPTS; then ConstraintError.
     An output cut short by the token limit is returned as it stands, with finish "length"."""
@@ -279,9 +340,10 @@ async def _guided(deps: Deps, rc: RequestContext, model: ModelSpec, prompt: str,
                                                                 attempt), key=rc.key)
         pieces: list[str] = []
         entries: list[dict[str, Any]] = []
-        async for piece in deps.triton.stream(model.triton_stream, prompt, rc.max_tokens, temperature,
-                                              timeout_s=deps.inference_timeout_s, sampling=sampling,
-                                              guide=(guide.guide_type, guide.guide), top_logprobs=top_logprobs):
+        async for piece in _first_within(deps.triton.stream(
+                model.triton_stream, prompt, rc.max_tokens, temperature, timeout_s=deps.inference_timeout_s,
+                sampling=sampling, guide=(guide.guide_type, guide.guide), top_logprobs=top_logprobs),
+                first_token_s if ttft is None else None):
             ttft = ttft if ttft is not None else (time.perf_counter() - t0) * 1000
             pieces.append(piece.text)
             entries += piece.logprobs or []

@@ -10,7 +10,6 @@ import time
 
 from redis.exceptions import RedisError
 
-from conflux.routing import Decision
 from streams.deps import Deps
 from streams.inference import Generated
 from streams.prompt_build import Built
@@ -19,7 +18,7 @@ from streams.request import RequestContext
 log = logging.getLogger("conflux.streams")
 
 
-async def finish(deps: Deps, rc: RequestContext, decision: Decision, built: Built, gen: Generated,
+async def finish(deps: Deps, rc: RequestContext, built: Built, gen: Generated,
                  chunks: list[dict[str, str]]) -> None:
     t0 = time.perf_counter()
     env = rc.env
@@ -41,9 +40,9 @@ async def finish(deps: Deps, rc: RequestContext, decision: Decision, built: Buil
         citations = [c["chunk_id"] for c in chunks]
         # Generated tokens are charged however the answer ended: whole, cut by the token limit, cancelled by
         # the caller, or blocked by the output check (the model did the work the request asked for).
-        cost = decision.model.cost_micros(built.prompt_tokens, gen.completion_tokens)
+        cost = gen.model.cost_micros(built.prompt_tokens, gen.completion_tokens)
         await rc.events.add("chat.responses", {
-            "envelope": deps.envelope(env), "model": decision.model.id,
+            "envelope": deps.envelope(env), "model": gen.model.id,
             "content": "" if verdict == "BLOCK" else gen.text, "finish_reason": finish_reason,
             "blocked": verdict == "BLOCK", "error": None, "prompt_tokens": built.prompt_tokens,
             "completion_tokens": gen.completion_tokens, "citations": citations,
@@ -54,7 +53,7 @@ async def finish(deps: Deps, rc: RequestContext, decision: Decision, built: Buil
         await deps.budgets.settle(rc.request_id, cost, built.prompt_tokens + gen.completion_tokens)
         await deps.reply_final(rc.request, {
             "envelope": deps.envelope(env), "sequence": gen.chunks_sent, "text": "", "is_final": True,
-            "finish_reason": finish_reason, "error": None, "model": decision.model.id,
+            "finish_reason": finish_reason, "error": None, "model": gen.model.id,
             "prompt_tokens": built.prompt_tokens, "completion_tokens": gen.completion_tokens,
             "citations": citations, "epoch": gen.epoch})
     # Of n choices, only the first becomes the conversation's turn: the others are alternatives the client

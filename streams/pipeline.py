@@ -81,7 +81,7 @@ async def handle(deps: Deps, request: dict[str, Any]) -> None:
     generated = await _stage(deps, "inference", inference.generate(deps, rc, decision, built))
     if generated is None:
         return  # ended by inference (an error), or a replay of a generation that is not this worker's
-    await _stage(deps, "output_safety", output_safety.finish(deps, rc, decision, built, generated, chunks))
+    await _stage(deps, "output_safety", output_safety.finish(deps, rc, built, generated, chunks))
     await rc.events.settle()
 
 

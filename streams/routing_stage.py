@@ -48,21 +48,26 @@ async def choose(deps: Deps, rc: RequestContext, built: Built) -> Decision | Non
             "estimated_cost_usd": 0.0}, key=rc.key)
         await deps.finish_with_error(request, str(exc), finish_reason=exc.code, events=rc.events)
         return None
-    await rc.events.add("routing.decisions", {
-        "envelope": deps.envelope(rc.env), "requested_model": request["model"], "chosen_model": decision.model.id,
-        "triton_model": decision.model.triton_stream, "tier": plan.name, "reason": decision.reason,
-        "candidates": list(decision.candidates), "estimated_cost_usd": decision.estimated_cost_usd}, key=rc.key)
+    await record(deps, rc, decision)
     return decision
 
 
+async def record(deps: Deps, rc: RequestContext, decision: Decision) -> None:
+    """A decision on routing.decisions: the routing stage's, or a fallback's (streams/inference.py)."""
+    await rc.events.add("routing.decisions", {
+        "envelope": deps.envelope(rc.env), "requested_model": rc.request["model"], "chosen_model": decision.model.id,
+        "triton_model": decision.model.triton_stream, "tier": rc.plan, "reason": decision.reason,
+        "candidates": list(decision.candidates), "estimated_cost_usd": decision.estimated_cost_usd}, key=rc.key)
+
+
 async def _reserve(deps: Deps, rc: RequestContext, decision: Decision, built: Built) -> None:
-    """Holds the request's worst-case cost (the whole prompt, every output token it may generate) against each
-    budget that applies, before any inference; RoutingError("insufficient_quota") when one has no room. A
-    replay of the request finds its hold already made."""
+    """Holds the request's worst-case cost (the whole prompt, every output token it may generate, on the
+    dearest of its model and fallbacks) against each budget that applies, before any inference;
+    RoutingError("insufficient_quota") when one has no room. A replay finds its hold already made."""
     limits = [Limit.of(r) for r in rc.request.get("budgets") or []]
     if not limits:
         return
-    micros = decision.model.cost_micros(built.prompt_tokens, rc.max_tokens)
+    micros = max(m.cost_micros(built.prompt_tokens, rc.max_tokens) for m in (decision.model, *decision.fallbacks))
     tokens = built.prompt_tokens + rc.max_tokens
     if (short := await deps.budgets.reserve(rc.request_id, limits, micros, tokens)) is not None:
         whose = short.scope.split(":")[0]

@@ -75,6 +75,9 @@ class TritonService(Service):
             "--allow-metrics=true", "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0", "--cuda-memory-pool-byte-size=0:0",
             "--exit-on-error=true", "--log-info=true",
+            # Every model at start, and load/unload through the repository API (an operator taking one model
+            # down, and the fallback tests, without restarting the server).
+            "--model-control-mode=explicit", "--load-model=*",
         ], env=env, cwd=s.home)
 
     def health(self) -> Health:
