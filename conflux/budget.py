@@ -268,6 +268,28 @@ class Budgets:
             await self._r.zrem(OPEN, rid)  # also when its reservation was already gone
         return released
 
+    async def report(self, limits: list[Limit]) -> list[dict[str, Any]]:
+        """Each budget that applies (limited), with its spend, holds, what is left and when it renews."""
+        limits = [lim for lim in limits if lim.limited]
+        if not limits:
+            return []
+        async with self._r.pipeline(transaction=False) as pipe:
+            for lim in limits:
+                pipe.hmget(lim.redis_key, "spent_micros", "held_micros", "spent_tokens", "held_tokens")
+            rows = await pipe.execute()
+        out = []
+        for lim, row in zip(limits, rows, strict=True):
+            spent_usd, held_usd, spent_tok, held_tok = (int(v or 0) for v in row)
+            out.append({"scope": lim.scope.split(":")[0], "period": _period(lim), "window": lim.window,
+                        "limit_usd_micros": lim.usd_micros, "limit_tokens": lim.tokens,
+                        "spent_usd_micros": spent_usd, "spent_tokens": spent_tok,
+                        "held_usd_micros": held_usd, "held_tokens": held_tok,
+                        "left_usd_micros": None if lim.usd_micros is None else max(0, lim.usd_micros - spent_usd
+                                                                                    - held_usd),
+                        "left_tokens": None if lim.tokens is None else max(0, lim.tokens - spent_tok - held_tok),
+                        "renews_at": int(renews_at(lim.window).timestamp())})
+        return out
+
     async def spent(self, limit: Limit) -> tuple[int, int]:
         """(micro-dollars, tokens) recorded as spent in this limit's window."""
         micros, tokens = await self._r.hmget(limit.redis_key, "spent_micros", "spent_tokens")

@@ -81,6 +81,10 @@ class Settings:
         return f"http://{self.triton_host}:{self.triton_http_port}"
 
     @property
+    def triton_metrics_url(self) -> str:
+        return f"http://{self.triton_host}:{self.triton_metrics_port}/metrics"
+
+    @property
     def logs_dir(self) -> Path:
         return self.home / "logs"
 

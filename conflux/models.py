@@ -59,6 +59,8 @@ class Plan:
     # The share of the platform's capacity this plan's requests may still be admitted at (edge/load.py): a
     # free tenant is shed first, so its burst cannot starve an enterprise tenant.
     load_share: float = 1.0
+    # auto prefers models expected to start a request within this (Triton's queue); 0: no target.
+    latency_target_ms: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """Model routing: honour an explicit model when the plan allows it; for "auto", pick the cheapest model
-strong enough for the request, among those the plan allows, that fit its context and are being served.
+strong enough for the request, among those the plan allows, that fit its context, are being served and are
+expected to start it within the plan's latency target (Triton's queue, conflux/triton_load.py); when none
+is, the least loaded of them.
 
 Pure functions of their inputs (catalogue, plan, request features, served models, load), so every
 decision is reproducible from its RoutingDecision event.
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 
 from conflux.errors import ConfluxError
 from conflux.models import ModelCatalogue, ModelSpec, Plan
+from conflux.triton_load import ModelLoad
 
 # Signals that a request needs a stronger model than the smallest one.
 _HARD = re.compile(r"\b(prove|derive|step[- ]by[- ]step|analy[sz]e|compare|refactor|debug|algorithm|"
@@ -56,6 +59,7 @@ class Decision:
     # Where the inference stage goes if `model` fails or stays silent before its first token: the catalogue's
     # fallbacks of the model asked for, in order, that this request may use and that are being served.
     fallbacks: tuple[ModelSpec, ...] = ()
+    load: tuple[tuple[str, ModelLoad], ...] = ()  # (model id, its load) as seen for the candidates
 
 
 def complexity(f: Features) -> int:
@@ -67,9 +71,19 @@ def complexity(f: Features) -> int:
     return 0
 
 
+IDLE = ModelLoad(0, 0.0)
+
+
 def route(requested: str, catalogue: ModelCatalogue, plan: Plan, features: Features,
-          served: Set[str], in_flight: Mapping[str, int] | None = None) -> Decision:
-    load = in_flight or {}
+          served: Set[str], load: Mapping[str, ModelLoad] | None = None) -> Decision:
+    """`load` is per Triton model name (empty: unknown, every model taken as idle)."""
+    seen = load or {}
+
+    def wait(m: ModelSpec) -> float:
+        return seen.get(m.triton_stream, IDLE).wait_ms
+
+    def loads(models: list[ModelSpec]) -> tuple[tuple[str, ModelLoad], ...]:
+        return tuple((m.id, seen[m.triton_stream]) for m in models if m.triton_stream in seen)
 
     def fits(m: ModelSpec) -> bool:
         return features.prompt_tokens + features.max_output_tokens <= m.context_length
@@ -99,8 +113,8 @@ def route(requested: str, catalogue: ModelCatalogue, plan: Plan, features: Featu
                 tried = f" nor any of its fallbacks ({', '.join(model.fallbacks)})" if model.fallbacks else ""
                 raise RoutingError(f"model {model.id} is not being served right now{tried}", "no_capacity")
             return Decision(backups[0], f"fallback from {model.id}: not being served", (model.id,),
-                            cost(backups[0]), backups[1:])
-        return Decision(model, "explicit request, allowed by plan", (model.id,), cost(model), backups)
+                            cost(backups[0]), backups[1:], loads([backups[0]]))
+        return Decision(model, "explicit request, allowed by plan", (model.id,), cost(model), backups, loads([model]))
 
     level = complexity(features)
     # The echo model is a measuring tool, never an automatic choice.
@@ -111,13 +125,21 @@ def route(requested: str, catalogue: ModelCatalogue, plan: Plan, features: Featu
         raise RoutingError(f"no model on plan {plan.name} can serve {features.prompt_tokens} prompt tokens now",
                            "no_capacity" if pool else "model_not_allowed")
     strong = [m for m in usable_now if m.quality >= level + 1]
+    target = plan.latency_target_ms
     if strong:
-        chosen = min(strong, key=lambda m: (cost(m), load.get(m.id, 0), -m.quality))
-        why = f"auto: complexity {level}, cheapest of {len(strong)} model(s) with quality >= {level + 1}"
+        prompt = [m for m in strong if not target or wait(m) <= target]
+        if prompt:
+            chosen = min(prompt, key=lambda m: (cost(m), wait(m), -m.quality))
+            why = f"auto: complexity {level}, cheapest of {len(prompt)} model(s) with quality >= {level + 1}"
+        else:
+            chosen = min(strong, key=lambda m: (wait(m), cost(m)))
+            why = f"auto: complexity {level}, least loaded of {len(strong)} model(s) with quality >= {level + 1}"
+        if slow := [f"{m.id} ({wait(m):.0f} ms)" for m in strong if m not in prompt]:
+            why += f"; expected wait over plan {plan.name}'s {target:.0f} ms target: {', '.join(slow)}"
     else:
-        chosen = max(usable_now, key=lambda m: (m.quality, -cost(m), -load.get(m.id, 0)))
+        chosen = max(usable_now, key=lambda m: (m.quality, -cost(m), -wait(m)))
         why = f"auto: complexity {level}, strongest model plan {plan.name} can use now (quality {chosen.quality})"
     if down := [m.id for m in pool if fits(m) and m.triton_stream not in served]:
         why += f"; not served now: {', '.join(down)}"
     backups = tuple(m for m in map(catalogue.get, chosen.fallbacks) if usable(m))
-    return Decision(chosen, why, tuple(m.id for m in usable_now), cost(chosen), backups)
+    return Decision(chosen, why, tuple(m.id for m in usable_now), cost(chosen), backups, loads(usable_now))

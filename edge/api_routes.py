@@ -1,8 +1,10 @@
-"""Metrics API (JSON) under /api, scoped to the caller's tenant, and Prometheus metrics of this edge."""
+"""Metrics API (JSON) under /api and usage under /v1/usage, scoped to the caller's tenant, and Prometheus
+metrics of this edge."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,9 @@ from typing import Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse
 
+from conflux.budget import limits_for
 from consumers import metrics
+from consumers.usage import BUCKETS, GROUPS, usage_buckets
 from edge.errors import ApiError
 from edge.routes import _tenant
 
@@ -67,6 +71,53 @@ async def request_timeline(request_id: str, request: Request,
     if not events:
         raise ApiError(404, f"request {request_id} not found", "not_found_error", code="not_found")
     return {"request_id": request_id, "events": events}
+
+
+USAGE_PARAMS = {"start_time", "end_time", "bucket_width", "group_by"}
+MAX_BUCKETS = {"1d": 31, "1h": 168}  # as OpenAI's usage API: a month of days, a week of hours
+
+
+@router.get("/v1/usage")
+async def usage(request: Request, authorization: str | None = Header(default=None)) -> dict[str, Any]:
+    """Requests, tokens and cost of the caller's tenant per day (or hour), optionally per model and per API
+    key (`group_by=model,api_key_id`), in OpenAI's bucket shape; with the budgets that apply to this key."""
+    tenant = await _tenant(request, authorization)
+    q = request.query_params
+    if unknown := sorted(set(q) - USAGE_PARAMS):
+        raise ApiError(400, f"Unrecognized query parameter: {unknown[0]}; known: {sorted(USAGE_PARAMS)}",
+                       param=unknown[0], code="unsupported_parameter")
+    bucket = q.get("bucket_width", "1d")
+    if bucket not in BUCKETS:
+        raise ApiError(400, f"bucket_width must be one of {sorted(BUCKETS)}", param="bucket_width",
+                       code="invalid_value")
+    now = int(time.time())
+    end = _unix(q, "end_time", now + 1)
+    start = _unix(q, "start_time", end - 7 * BUCKETS["1d"])
+    if start >= end:
+        raise ApiError(400, "start_time must be before end_time", param="start_time", code="invalid_value")
+    if (end - start) > MAX_BUCKETS[bucket] * BUCKETS[bucket]:
+        raise ApiError(400, f"at most {MAX_BUCKETS[bucket]} buckets of {bucket}", param="start_time",
+                       code="invalid_value")
+    group_by = [g for item in q.getlist("group_by") for g in item.split(",") if g]
+    if bad := [g for g in group_by if g not in GROUPS]:
+        raise ApiError(400, f"group_by: {bad[0]!r} is not one of {sorted(GROUPS)}", param="group_by",
+                       code="invalid_value")
+    data = await _run(request, usage_buckets, tenant.tenant_id, start, end, bucket, group_by)
+    budgets = await request.app.state.chat.budgets.report(limits_for(tenant.spend_scopes))
+    return {"object": "page", "data": data, "has_more": False, "next_page": None, "budgets": budgets}
+
+
+def _unix(q: Any, name: str, default: int) -> int:
+    raw = q.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be Unix seconds", param=name, code="invalid_value") from None
+    if not 0 <= value < 2**33:
+        raise ApiError(400, f"{name} is out of range", param=name, code="invalid_value")
+    return value
 
 
 STATIC = Path(__file__).resolve().parent / "static"

@@ -40,7 +40,7 @@ from streams.context import ContextStore
 from streams.deadletter import dead_letter
 from streams.deps import Deps
 from streams.once import Once, done_ttl_s
-from streams.routing_stage import ReadyModels
+from streams.routing_stage import ReadyModels, TritonLoad
 
 log = logging.getLogger("conflux.streams")
 HEARTBEAT_TTL_S = 10
@@ -84,6 +84,7 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
                 ctx=ContextStore(redis), redis=redis, vectors=vectors, tokenizer=Tokenizer(),
                 once=Once(redis, worker_id, done_ttl_s(settings.inference_timeout_s)),
                 triton=TritonClient(settings.triton_grpc_url), tracer=tracer, ready_models=ReadyModels(),
+                model_load=TritonLoad(settings.triton_metrics_url),
                 safety=SafetyHead.load(), budgets=Budgets(redis),
                 worker_id=worker_id, metrics=Metrics("conflux_worker", {"instance": worker_id}),
                 inference_timeout_s=settings.inference_timeout_s,

@@ -52,6 +52,7 @@ class Deps:
     metrics: Metrics
     once: Once
     ready_models: Any  # streams.routing_stage.ReadyModels (typed loosely: that module imports this one)
+    model_load: Any  # streams.routing_stage.TritonLoad (likewise)
     safety: SafetyHead  # the safety classifier (input check, output check on the stream)
     budgets: Budgets  # spend holds (routing stage) and their settlement (the request's end)
     inference_timeout_s: float = 60.0

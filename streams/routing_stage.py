@@ -1,16 +1,23 @@
-"""Routing: pick the model variant (conflux/routing.py) and record why."""
+"""Routing: pick the model variant (conflux/routing.py) from what Triton serves and how loaded each model
+is, reserve the request's worst-case cost against its budgets, and record why."""
 
 from __future__ import annotations
 
+import logging
 import time
+
+import httpx
 
 from conflux.budget import Limit, renews_at
 from conflux.routing import Decision, Features, RoutingError, route
+from conflux.triton_load import Counters, ModelLoad, load, parse
 from streams.deps import Deps
 from streams.prompt_build import Built
 from streams.request import RequestContext
 
 READY_TTL_S = 5.0
+LOAD_TTL_S = 1.0
+log = logging.getLogger("conflux.streams")
 
 
 class ReadyModels:
@@ -30,6 +37,37 @@ class ReadyModels:
         return self._ready
 
 
+class TritonLoad:
+    """Each Triton model's queue, from Triton's metrics, sampled at most every LOAD_TTL_S by this worker (on
+    demand: an idle worker does not scrape). Unknown (empty) when the metrics cannot be read: routing then goes
+    on without load, as before, rather than failing the request."""
+
+    def __init__(self, metrics_url: str, ttl_s: float = LOAD_TTL_S) -> None:
+        self._url = metrics_url
+        self._ttl_s = ttl_s
+        self._http = httpx.AsyncClient(timeout=0.5)
+        self._counters: dict[str, Counters] = {}
+        self._load: dict[str, ModelLoad] = {}
+        self._at = float("-inf")
+
+    async def get(self) -> dict[str, ModelLoad]:
+        if time.monotonic() - self._at > self._ttl_s:
+            self._at = time.monotonic()  # one scrape per interval, also when it fails
+            try:
+                resp = await self._http.get(self._url)
+                resp.raise_for_status()
+            except httpx.HTTPError as exc:
+                log.warning("Triton metrics unavailable (%r): routing without load", exc)
+                self._load = {}
+                return self._load
+            now = parse(resp.text)
+            self._load, self._counters = load(self._counters, now), now
+        return self._load
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+
 async def choose(deps: Deps, rc: RequestContext, built: Built) -> Decision | None:
     """The routing decision, recorded on routing.decisions; None when the request is refused (the caller then
     ends it with the refusal's code)."""
@@ -39,7 +77,8 @@ async def choose(deps: Deps, rc: RequestContext, built: Built) -> Decision | Non
                         turns=len(built.messages), text=rc.newest_user_message,
                         guided=rc.guide is not None, logprobs=request.get("top_logprobs") is not None)
     try:
-        decision = route(request["model"], deps.models, plan, features, await deps.ready_models.get(deps))
+        decision = route(request["model"], deps.models, plan, features, await deps.ready_models.get(deps),
+                         await deps.model_load.get())
         await _reserve(deps, rc, decision, built)
     except RoutingError as exc:
         await rc.events.add("routing.decisions", {
@@ -57,7 +96,8 @@ async def record(deps: Deps, rc: RequestContext, decision: Decision) -> None:
     await rc.events.add("routing.decisions", {
         "envelope": deps.envelope(rc.env), "requested_model": rc.request["model"], "chosen_model": decision.model.id,
         "triton_model": decision.model.triton_stream, "tier": rc.plan, "reason": decision.reason,
-        "candidates": list(decision.candidates), "estimated_cost_usd": decision.estimated_cost_usd}, key=rc.key)
+        "candidates": list(decision.candidates), "estimated_cost_usd": decision.estimated_cost_usd,
+        "load": [seen.record(model) for model, seen in decision.load]}, key=rc.key)
 
 
 async def _reserve(deps: Deps, rc: RequestContext, decision: Decision, built: Built) -> None:

@@ -176,6 +176,11 @@ async def test_a_spent_budget_is_refused_at_the_edge_with_what_is_left_and_when_
         assert refused["headers"]["x-budget-remaining-tokens"] == "0"
         tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).strftime("%Y-%m-%dT00:00:00Z")
         assert refused["headers"]["x-budget-renews"] == tomorrow
+        # The key's holder sees the same in /v1/usage: the budget, what was spent, nothing left.
+        usage = (await http.get(f"{base}/usage", headers={"Authorization": f"Bearer {key}"})).json()
+        [day] = usage["budgets"]
+        assert (day["scope"], day["period"], day["limit_tokens"], day["left_tokens"]) == ("tenant", "day", 5, 0)
+        assert day["spent_tokens"] == first["usage"]["total_tokens"]
         # Another tenant is not affected, and clearing the budget lifts the refusal.
         assert _cli(stack, "tenants", "set-budget", "--tenant", tenant, "--clear").returncode == 0
         again = await _chat(http, base, key, "one two three")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import subprocess
@@ -11,8 +12,11 @@ import time
 import clickhouse_connect
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
+from conflux.budget import Budget
 from conflux.config import Settings
+from conflux.tenants import ApiKeyStore
 from tests.integration.helpers import new_tenant_key_sync
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -56,17 +60,28 @@ def test_dashboard_shows_the_values_in_clickhouse(stack: Settings) -> None:
     finally:
         ch.close()
 
+    async def set_budget() -> None:
+        redis = aioredis.Redis.from_url(stack.redis_url)
+        try:
+            await ApiKeyStore(redis).set_budget(tenant, Budget("day", None, 100_000))
+        finally:
+            await redis.aclose()
+
+    asyncio.run(set_budget())
     url = f"{base}/dashboard#key={key}&request={ids[0]}"
     dom = chromium("--dump-dom", url)
     assert 'data-loaded="true"' in dom, "the page did not finish loading its data"
     # Totals: every event type with the count ClickHouse holds.
     for event_type, n in stored.items():
         assert re.search(rf'data-event="{event_type}">{event_type} <b>{n}</b>', dom), (event_type, n)
-    # Five charts drawn by the charting library (Plotly renders into svg.main-svg).
-    for chart in ("requests", "latency", "hops", "safety", "feedback"):
+    # Six charts drawn by the charting library (Plotly renders into svg.main-svg).
+    for chart in ("requests", "latency", "hops", "safety", "feedback", "cost"):
         section = dom.split(f'id="{chart}"', 1)[1].split('class="card"', 1)[0]
         assert "main-svg" in section, f"chart {chart} not drawn"
     assert all(rid in dom for rid in ids)  # the recent-requests table
+    budget = dom.split('data-budget="tenant-day">', 1)[1].split("</span>", 1)[0]
+    assert "of 100000 tokens" in budget and "left" in budget, budget  # used versus left
+    assert 'data-testid="range"' in dom
     shown = re.findall(r"<tr><td>([a-z_]+)</td><td>[a-z.]+</td>", dom.split('data-testid="timeline"', 1)[1])
     assert shown == timeline, "the timeline must list the request's events in ClickHouse's order"
 

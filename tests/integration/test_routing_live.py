@@ -1,5 +1,5 @@
-"""Fallbacks on the real stack: a model whose Triton model is down is answered by the catalogue's next one,
-explicitly asked for or chosen by auto, and the routing events say why."""
+"""Routing on the real stack: a model whose Triton model is down is answered by the catalogue's next one,
+explicitly asked for or chosen by auto, and the routing events say why and what load they saw."""
 
 from __future__ import annotations
 
@@ -74,3 +74,14 @@ def test_a_model_absent_from_this_deployment_falls_back(stack: Settings, client:
     assert hard.model == "smollm2-135m-instruct"
     [auto] = _routing(stack, hard.id, since)
     assert "not served now: llama-3.1-8b-instruct" in auto["reason"], auto
+
+
+def test_each_decision_records_the_load_it_saw(stack: Settings, client: openai.OpenAI) -> None:
+    """From Triton's own metrics (conflux/triton_load.py), sampled by the worker about every second."""
+    since = int(time.time() * 1000)
+    r = client.chat.completions.create(model="auto", messages=HI, max_tokens=2, temperature=0)
+    [decision] = _routing(stack, r.id, since)
+    seen = {entry["model"]: entry for entry in decision["load"]}
+    assert set(seen) == set(decision["candidates"]) and "smollm2-135m-instruct" in seen, decision
+    smol = seen["smollm2-135m-instruct"]
+    assert smol["pending"] >= 0 and smol["queue_ms"] >= 0 and smol["wait_ms"] >= smol["queue_ms"]
