@@ -155,7 +155,35 @@ def _budget(usd: float | None, tokens: int | None, period: str | None) -> Any:
 def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "set-budget":
         return _set_budget(settings, args)
+    if args.action == "set-cache":
+        return _set_cache(settings, args)
     return _set_policy(settings, args)
+
+
+def _set_cache(settings: Settings, args: argparse.Namespace) -> int:
+    import redis.asyncio as aioredis
+
+    from conflux.tenants import ApiKeyStore, AuthError
+
+    if args.cache_ttl is None and not args.clear:
+        _progress("nothing to set: --cache-ttl SECONDS (0 turns the cache off) or --clear (the platform's default)")
+        return 2
+
+    async def act() -> None:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            await ApiKeyStore(client).set_cache_ttl(args.tenant, None if args.clear else args.cache_ttl)
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(act())
+    except AuthError as exc:
+        _progress(f"refused: {exc}")
+        return 2
+    _progress(f"response cache of tenant {args.tenant}: " + ("the platform's default TTL" if args.clear else
+                                                             "off" if args.cache_ttl <= 0 else f"{args.cache_ttl}s"))
+    return 0
 
 
 def _set_budget(settings: Settings, args: argparse.Namespace) -> int:
@@ -345,14 +373,16 @@ def build_parser() -> argparse.ArgumentParser:
     _budget_flags(p, "create: the key's own budget")
     p.set_defaults(func=cmd_keys)
     p = sub.add_parser("tenants", help="tenant settings: set-policy (what each safety category does for a "
-                       "tenant), set-budget (spend limits of the tenant, or of one key with --id)")
-    p.add_argument("action", choices=["set-policy", "set-budget"])
+                       "tenant), set-budget (spend limits of the tenant, or of one key with --id), set-cache "
+                       "(the response cache's TTL, or off)")
+    p.add_argument("action", choices=["set-policy", "set-budget", "set-cache"])
     p.add_argument("--tenant", required=True)
     for action in ("block", "flag", "allow"):
         p.add_argument(f"--{action}", default="", metavar="CATEGORIES",
                        help=f"set-policy: comma-separated taxonomy ids to {action} (infra/safety_taxonomy.toml)")
     p.add_argument("--id", help="set-budget: one key's budget (its id, from `keys list`) instead of the tenant's")
-    p.add_argument("--clear", action="store_true", help="set-budget: remove the budget")
+    p.add_argument("--clear", action="store_true", help="set-budget: remove the budget; set-cache: the default TTL")
+    p.add_argument("--cache-ttl", type=int, default=None, help="set-cache: seconds a cached answer is kept (0: off)")
     _budget_flags(p, "set-budget")
     p.set_defaults(func=cmd_tenants)
     p = sub.add_parser("budgets", help="reconcile: the spend counted in Redis against the event log, per "

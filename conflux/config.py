@@ -60,6 +60,7 @@ class Settings:
     inference_timeout_s: float = 60.0
     # How long a model that has a fallback may stay silent before its first token (then the fallback answers).
     first_token_timeout_s: float = 15.0
+    cache_ttl_s: int = 3600  # the exact response cache's default TTL (a tenant may set its own, or 0: off)
     # Seconds the edge waits for the broker to acknowledge an event before answering 503 (broker down).
     publish_timeout_s: float = 5.0
     # Load shedding at the edge (edge/load.py): 503 + Retry-After once this instance's open requests, or the
@@ -133,6 +134,7 @@ class Settings:
             metrics_host=e.get("CONFLUX_METRICS_HOST", "127.0.0.1"),
             inference_timeout_s=float(_int(e, "CONFLUX_INFERENCE_TIMEOUT_S", 60)),
             first_token_timeout_s=float(_int(e, "CONFLUX_FIRST_TOKEN_TIMEOUT_S", 15)),
+            cache_ttl_s=_int(e, "CONFLUX_CACHE_TTL_S", 3600),
             publish_timeout_s=float(_int(e, "CONFLUX_PUBLISH_TIMEOUT_S", 5)),
             edge_max_open=_int(e, "CONFLUX_EDGE_MAX_OPEN", 256),
             max_request_lag=_int(e, "CONFLUX_MAX_REQUEST_LAG", 2000),

@@ -39,6 +39,8 @@ class ModelSpec:
     logprobs: bool = False
     # Models (ids) to answer instead, in order, when this one is down or fails before its first token.
     fallbacks: tuple[str, ...] = ()
+    # Bumped by an operator who changes the weights behind it: cached answers of the old ones stop being served.
+    version: str = "1"
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_prompt_per_1k + completion_tokens * self.price_completion_per_1k) / 1000

@@ -35,6 +35,10 @@ class Tenant:
     key_id: str = ""  # the key this request came with (key_<12 hex>); empty for a tenant not authenticated
     budget: Budget | None = None  # the tenant's spend budget
     key_budget: Budget | None = None  # the key's own
+    # What of the tenant shapes a cached answer besides the request (system prompt, safety policy, documents
+    # version): part of the cache key (edge/cache.py). And its cache TTL: None the platform's, 0 off.
+    cache_salt: str = ""
+    cache_ttl_s: int | None = None
 
     @property
     def spend_scopes(self) -> list[tuple[str, Budget | None]]:
@@ -173,9 +177,22 @@ class ApiKeyStore:
         tenant = await self._r.hgetall(f"conflux:tenant:{tenant_id}")
         if not tenant:
             raise AuthError("the tenant of this API key no longer exists")
+        state = b"\x00".join(tenant.get(f, b"") for f in (b"system_prompt", b"safety_policy", b"docs_version"))
+        ttl = tenant.get(b"cache_ttl_s")
         return Tenant(tenant_id, _s(tenant[b"plan"]), _s(tenant.get(b"system_prompt", b"")),
                       KEY_ID_PREFIX + digest[:KEY_ID_CHARS], Budget.from_json(tenant.get(b"budget")),
-                      Budget.from_json(record.get(b"budget")))
+                      Budget.from_json(record.get(b"budget")), hashlib.sha256(state).hexdigest()[:16],
+                      None if ttl is None else int(ttl))
+
+    async def set_cache_ttl(self, tenant_id: str, ttl_s: int | None) -> None:
+        """The tenant's response-cache TTL in seconds (0: off; None: the platform's default)."""
+        key = f"conflux:tenant:{tenant_id}"
+        if not await self._r.exists(key):
+            raise AuthError(f"unknown tenant {tenant_id!r}")
+        if ttl_s is None:
+            await self._r.hdel(key, "cache_ttl_s")
+        else:
+            await self._r.hset(key, "cache_ttl_s", str(max(0, ttl_s)))
 
 
 def _s(v: bytes | str) -> str:

@@ -23,7 +23,9 @@ def usage_buckets(client: Any, tenant_id: str, start: int, end: int, bucket: str
            "sum(JSONExtractInt(body, 'prompt_tokens')) AS input_tokens, "
            "sum(JSONExtractInt(body, 'completion_tokens')) AS output_tokens, "
            "sum(JSONExtractInt(body, 'cost_micros')) AS cost_micros, "
-           "countIf(JSONExtractString(body, 'error') != '') AS errors "
+           "countIf(JSONExtractString(body, 'error') != '') AS errors, "
+           "countIf(JSONExtractBool(body, 'cached')) AS cached_requests, "
+           "sum(JSONExtractInt(body, 'cache_saved_micros')) AS cache_saved_micros "
            "FROM events FINAL WHERE tenant_id = {tenant:String} "
            "AND event_type IN ('response_delivered', 'embedding_created') "
            "AND event_time >= {start:DateTime64(6, 'UTC')} AND event_time < {end:DateTime64(6, 'UTC')} "
@@ -34,7 +36,9 @@ def usage_buckets(client: Any, tenant_id: str, start: int, end: int, bucket: str
         result: dict[str, Any] = {"object": "organization.usage.completions.result",
                                   "num_model_requests": int(row["requests"]),
                                   "input_tokens": int(row["input_tokens"]), "output_tokens": int(row["output_tokens"]),
-                                  "cost_usd_micros": int(row["cost_micros"]), "errors": int(row["errors"])}
+                                  "cost_usd_micros": int(row["cost_micros"]), "errors": int(row["errors"]),
+                                  "cached_requests": int(row["cached_requests"]),
+                                  "cache_savings_usd_micros": int(row["cache_saved_micros"])}
         for g in group_by:
             result[g] = row[GROUPS[g]] or None
         by_bucket.setdefault(int(row["bucket"]), []).append(result)

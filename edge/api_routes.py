@@ -41,6 +41,7 @@ _VIEWS: dict[str, Callable[..., Any]] = {
     "safety": metrics.safety_by_category,
     "feedback": metrics.feedback_by_model,
     "hops": metrics.per_hop_latency,
+    "cache": metrics.cache_by_model,
 }
 
 
@@ -48,10 +49,8 @@ _VIEWS: dict[str, Callable[..., Any]] = {
 async def metric_view(view: str, request: Request, minutes: int = Minutes,
                       authorization: str | None = Header(default=None)) -> dict[str, Any]:
     tenant = await _tenant(request, authorization)
-    if view == "cache":
-        return {"view": "cache", "implemented": False, "note": "Conflux has no response cache yet"}
     if view not in _VIEWS:
-        raise ApiError(404, f"unknown metric view {view!r}; known: {sorted([*_VIEWS, 'cache'])}",
+        raise ApiError(404, f"unknown metric view {view!r}; known: {sorted(_VIEWS)}",
                        "not_found_error", code="unknown_view")
     return {"view": view, "minutes": minutes, "rows": await _run(request, _VIEWS[view], tenant.tenant_id, minutes)}
 

@@ -20,13 +20,14 @@ from conflux.kafka import EventPublisher, ManagedProducer
 from conflux.models import load_models
 from conflux.ratelimit import RateLimiter
 from conflux.redis_client import redis_client
-from conflux.safety_model import SafetyHead
+from conflux.safety_model import HEAD_PATH, SafetyHead
 from conflux.schemas import SchemaRegistry
 from conflux.serde import AvroSerde
 from conflux.telemetry import setup_tracing
 from conflux.tenants import ApiKeyStore
 from conflux.topics import apply_topics, load_catalogue
 from edge.api_routes import router as api_router
+from edge.cache import ResponseCache, fingerprint
 from edge.chat import ChatService
 from edge.embeddings import EmbeddingService
 from edge.errors import install_error_handlers
@@ -90,6 +91,8 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
         app.state.chat = chat = ChatService(publisher=publisher, replies=replies, models=models,
                                      limiter=RateLimiter(redis), redis=redis, instance_id=instance,
                                      chain_timeout_s=chain_timeout_s, ids=ids, budgets=budgets,
+                                     cache=ResponseCache(redis, fingerprint(models, HEAD_PATH),
+                                                         settings.cache_ttl_s),
                                      load=load)
         app.state.responses = ResponsesService(chat, redis)
         try:

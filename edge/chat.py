@@ -6,20 +6,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from conflux.budget import Budgets, Limit, Standing
+from conflux.errors import PublishError
 from conflux.ids import ResponseIds
-from conflux.kafka import EventPublisher
+from conflux.kafka import EventPublisher, PendingEvents
 from conflux.models import CatalogueModelError, ModelCatalogue, ModelSpec, Plan
 from conflux.ratelimit import RateLimiter, Verdict
 from conflux.serde import new_envelope
 from conflux.tenants import Tenant
+from edge.cache import Lookup, ResponseCache
 from edge.errors import ApiError
 from edge.load import LoadGauge
 from edge.params import logprobs_asked, needs_grammar
@@ -27,6 +30,7 @@ from edge.protocol import ChatCompletionRequest
 from edge.quota import spend_gate
 from edge.replies import ReplyRouter
 
+log = logging.getLogger("conflux.edge")
 IDEMPOTENCY_TTL_S = 24 * 3600
 MERGED_QUEUE = 1024  # chunks of n choices waiting for the HTTP writer (each choice's own queue is bounded too)
 
@@ -128,9 +132,13 @@ async def meter(limiter: RateLimiter, plan: Plan, tenant_id: str, tokens: int) -
 class ChatService:
     def __init__(self, *, publisher: EventPublisher, replies: ReplyRouter, models: ModelCatalogue,
                  limiter: RateLimiter, redis: Any, instance_id: str, chain_timeout_s: float,
-                 ids: ResponseIds, budgets: Budgets, load: LoadGauge | None = None) -> None:
+                 ids: ResponseIds, budgets: Budgets, cache: ResponseCache, load: LoadGauge | None = None) -> None:
         self._ids = ids
         self.budgets = budgets
+        self.cache = cache
+        # Chunks of the requests whose answers go into the cache when they end whole: request id -> lookup, chunks.
+        self._recording: dict[str, tuple[Lookup, list[dict[str, Any]]]] = {}
+        self._background: set[asyncio.Future[None]] = set()  # held until done (the loop keeps only weak refs)
         self._load = load
         self._publisher = publisher
         self._replies = replies
@@ -194,9 +202,12 @@ class ChatService:
                                param=field, code="unsupported_parameter")
 
     async def submit(self, tenant: Tenant, req: ChatCompletionRequest, adm: Admitted,
-                     traceparent: str | None = None) -> Choices:
-        """One chat.requests event per choice; their reply queues, registered before anything is sent."""
+                     traceparent: str | None = None, lookup: Lookup | None = None) -> Choices:
+        """One chat.requests event per choice; their reply queues, registered before anything is sent. With a
+        cache lookup that missed, the answer is recorded on its way to the caller and stored if it ends whole."""
         choices = Choices(adm.choice_ids, [self._replies.register(rid) for rid in adm.choice_ids])
+        if lookup is not None and lookup.key is not None and lookup.ttl_s > 0:
+            self._recording[adm.request_id] = (lookup, [])
         record = {
             "model": req.model,
             "messages": [{"role": m.role, "content": m.text(), "name": m.name, "tool_call_id": m.tool_call_id,
@@ -224,6 +235,7 @@ class ChatService:
                                              request_id=rid, producer=self.instance_id, traceparent=traceparent),
                 }, key=adm.conversation_id)
         except Exception:
+            self._recording.pop(adm.request_id, None)
             for rid in choices.ids:
                 self._replies.unregister(rid)
             # The send may still be delivered once the broker is back; the chain must not then generate
@@ -235,6 +247,7 @@ class ChatService:
 
     async def chunks(self, request_id: str, queue: asyncio.Queue[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
         """Chunks in sequence order until the final one; ApiError(504) if the chain goes quiet too long."""
+        recording = self._recording.get(request_id)
         try:
             while True:
                 try:
@@ -242,11 +255,61 @@ class ChatService:
                 except TimeoutError:
                     raise ApiError(504, f"no answer within {self.chain_timeout_s:.0f}s; the request was cancelled",
                                    "server_error", code="timeout") from None
+                if recording is not None:
+                    recording[1].append(chunk)
                 yield chunk
                 if chunk["is_final"]:
+                    if recording is not None:
+                        await self.cache.put(recording[0], recording[1], self._cost_of(chunk))
                     return
         finally:
+            self._recording.pop(request_id, None)
             self._replies.unregister(request_id)
+
+    def _cost_of(self, final: dict[str, Any]) -> int:
+        try:
+            model = self._models.get(final.get("model") or "")
+        except CatalogueModelError:
+            return 0
+        return model.cost_micros(final.get("prompt_tokens") or 0, final.get("completion_tokens") or 0)
+
+    async def from_cache(self, tenant: Tenant, req: ChatCompletionRequest, adm: Admitted,
+                         lookup: Lookup) -> Choices | None:
+        """The stored answer as the one choice's chunks (the caller reads them as it reads the chain's), or None
+        on a miss. Every lookup is recorded on cache.lookups; a hit also on chat.responses (cost 0, what it
+        saved), both acknowledged before its final chunk leaves."""
+        entry = await self.cache.get(lookup)
+        env = new_envelope(tenant_id=tenant.tenant_id, conversation_id=adm.conversation_id,
+                           request_id=adm.request_id, producer=self.instance_id)
+        digest = (lookup.key or "").rsplit(":", 1)[-1][:16]
+        events = PendingEvents(self._publisher)
+        record = {"envelope": env, "outcome": "hit" if entry else "miss", "model": req.model, "key": digest,
+                  "key_id": tenant.key_id}
+        if entry is None:
+            await events.add("cache.lookups", record, key=adm.conversation_id)
+            # A miss goes on to the chain, whose own events the caller waits for: this one is not waited on.
+            self._spawn(_settle_quietly(events))
+            return None
+        await events.add("cache.lookups", {**record, "answered_by": entry.model, "saved_micros": entry.cost_micros,
+                                           "age_s": max(0.0, time.time() - entry.created)}, key=adm.conversation_id)
+        final = entry.chunks[-1]
+        await events.add("chat.responses", {
+            "envelope": env, "model": entry.model, "content": "".join(c.get("text") or "" for c in entry.chunks),
+            "finish_reason": final.get("finish_reason") or "stop", "blocked": False, "error": None,
+            "prompt_tokens": final.get("prompt_tokens") or 0, "completion_tokens": final.get("completion_tokens") or 0,
+            "citations": list(final.get("citations") or []), "latency_ms": 0.0, "cost_micros": 0,
+            "key_id": tenant.key_id, "cached": True, "cache_saved_micros": entry.cost_micros},
+            key=adm.conversation_id)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        for chunk in entry.chunks[:-1]:
+            queue.put_nowait(chunk)
+        self._spawn(_final_when_recorded(events, queue, entry.chunks[-1]))
+        return Choices((adm.request_id,), [queue])
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def merged(self, choices: Choices) -> AsyncIterator[tuple[int, dict[str, Any]]]:
         """(choice index, chunk) of every choice as they come, until each choice's final chunk."""
@@ -329,3 +392,22 @@ class ChatService:
             await self._r.delete(rkey)  # failed: let the client retry with the same key
         else:
             await self._r.set(rkey, json.dumps({"state": "done", "response": response}), ex=IDEMPOTENCY_TTL_S)
+
+
+async def _settle_quietly(events: PendingEvents) -> None:
+    try:
+        await events.settle()
+    except PublishError as exc:  # a lost lookup record must not fail the request it describes
+        log.warning("cache lookup event not recorded: %r", exc)
+
+
+async def _final_when_recorded(events: PendingEvents, queue: asyncio.Queue[dict[str, Any]],
+                               final: dict[str, Any]) -> None:
+    """A cached answer's final chunk, once its events are acknowledged; an explicit error if they cannot be
+    (an answer the platform did not record is not served whole)."""
+    try:
+        await events.settle()
+    except PublishError as exc:
+        log.warning("cached answer not recorded: %r", exc)
+        final = {**final, "error": "the event broker is unavailable; retry the request", "finish_reason": "error"}
+    queue.put_nowait(final)

@@ -90,7 +90,8 @@ async def list_models(request: Request, authorization: str | None = Header(defau
 async def chat_completions(body: ChatCompletionRequest, request: Request,
                            authorization: str | None = Header(default=None),
                            idempotency_key: str | None = Header(default=None),
-                           x_conversation_id: str | None = Header(default=None)) -> Any:
+                           x_conversation_id: str | None = Header(default=None),
+                           cache_control: str | None = Header(default=None)) -> Any:
     tenant = await _tenant(request, authorization)
     refuse_unsupported(body)
     svc = _svc(request)
@@ -100,13 +101,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
             return JSONResponse(stored, headers={"x-request-id": stored["id"], "idempotent-replayed": "true"})
     try:
         adm = await svc.admit(tenant, body, x_conversation_id)
-        choices = await svc.submit(tenant, body, adm)
+        lookup = svc.cache.lookup_for(tenant, body, adm.max_tokens, x_conversation_id, cache_control)
+        hit = await svc.from_cache(tenant, body, adm, lookup) if lookup.read else None
+        choices = hit or await svc.submit(tenant, body, adm, lookup=lookup)
     except BaseException:
         if idempotency_key:
             await svc.idempotent_finish(tenant.tenant_id, idempotency_key, None)
         raise
     created = int(time.time())
-    headers = {"x-request-id": adm.request_id, "x-conversation-id": adm.conversation_id, **adm.headers()}
+    headers = {"x-request-id": adm.request_id, "x-conversation-id": adm.conversation_id, **adm.headers(),
+               "x-cache": "hit" if hit else lookup.header}
     if not body.stream:
         try:
             completions = await svc.collect_all(choices, body.model)

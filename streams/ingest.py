@@ -46,6 +46,7 @@ async def handle(deps: Deps, doc: dict[str, Any]) -> None:
         return
     env = doc["envelope"]
     pieces = chunk_text(doc["text"])
+    await _documents_changed(deps, env["tenant_id"])
     deps.vectors.delete_document(deps.collection, env["tenant_id"], doc["document_id"])
     for start in range(0, len(pieces), EMBED_BATCH):
         batch = pieces[start:start + EMBED_BATCH]
@@ -53,3 +54,13 @@ async def handle(deps: Deps, doc: dict[str, Any]) -> None:
         deps.vectors.upsert(deps.collection, [
             Chunk(f"{doc['document_id']}#{start + i}", doc["document_id"], env["tenant_id"], text, vec.tolist(),
                   doc["source"]) for i, (text, vec) in enumerate(zip(batch, vectors, strict=True))])
+    await _documents_changed(deps, env["tenant_id"])
+
+
+async def _documents_changed(deps: Deps, tenant_id: str) -> None:
+    """A new documents version of the tenant (part of the response cache's key, edge/cache.py): bumped before
+    the old chunks go and again once the new ones are in, so no answer cached in between outlives them. Only
+    for a tenant that exists: a field alone would make a tenant record without a plan."""
+    key = f"conflux:tenant:{tenant_id}"
+    if await deps.redis.exists(key):
+        await deps.redis.hincrby(key, "docs_version", 1)
