@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Reinstall the Python dependencies only when pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install install-node install-agents tool-eval up down status demo test test-unit test-integration test-faults lint clean bench bench-sink \
+.PHONY: install install-node install-agents tool-eval up down status demo test test-unit test-integration test-faults lint clean bench bench-cache bench-sink \
 	bench-freshness soak safety-eval safety-model
 
 $(STAMP): pyproject.toml
@@ -58,6 +58,11 @@ clean: down
 bench: install
 	$(BIN)/conflux up
 	$(BIN)/python -m producers.bench
+
+# Exact-cache hit TTFT through the platform vs the chain on the same requests (goal: p50 <= 10 ms).
+bench-cache: install
+	$(BIN)/conflux up
+	$(BIN)/python -m producers.cache_bench
 
 # ClickHouse sink throughput from a backlog (goal: 20,000 events/s).
 bench-sink: install
