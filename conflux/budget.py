@@ -219,24 +219,29 @@ class Budgets:
         self._reserve = redis.register_script(_RESERVE)
         self._settle = redis.register_script(_SETTLE)
 
-    async def standing(self, limits: list[Limit]) -> Standing | None:
-        """The tightest of these budgets (least left, spent or held), or None when no budget applies (no round
-        trip then). The edge asks it before queueing any work."""
+    async def _read(self, limits: list[Limit]) -> list[tuple[Limit, tuple[int, int, int, int]]]:
+        """(limit, (spent µ$, held µ$, spent tokens, held tokens)) of each limited one, in one round trip (none
+        when no budget applies)."""
         limits = [lim for lim in limits if lim.limited]
         if not limits:
-            return None
+            return []
         async with self._r.pipeline(transaction=False) as pipe:
             for lim in limits:
                 pipe.hmget(lim.redis_key, "spent_micros", "held_micros", "spent_tokens", "held_tokens")
             rows = await pipe.execute()
+        return [(lim, (int(row[0] or 0), int(row[1] or 0), int(row[2] or 0), int(row[3] or 0)))
+                for lim, row in zip(limits, rows, strict=True)]
+
+    async def standing(self, limits: list[Limit]) -> Standing | None:
+        """The tightest of these budgets (least left, spent or held), or None when no budget applies (no round
+        trip then). The edge asks it before queueing any work."""
         ranked = []
-        for lim, row in zip(limits, rows, strict=True):
-            vals = [int(v or 0) for v in row]
-            usd = None if lim.usd_micros is None else max(0, lim.usd_micros - vals[0] - vals[1])
-            tok = None if lim.tokens is None else max(0, lim.tokens - vals[2] - vals[3])
+        for lim, (spent_usd, held_usd, spent_tok, held_tok) in await self._read(limits):
+            usd = None if lim.usd_micros is None else max(0, lim.usd_micros - spent_usd - held_usd)
+            tok = None if lim.tokens is None else max(0, lim.tokens - spent_tok - held_tok)
             here = Standing(lim.scope, usd, tok, renews_at(lim.window))
             ranked.append((_share(here, lim), here))
-        return min(ranked, key=lambda r: r[0])[1]
+        return min(ranked, key=lambda r: r[0])[1] if ranked else None
 
     async def reserve(self, request_id: str, limits: list[Limit], micros: int, tokens: int) -> Limit | None:
         """Holds `micros` and `tokens` against every limit, atomically; None when held (or already held by
@@ -270,16 +275,8 @@ class Budgets:
 
     async def report(self, limits: list[Limit]) -> list[dict[str, Any]]:
         """Each budget that applies (limited), with its spend, holds, what is left and when it renews."""
-        limits = [lim for lim in limits if lim.limited]
-        if not limits:
-            return []
-        async with self._r.pipeline(transaction=False) as pipe:
-            for lim in limits:
-                pipe.hmget(lim.redis_key, "spent_micros", "held_micros", "spent_tokens", "held_tokens")
-            rows = await pipe.execute()
         out = []
-        for lim, row in zip(limits, rows, strict=True):
-            spent_usd, held_usd, spent_tok, held_tok = (int(v or 0) for v in row)
+        for lim, (spent_usd, held_usd, spent_tok, held_tok) in await self._read(limits):
             out.append({"scope": lim.scope.split(":")[0], "period": _period(lim), "window": lim.window,
                         "limit_usd_micros": lim.usd_micros, "limit_tokens": lim.tokens,
                         "spent_usd_micros": spent_usd, "spent_tokens": spent_tok,

@@ -7,11 +7,13 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from conflux.config import Settings
 from conflux.errors import ConfluxError
+
+T = TypeVar("T")
 
 
 def _progress(msg: str) -> None:
@@ -97,37 +99,63 @@ def cmd_schemas(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+class Refused(ConfluxError):
+    """An operator's command that cannot be done as asked (the message says why)."""
+
+
+def _with_store(settings: Settings, act: Callable[[Any], Awaitable[T]]) -> T:
+    """Runs `act(ApiKeyStore)` against Redis; a refusal of the store's (unknown tenant, bad budget or policy)
+    becomes Refused with its message."""
     import redis.asyncio as aioredis
 
     from conflux.budget import BudgetError
-    from conflux.tenants import ApiKeyStore, AuthError, Tenant
+    from conflux.taxonomy import PolicyError
+    from conflux.tenants import ApiKeyStore, AuthError
 
-    async def act() -> Any:
+    async def run() -> T:
         client = aioredis.Redis.from_url(settings.redis_url)
         try:
-            store = ApiKeyStore(client)
-            if args.action == "create":
-                budget = _budget(args.budget_usd, args.budget_tokens, args.budget_period)
-                # An existing tenant keeps its plan and system prompt unless they are given.
-                if not await store.tenant_exists(args.tenant) or args.plan or args.system_prompt is not None:
-                    await store.upsert_tenant(Tenant(args.tenant, args.plan or "free", args.system_prompt or ""))
-                return await store.create_key(args.tenant, args.name, budget)
-            if args.action == "list":
-                return await store.list_keys(args.tenant)
-            if not args.id:
-                raise AuthError(f"keys {args.action} needs --id (see `conflux keys list --tenant {args.tenant}`)")
-            if args.action == "revoke":
-                return await store.revoke_id(args.tenant, args.id)
-            return await store.rotate(args.tenant, args.id)
+            return await act(ApiKeyStore(client))
         finally:
             await client.aclose()
 
     try:
-        result = asyncio.run(act())
-    except (AuthError, BudgetError) as exc:
-        _progress(f"refused: {exc}")
-        return 2
+        return asyncio.run(run())
+    except (AuthError, BudgetError, PolicyError) as exc:
+        raise Refused(str(exc)) from None
+
+
+def _refusing(command: Callable[[Settings, argparse.Namespace], int]) -> Callable[[Settings, argparse.Namespace], int]:
+    """Exit 2 with the reason, never a stack trace, when the command is refused."""
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        try:
+            return command(settings, args)
+        except Refused as exc:
+            _progress(f"refused: {exc}")
+            return 2
+    return run
+
+
+@_refusing
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    from conflux.tenants import Tenant
+
+    async def act(store: Any) -> Any:
+        if args.action == "create":
+            budget = _budget(args.budget_usd, args.budget_tokens, args.budget_period)
+            # An existing tenant keeps its plan and system prompt unless they are given.
+            if not await store.tenant_exists(args.tenant) or args.plan or args.system_prompt is not None:
+                await store.upsert_tenant(Tenant(args.tenant, args.plan or "free", args.system_prompt or ""))
+            return await store.create_key(args.tenant, args.name, budget)
+        if args.action == "list":
+            return await store.list_keys(args.tenant)
+        if not args.id:
+            raise Refused(f"keys {args.action} needs --id (see `conflux keys list --tenant {args.tenant}`)")
+        if args.action == "revoke":
+            return await store.revoke_id(args.tenant, args.id)
+        return await store.rotate(args.tenant, args.id)
+
+    result = _with_store(settings, act)
     if args.action == "list":
         for k in result:
             print(json.dumps({"id": k.id, "name": k.name, "created": k.created}))
@@ -147,11 +175,15 @@ def _budget(usd: float | None, tokens: int | None, period: str | None) -> Any:
 
     if usd is None and tokens is None:
         if period is not None:
-            raise BudgetError("a budget period needs a limit: --budget-usd and/or --budget-tokens")
+            raise Refused("a budget period needs a limit: --budget-usd and/or --budget-tokens")
         return None
-    return Budget(period or "month", None if usd is None else usd_to_micros(usd), tokens)
+    try:
+        return Budget(period or "month", None if usd is None else usd_to_micros(usd), tokens)
+    except BudgetError as exc:
+        raise Refused(str(exc)) from None
 
 
+@_refusing
 def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "set-budget":
         return _set_budget(settings, args)
@@ -161,84 +193,31 @@ def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _set_cache(settings: Settings, args: argparse.Namespace) -> int:
-    import redis.asyncio as aioredis
-
-    from conflux.tenants import ApiKeyStore, AuthError
-
     if args.cache_ttl is None and not args.clear:
-        _progress("nothing to set: --cache-ttl SECONDS (0 turns the cache off) or --clear (the platform's default)")
-        return 2
-
-    async def act() -> None:
-        client = aioredis.Redis.from_url(settings.redis_url)
-        try:
-            await ApiKeyStore(client).set_cache_ttl(args.tenant, None if args.clear else args.cache_ttl)
-        finally:
-            await client.aclose()
-
-    try:
-        asyncio.run(act())
-    except AuthError as exc:
-        _progress(f"refused: {exc}")
-        return 2
-    _progress(f"response cache of tenant {args.tenant}: " + ("the platform's default TTL" if args.clear else
-                                                             "off" if args.cache_ttl <= 0 else f"{args.cache_ttl}s"))
+        raise Refused("nothing to set: --cache-ttl SECONDS (0 turns the cache off) or --clear (the default)")
+    ttl = None if args.clear else args.cache_ttl
+    _with_store(settings, lambda store: store.set_cache_ttl(args.tenant, ttl))
+    _progress(f"response cache of tenant {args.tenant}: " + ("the platform's default TTL" if ttl is None else
+                                                             "off" if ttl <= 0 else f"{ttl}s"))
     return 0
 
 
 def _set_budget(settings: Settings, args: argparse.Namespace) -> int:
-    import redis.asyncio as aioredis
-
-    from conflux.budget import BudgetError
-    from conflux.tenants import ApiKeyStore, AuthError
-
-    async def act() -> Any:
-        client = aioredis.Redis.from_url(settings.redis_url)
-        try:
-            budget = None if args.clear else _budget(args.budget_usd, args.budget_tokens, args.budget_period)
-            if budget is None and not args.clear:
-                raise BudgetError("nothing to set: --budget-usd and/or --budget-tokens (or --clear)")
-            await ApiKeyStore(client).set_budget(args.tenant, budget, args.id)
-            return budget
-        finally:
-            await client.aclose()
-
-    try:
-        budget = asyncio.run(act())
-    except (AuthError, BudgetError) as exc:
-        _progress(f"refused: {exc}")
-        return 2
+    budget = None if args.clear else _budget(args.budget_usd, args.budget_tokens, args.budget_period)
+    if budget is None and not args.clear:
+        raise Refused("nothing to set: --budget-usd and/or --budget-tokens (or --clear)")
+    _with_store(settings, lambda store: store.set_budget(args.tenant, budget, args.id))
     whose = f"key {args.id} of tenant {args.tenant}" if args.id else f"tenant {args.tenant}"
     _progress(f"budget of {whose}: " + ("none" if budget is None else budget.to_json()))
     return 0
 
 
 def _set_policy(settings: Settings, args: argparse.Namespace) -> int:
-    import json
-
-    import redis.asyncio as aioredis
-
-    from conflux import taxonomy
-    from conflux.tenants import ApiKeyStore, AuthError
-
     overrides = {cid: action for action in ("block", "flag", "allow")
                  for cid in (getattr(args, action) or "").split(",") if cid}
-
-    async def set_policy() -> dict[str, str]:
-        client = aioredis.Redis.from_url(settings.redis_url)
-        try:
-            return await ApiKeyStore(client).set_policy(args.tenant, overrides)
-        finally:
-            await client.aclose()
-
     if not overrides:
-        _progress("nothing to set: name categories with --block, --flag or --allow (comma-separated)")
-        return 2
-    try:
-        stored = asyncio.run(set_policy())
-    except (AuthError, taxonomy.PolicyError) as exc:
-        _progress(f"refused: {exc}")
-        return 2
+        raise Refused("nothing to set: name categories with --block, --flag or --allow (comma-separated)")
+    stored = _with_store(settings, lambda store: store.set_policy(args.tenant, overrides))
     _progress(f"safety policy of tenant {args.tenant} (overrides of infra/safety_taxonomy.toml's defaults):")
     print(json.dumps(stored, sort_keys=True))
     return 0
