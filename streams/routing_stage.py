@@ -3,6 +3,7 @@ is, reserve the request's worst-case cost against its budgets, and record why.""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -38,8 +39,9 @@ class ReadyModels:
 
 
 class TritonLoad:
-    """Each Triton model's queue, from Triton's metrics, sampled at most every LOAD_TTL_S by this worker (on
-    demand: an idle worker does not scrape). Unknown (empty) when the metrics cannot be read: routing then goes
+    """Each Triton model's queue, from Triton's metrics, sampled at most every LOAD_TTL_S by this worker: in
+    the background, so that no request waits for a scrape (routing reads the latest sample; an idle worker does
+    not scrape). Unknown (empty) until the first sample and while the metrics cannot be read: routing then goes
     on without load, as before, rather than failing the request."""
 
     def __init__(self, metrics_url: str, ttl_s: float = LOAD_TTL_S) -> None:
@@ -49,20 +51,24 @@ class TritonLoad:
         self._counters: dict[str, Counters] = {}
         self._load: dict[str, ModelLoad] = {}
         self._at = float("-inf")
+        self._refreshing: asyncio.Task[None] | None = None
 
     async def get(self) -> dict[str, ModelLoad]:
-        if time.monotonic() - self._at > self._ttl_s:
+        if time.monotonic() - self._at > self._ttl_s and (self._refreshing is None or self._refreshing.done()):
             self._at = time.monotonic()  # one scrape per interval, also when it fails
-            try:
-                resp = await self._http.get(self._url)
-                resp.raise_for_status()
-            except httpx.HTTPError as exc:
-                log.warning("Triton metrics unavailable (%r): routing without load", exc)
-                self._load = {}
-                return self._load
-            now = parse(resp.text)
-            self._load, self._counters = load(self._counters, now), now
+            self._refreshing = asyncio.create_task(self._refresh())
         return self._load
+
+    async def _refresh(self) -> None:
+        try:
+            resp = await self._http.get(self._url)
+            resp.raise_for_status()
+        except httpx.HTTPError as exc:
+            log.warning("Triton metrics unavailable (%r): routing without load", exc)
+            self._load = {}
+            return
+        now = parse(resp.text)
+        self._load, self._counters = load(self._counters, now), now
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -77,7 +77,10 @@ def test_a_model_absent_from_this_deployment_falls_back(stack: Settings, client:
 
 
 def test_each_decision_records_the_load_it_saw(stack: Settings, client: openai.OpenAI) -> None:
-    """From Triton's own metrics (conflux/triton_load.py), sampled by the worker about every second."""
+    """From Triton's own metrics (conflux/triton_load.py), sampled by the worker about every second in the
+    background: a first request starts the sampling, the next one sees it."""
+    client.chat.completions.create(model="auto", messages=HI, max_tokens=1, temperature=0)
+    time.sleep(1.5)
     since = int(time.time() * 1000)
     r = client.chat.completions.create(model="auto", messages=HI, max_tokens=2, temperature=0)
     [decision] = _routing(stack, r.id, since)
