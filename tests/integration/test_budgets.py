@@ -155,6 +155,8 @@ async def test_200_concurrent_streams_never_spend_past_a_budget_and_the_spend_is
     drifts = await _logged_exact(stack, r, tenant, lim.window)
     assert {d.scope for d in drifts} == {f"tenant:{tenant}", f"key:{tenant}:{(await _key_id(r, tenant))}"}
     assert all(d.exact and d.logged_micros == spent for d in drifts), [d.record() for d in drifts]
+    print(f"budget race: {len(answered)} answered, {len(refused)} refused (insufficient_quota), spent {spent} of "
+          f"{budget} micro-dollars, {tokens} tokens; Redis = sum of answers = event log, to the micro-dollar")
 
 
 async def _key_id(r: aioredis.Redis, tenant: str) -> str:
