@@ -279,11 +279,14 @@ class ChatService:
         on a miss. Every lookup is recorded on cache.lookups; a hit also on chat.responses (cost 0, what it
         saved), both acknowledged before its final chunk leaves."""
         entry = await self.cache.get(lookup)
-        env = new_envelope(tenant_id=tenant.tenant_id, conversation_id=adm.conversation_id,
-                           request_id=adm.request_id, producer=self.instance_id)
+
+        def env() -> dict[str, Any]:  # each event its own envelope: its event id is what deduplicates it
+            return new_envelope(tenant_id=tenant.tenant_id, conversation_id=adm.conversation_id,
+                                request_id=adm.request_id, producer=self.instance_id)
+
         digest = (lookup.key or "").rsplit(":", 1)[-1][:16]
         events = PendingEvents(self._publisher)
-        record = {"envelope": env, "outcome": "hit" if entry else "miss", "model": req.model, "key": digest,
+        record = {"envelope": env(), "outcome": "hit" if entry else "miss", "model": req.model, "key": digest,
                   "key_id": tenant.key_id}
         if entry is None:
             await events.add("cache.lookups", record, key=adm.conversation_id)
@@ -294,7 +297,7 @@ class ChatService:
                                            "age_s": max(0.0, time.time() - entry.created)}, key=adm.conversation_id)
         final = entry.chunks[-1]
         await events.add("chat.responses", {
-            "envelope": env, "model": entry.model, "content": "".join(c.get("text") or "" for c in entry.chunks),
+            "envelope": env(), "model": entry.model, "content": "".join(c.get("text") or "" for c in entry.chunks),
             "finish_reason": final.get("finish_reason") or "stop", "blocked": False, "error": None,
             "prompt_tokens": final.get("prompt_tokens") or 0, "completion_tokens": final.get("completion_tokens") or 0,
             "citations": list(final.get("citations") or []), "latency_ms": 0.0, "cost_micros": 0,
