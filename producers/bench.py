@@ -17,6 +17,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,16 +38,21 @@ def pct(values: list[float], q: float) -> float:
     return round(s[min(len(s) - 1, int(q * len(s)))], 2) if s else float("nan")
 
 
-async def platform_chat(http: httpx.AsyncClient, base: str, key: str, model: str, prompt: str,
-                        max_tokens: int) -> tuple[float, int]:
-    """(time to first content in ms, completion tokens) of one streamed chat through the edge."""
-    body = {"model": model, "stream": True, "max_tokens": max_tokens, "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": prompt}]}
+@dataclass(frozen=True)
+class Streamed:
+    ttft_ms: float  # to the first chunk with content
+    completion_tokens: int  # from the usage chunk (0 without one)
+    headers: httpx.Headers
+
+
+async def timed_stream(http: httpx.AsyncClient, url: str, body: dict[str, Any],
+                       headers: dict[str, str]) -> Streamed:
+    """One streamed chat completion, read to its end (a caller that leaves early cancels its answer): the time
+    to its first content, and its usage. The benchmarks' one way of timing a stream."""
     t0 = time.perf_counter()
     ttft = None
     tokens = 0
-    async with http.stream("POST", f"{base}/chat/completions", json=body,
-                           headers={"Authorization": f"Bearer {key}"}) as resp:
+    async with http.stream("POST", url, json=body, headers=headers) as resp:
         if resp.status_code != 200:
             raise RuntimeError(f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}")
         async for line in resp.aiter_lines():
@@ -56,7 +62,16 @@ async def platform_chat(http: httpx.AsyncClient, base: str, key: str, model: str
                 tokens = int(json.loads(line[6:])["usage"]["completion_tokens"])
     if ttft is None:
         raise RuntimeError("stream ended without content")
-    return ttft, tokens
+    return Streamed(ttft, tokens, resp.headers)
+
+
+async def platform_chat(http: httpx.AsyncClient, base: str, key: str, model: str, prompt: str,
+                        max_tokens: int) -> tuple[float, int]:
+    """(time to first content in ms, completion tokens) of one streamed chat through the edge."""
+    body = {"model": model, "stream": True, "max_tokens": max_tokens, "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": prompt}]}
+    out = await timed_stream(http, f"{base}/chat/completions", body, {"Authorization": f"Bearer {key}"})
+    return out.ttft_ms, out.completion_tokens
 
 
 async def direct_chat(url: str, triton_model: str, template: str, prompt: str, max_tokens: int) -> tuple[float, int]:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from conflux.config import Settings
-from producers.bench import pct
+from producers.bench import pct, timed_stream
 from producers.cpu import cpu_seconds, per_chat_ms
 from producers.keys import bench_key
 
@@ -30,18 +30,9 @@ async def ttft(http: httpx.AsyncClient, base: str, key: str, prompt: str, *, fre
     body = {"model": "echo", "stream": True, "max_tokens": 16, "temperature": 0,
             "messages": [{"role": "user", "content": prompt}]}
     headers = {"Authorization": f"Bearer {key}", **({"Cache-Control": "no-cache"} if fresh else {})}
-    t0 = time.perf_counter()
-    first: float | None = None
-    async with http.stream("POST", f"{base}/chat/completions", json=body, headers=headers) as resp:
-        if resp.status_code != 200:
-            raise RuntimeError(f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}")
-        # Read to the end: a caller that leaves early cancels its answer, and a cancelled answer is not stored.
-        async for line in resp.aiter_lines():
-            if first is None and line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
-                first = (time.perf_counter() - t0) * 1000
-    if first is None:
-        raise RuntimeError("stream ended without content")
-    return first, resp.headers.get("x-cache", "")
+    # Read to the end (timed_stream does): a cancelled answer is not stored, and the next run would miss.
+    out = await timed_stream(http, f"{base}/chat/completions", body, headers)
+    return out.ttft_ms, out.headers.get("x-cache", "")
 
 
 async def level(http: httpx.AsyncClient, base: str, key: str, prompts: list[str], concurrency: int,

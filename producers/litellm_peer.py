@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from conflux.config import Settings
+from producers.bench import timed_stream
 
 LITELLM = "litellm[proxy]==1.108.5"
 UPSTREAM_PORT = 18091
@@ -88,18 +89,8 @@ def running(settings: Settings) -> Iterator[None]:
 
 async def _chat(http: httpx.AsyncClient, base: str, prompt: str) -> float:
     body = {"model": "echo", "stream": True, "max_tokens": 16, "messages": [{"role": "user", "content": prompt}]}
-    t0 = time.perf_counter()
-    ttft = None
-    async with http.stream("POST", f"{base}/chat/completions", json=body,
-                           headers={"Authorization": f"Bearer {MASTER_KEY}"}) as resp:
-        if resp.status_code != 200:
-            raise RuntimeError(f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}")
-        async for line in resp.aiter_lines():
-            if ttft is None and line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
-                ttft = (time.perf_counter() - t0) * 1000
-    if ttft is None:
-        raise RuntimeError("stream ended without content")
-    return ttft
+    out = await timed_stream(http, f"{base}/chat/completions", body, {"Authorization": f"Bearer {MASTER_KEY}"})
+    return out.ttft_ms
 
 
 def _pct(values: list[float], q: float) -> float:
