@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 .PHONY: install install-node install-agents tool-eval up down status demo test test-unit test-integration test-faults lint clean bench bench-cache bench-sink \
-	bench-freshness soak safety-eval safety-model
+	bench-freshness soak safety-eval safety-model paraphrase-data semantic-eval
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -89,6 +89,15 @@ safety-model: install
 safety-eval: install
 	$(BIN)/conflux up
 	$(BIN)/python -m producers.safety_eval
+
+# The semantic cache's labelled pairs from a pinned external wheel (contradish, MIT): writes
+# tests/data/external/paraphrase_{tune,heldout}.jsonl; commit both. CI never runs it (a test checks they match).
+paraphrase-data: install
+	$(BIN)/python -m producers.paraphrase_data
+
+# Precision and recall of the semantic cache's threshold on those pairs (tuned on one split, reported on both).
+semantic-eval: install
+	$(BIN)/python -m producers.semantic_eval
 
 install-node:  # the official openai npm package, for tests/integration/test_node_client.py
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error

@@ -193,12 +193,22 @@ def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _set_cache(settings: Settings, args: argparse.Namespace) -> int:
-    if args.cache_ttl is None and not args.clear:
-        raise Refused("nothing to set: --cache-ttl SECONDS (0 turns the cache off) or --clear (the default)")
-    ttl = None if args.clear else args.cache_ttl
-    _with_store(settings, lambda store: store.set_cache_ttl(args.tenant, ttl))
-    _progress(f"response cache of tenant {args.tenant}: " + ("the platform's default TTL" if ttl is None else
-                                                             "off" if ttl <= 0 else f"{ttl}s"))
+    if args.cache_ttl is None and args.semantic_threshold is None and not args.clear:
+        raise Refused("nothing to set: --cache-ttl SECONDS (0 turns the cache off), --semantic-threshold "
+                      "SIMILARITY (0 turns the semantic cache off) or --clear (the defaults)")
+    semantic = args.semantic_threshold
+    if semantic is not None and not 0.0 <= semantic <= 1.0:
+        raise Refused(f"--semantic-threshold is a cosine similarity from 0 (off) to 1, not {semantic}")
+    if args.clear or args.cache_ttl is not None:
+        ttl = None if args.clear else args.cache_ttl
+        _with_store(settings, lambda store: store.set_cache_ttl(args.tenant, ttl))
+        _progress(f"response cache of tenant {args.tenant}: " + ("the platform's default TTL" if ttl is None else
+                                                                 "off" if ttl <= 0 else f"{ttl}s"))
+    if args.clear or semantic is not None:
+        _with_store(settings, lambda store: store.set_semantic_threshold(args.tenant, None if args.clear else semantic))
+        _progress(f"semantic cache of tenant {args.tenant}: " + (
+            f"the platform's default threshold ({settings.semantic_threshold})" if args.clear or semantic is None
+            else "off" if semantic == 0 else f"similarity >= {semantic}"))
     return 0
 
 
@@ -353,15 +363,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keys)
     p = sub.add_parser("tenants", help="tenant settings: set-policy (what each safety category does for a "
                        "tenant), set-budget (spend limits of the tenant, or of one key with --id), set-cache "
-                       "(the response cache's TTL, or off)")
+                       "(the response cache's TTL and the semantic cache's threshold, or off)")
     p.add_argument("action", choices=["set-policy", "set-budget", "set-cache"])
     p.add_argument("--tenant", required=True)
     for action in ("block", "flag", "allow"):
         p.add_argument(f"--{action}", default="", metavar="CATEGORIES",
                        help=f"set-policy: comma-separated taxonomy ids to {action} (infra/safety_taxonomy.toml)")
     p.add_argument("--id", help="set-budget: one key's budget (its id, from `keys list`) instead of the tenant's")
-    p.add_argument("--clear", action="store_true", help="set-budget: remove the budget; set-cache: the default TTL")
+    p.add_argument("--clear", action="store_true",
+                   help="set-budget: remove the budget; set-cache: the default TTL and threshold")
     p.add_argument("--cache-ttl", type=int, default=None, help="set-cache: seconds a cached answer is kept (0: off)")
+    p.add_argument("--semantic-threshold", type=float, default=None, metavar="SIMILARITY",
+                   help="set-cache: cosine similarity at which a near-duplicate question is answered from the "
+                   "cache (0: off)")
     _budget_flags(p, "set-budget")
     p.set_defaults(func=cmd_tenants)
     p = sub.add_parser("budgets", help="reconcile: the spend counted in Redis against the event log, per "

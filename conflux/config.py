@@ -13,6 +13,9 @@ from pathlib import Path
 from conflux.errors import ConfigError
 
 # Where schemas/, infra/ and triton_models/ live: the checkout, or CONFLUX_ROOT in an installed image.
+# The semantic cache's similarity threshold, tuned by `make semantic-eval` on the tune split of external
+# paraphrase pairs for precision (a wrong cached answer is worse than a miss).
+SEMANTIC_THRESHOLD = 0.845
 REPO_ROOT = Path(os.environ.get("CONFLUX_ROOT") or Path(__file__).resolve().parent.parent)
 
 
@@ -24,6 +27,19 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError as exc:
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def _fraction(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number from 0 to 1, got {raw!r}") from exc
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be a number from 0 to 1, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,8 @@ class Settings:
     # How long a model that has a fallback may stay silent before its first token (then the fallback answers).
     first_token_timeout_s: float = 15.0
     cache_ttl_s: int = 3600  # the exact response cache's default TTL (a tenant may set its own, or 0: off)
+    # The semantic cache's default similarity threshold (edge/semantic_cache.py; a tenant may set its own; 0: off).
+    semantic_threshold: float = SEMANTIC_THRESHOLD
     # Seconds the edge waits for the broker to acknowledge an event before answering 503 (broker down).
     publish_timeout_s: float = 5.0
     # Load shedding at the edge (edge/load.py): 503 + Retry-After once this instance's open requests, or the
@@ -135,6 +153,7 @@ class Settings:
             inference_timeout_s=float(_int(e, "CONFLUX_INFERENCE_TIMEOUT_S", 60)),
             first_token_timeout_s=float(_int(e, "CONFLUX_FIRST_TOKEN_TIMEOUT_S", 15)),
             cache_ttl_s=_int(e, "CONFLUX_CACHE_TTL_S", 3600),
+            semantic_threshold=_fraction(e, "CONFLUX_SEMANTIC_THRESHOLD", SEMANTIC_THRESHOLD),
             publish_timeout_s=float(_int(e, "CONFLUX_PUBLISH_TIMEOUT_S", 5)),
             edge_max_open=_int(e, "CONFLUX_EDGE_MAX_OPEN", 256),
             max_request_lag=_int(e, "CONFLUX_MAX_REQUEST_LAG", 2000),

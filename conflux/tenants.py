@@ -39,6 +39,8 @@ class Tenant:
     # version): part of the cache key (edge/cache.py). And its cache TTL: None the platform's, 0 off.
     cache_salt: str = ""
     cache_ttl_s: int | None = None
+    semantic_threshold: float | None = None  # the semantic cache's: None the platform's, 0 off
+    safety_policy: str | None = None  # as stored (taxonomy.tenant_policy reads it): the edge judges a semantic hit
 
     @property
     def spend_scopes(self) -> list[tuple[str, Budget | None]]:
@@ -178,21 +180,31 @@ class ApiKeyStore:
         if not tenant:
             raise AuthError("the tenant of this API key no longer exists")
         state = b"\x00".join(tenant.get(f, b"") for f in (b"system_prompt", b"safety_policy", b"docs_version"))
-        ttl = tenant.get(b"cache_ttl_s")
+        ttl, semantic, policy = (tenant.get(f) for f in (b"cache_ttl_s", b"semantic_threshold", b"safety_policy"))
         return Tenant(tenant_id, _s(tenant[b"plan"]), _s(tenant.get(b"system_prompt", b"")),
                       KEY_ID_PREFIX + digest[:KEY_ID_CHARS], Budget.from_json(tenant.get(b"budget")),
                       Budget.from_json(record.get(b"budget")), hashlib.sha256(state).hexdigest()[:16],
-                      None if ttl is None else int(ttl))
+                      None if ttl is None else int(ttl), None if semantic is None else float(semantic),
+                      None if policy is None else _s(policy))
 
     async def set_cache_ttl(self, tenant_id: str, ttl_s: int | None) -> None:
         """The tenant's response-cache TTL in seconds (0: off; None: the platform's default)."""
+        await self._set_or_clear(tenant_id, "cache_ttl_s", None if ttl_s is None else str(max(0, ttl_s)))
+
+    async def set_semantic_threshold(self, tenant_id: str, threshold: float | None) -> None:
+        """The tenant's semantic-cache similarity threshold, 0 to 1 (0: off; None: the platform's default)."""
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"a similarity threshold is from 0 (off) to 1, not {threshold}")
+        await self._set_or_clear(tenant_id, "semantic_threshold", None if threshold is None else repr(threshold))
+
+    async def _set_or_clear(self, tenant_id: str, field: str, value: str | None) -> None:
         key = f"conflux:tenant:{tenant_id}"
         if not await self._r.exists(key):
             raise AuthError(f"unknown tenant {tenant_id!r}")
-        if ttl_s is None:
-            await self._r.hdel(key, "cache_ttl_s")
+        if value is None:
+            await self._r.hdel(key, field)
         else:
-            await self._r.hset(key, "cache_ttl_s", str(max(0, ttl_s)))
+            await self._r.hset(key, field, value)
 
 
 def _s(v: bytes | str) -> str:

@@ -105,9 +105,10 @@ def timeline(client: Any, tenant: str, request_id: str) -> list[dict[str, Any]]:
 
 
 def cache_by_model(client: Any, tenant: str, minutes: int) -> list[dict[str, Any]]:
-    """Exact-cache lookups per model asked for: hits, misses, hit rate and what the hits saved."""
+    """Cache lookups per model asked for: hits (exact and semantic), misses, hit rate and what the hits saved."""
     return _rows(client, "SELECT JSONExtractString(body, 'model') AS model, count() AS lookups, "
-                 "countIf(JSONExtractString(body, 'outcome') = 'hit') AS hits, "
+                 "countIf(JSONExtractString(body, 'outcome') IN ('hit', 'semantic_hit')) AS hits, "
+                 "countIf(JSONExtractString(body, 'outcome') = 'semantic_hit') AS semantic_hits, "
                  "round(hits / lookups, 4) AS hit_rate, "
                  "sum(JSONExtractInt(body, 'saved_micros')) AS saved_usd_micros "
                  f"{_from(event_type='cache_lookup')} GROUP BY model ORDER BY model", tenant, minutes)

@@ -26,6 +26,7 @@ from conflux.serde import AvroSerde
 from conflux.telemetry import setup_tracing
 from conflux.tenants import ApiKeyStore
 from conflux.topics import apply_topics, load_catalogue
+from conflux.vectorstore import open_vector_store
 from edge.api_routes import router as api_router
 from edge.cache import ResponseCache, fingerprint
 from edge.chat import ChatService
@@ -38,6 +39,7 @@ from edge.protocol import ERROR_RESPONSES
 from edge.replies import ReplyRouter
 from edge.responses import ResponsesService
 from edge.routes import router
+from edge.semantic_cache import SemanticCache
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -83,17 +85,19 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
         app.state.publisher = publisher
         app.state.keys = ApiKeyStore(redis)
         triton = TritonClient(settings.triton_grpc_url)
-        app.state.moderation = ModerationService(triton, SafetyHead.load(), RateLimiter(redis), models, redis)
+        head = SafetyHead.load()
+        app.state.moderation = ModerationService(triton, head, RateLimiter(redis), models, redis)
         ids = ResponseIds(load_secret(settings))
         budgets = Budgets(redis)
         app.state.embeddings = EmbeddingService(triton=triton, limiter=RateLimiter(redis), models=models,
                                                 publisher=publisher, ids=ids, instance_id=instance, budgets=budgets)
+        cache = ResponseCache(redis, fingerprint(models, HEAD_PATH), settings.cache_ttl_s)
+        semantic = SemanticCache(open_store=lambda: open_vector_store(settings), responses=cache, embedder=triton,
+                                 head=head, redis=redis, threshold=settings.semantic_threshold)
         app.state.chat = chat = ChatService(publisher=publisher, replies=replies, models=models,
                                      limiter=RateLimiter(redis), redis=redis, instance_id=instance,
                                      chain_timeout_s=chain_timeout_s, ids=ids, budgets=budgets,
-                                     cache=ResponseCache(redis, fingerprint(models, HEAD_PATH),
-                                                         settings.cache_ttl_s),
-                                     load=load)
+                                     cache=cache, semantic=semantic, load=load)
         app.state.responses = ResponsesService(chat, redis)
         try:
             yield
@@ -101,6 +105,7 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
             await replies.stop()
             await lag.stop()
             await producer.stop()
+            semantic.close()
             await triton.close()
             await redis.aclose()
             app.state.clickhouse.close()

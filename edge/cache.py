@@ -47,10 +47,10 @@ class Lookup:
     outcome: str  # "lookup", or "bypass: <why>"
     read: bool  # whether a stored answer may be served
     ttl_s: int  # how long a fresh answer is kept (0: not stored)
-
-    @property
-    def header(self) -> str:
-        return "bypass" if self.key is None else "miss"
+    # For the semantic cache (edge/semantic_cache.py): the digest of everything in the key but the last user
+    # message (None when the request does not end with one), and that message.
+    scope: str | None = None
+    question: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,10 @@ def fingerprint(models: ModelCatalogue, safety_head: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _digest(material: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
 class ResponseCache:
     def __init__(self, redis: Any, salt: str, default_ttl_s: int = DEFAULT_TTL_S) -> None:
         self._r = redis
@@ -89,19 +93,24 @@ class ResponseCache:
                "sampled (temperature > 0 without a seed)" if req.seed is None and req.temperature != 0 else "")
         if why:
             return Lookup(None, f"bypass: {why}", False, 0)
-        material = {
+        messages = [{"role": m.role, "content": m.text(), "name": m.name, "tool_call_id": m.tool_call_id,
+                     "tool_calls": m.tool_calls} for m in req.messages]
+        material: dict[str, Any] = {
             "v": CACHE_VERSION, "salt": self._salt, "tenant": tenant.tenant_id, "tenant_state": tenant.cache_salt,
             "model": req.model, "max_tokens": max_tokens,
-            "messages": [{"role": m.role, "content": m.text(), "name": m.name, "tool_call_id": m.tool_call_id,
-                          "tool_calls": m.tool_calls} for m in req.messages],
+            "messages": messages,
             "temperature": 1.0 if req.temperature is None else req.temperature, "top_p": req.top_p,
             "seed": req.seed, "presence_penalty": req.presence_penalty, "frequency_penalty": req.frequency_penalty,
             "stop": req.stop_sequences(), "tools": req.tools, "tool_choice": req.tool_choice,
             "parallel_tool_calls": req.parallel_tool_calls is not False, "response_format": req.response_format,
             "top_logprobs": logprobs_asked(req),
         }
-        digest = hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
-        return Lookup(f"conflux:cache:{tenant.tenant_id}:{digest}", "lookup", "no-cache" not in directives, ttl)
+        scope, question = None, ""
+        if messages and messages[-1]["role"] == "user":
+            question = req.messages[-1].text()
+            scope = _digest({**material, "messages": [*messages[:-1], {**messages[-1], "content": None}]})[:16]
+        return Lookup(f"conflux:cache:{tenant.tenant_id}:{_digest(material)}", "lookup", "no-cache" not in directives,
+                      ttl, scope, question)
 
     async def get(self, lookup: Lookup) -> Entry | None:
         """The stored answer, or None (a miss; also when Redis fails: the cache never fails a request)."""

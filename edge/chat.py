@@ -22,13 +22,14 @@ from conflux.models import CatalogueModelError, ModelCatalogue, ModelSpec, Plan
 from conflux.ratelimit import RateLimiter, Verdict
 from conflux.serde import new_envelope
 from conflux.tenants import Tenant
-from edge.cache import Lookup, ResponseCache
+from edge.cache import Entry, Lookup, ResponseCache
 from edge.errors import ApiError
 from edge.load import LoadGauge
 from edge.params import logprobs_asked, needs_grammar
 from edge.protocol import ChatCompletionRequest
 from edge.quota import spend_gate
 from edge.replies import ReplyRouter
+from edge.semantic_cache import Probe, SemanticCache
 
 log = logging.getLogger("conflux.edge")
 IDEMPOTENCY_TTL_S = 24 * 3600
@@ -64,6 +65,15 @@ class Choices:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Cached:
+    """What the caches had for a request: its answer's chunks, or None (the chain answers)."""
+    choices: Choices | None
+    header: str  # x-cache: hit | semantic-hit | miss | bypass
+    similarity: float | None = None  # a semantic hit's
+    probe: Probe | None = None  # a miss's place in the semantic index, where its answer is indexed if stored
 
 
 @dataclass(frozen=True)
@@ -132,12 +142,14 @@ async def meter(limiter: RateLimiter, plan: Plan, tenant_id: str, tokens: int) -
 class ChatService:
     def __init__(self, *, publisher: EventPublisher, replies: ReplyRouter, models: ModelCatalogue,
                  limiter: RateLimiter, redis: Any, instance_id: str, chain_timeout_s: float,
-                 ids: ResponseIds, budgets: Budgets, cache: ResponseCache, load: LoadGauge | None = None) -> None:
+                 ids: ResponseIds, budgets: Budgets, cache: ResponseCache, semantic: SemanticCache | None = None,
+                 load: LoadGauge | None = None) -> None:
         self._ids = ids
         self.budgets = budgets
         self.cache = cache
-        # Chunks of the requests whose answers go into the cache when they end whole: request id -> lookup, chunks.
-        self._recording: dict[str, tuple[Lookup, list[dict[str, Any]]]] = {}
+        self.semantic = semantic
+        # The requests whose answers go into the cache when they end whole: request id -> what to store them as.
+        self._recording: dict[str, _Recording] = {}
         self._background: set[asyncio.Future[None]] = set()  # held until done (the loop keeps only weak refs)
         self._load = load
         self._publisher = publisher
@@ -202,12 +214,13 @@ class ChatService:
                                param=field, code="unsupported_parameter")
 
     async def submit(self, tenant: Tenant, req: ChatCompletionRequest, adm: Admitted,
-                     traceparent: str | None = None, lookup: Lookup | None = None) -> Choices:
+                     traceparent: str | None = None, lookup: Lookup | None = None,
+                     probe: Probe | None = None) -> Choices:
         """One chat.requests event per choice; their reply queues, registered before anything is sent. With a
         cache lookup that missed, the answer is recorded on its way to the caller and stored if it ends whole."""
         choices = Choices(adm.choice_ids, [self._replies.register(rid) for rid in adm.choice_ids])
         if lookup is not None and lookup.key is not None and lookup.ttl_s > 0:
-            self._recording[adm.request_id] = (lookup, [])
+            self._recording[adm.request_id] = _Recording(lookup, [], tenant, probe)
         record = {
             "model": req.model,
             "messages": [{"role": m.role, "content": m.text(), "name": m.name, "tool_call_id": m.tool_call_id,
@@ -256,11 +269,13 @@ class ChatService:
                     raise ApiError(504, f"no answer within {self.chain_timeout_s:.0f}s; the request was cancelled",
                                    "server_error", code="timeout") from None
                 if recording is not None:
-                    recording[1].append(chunk)
+                    recording.chunks.append(chunk)
                 yield chunk
                 if chunk["is_final"]:
-                    if recording is not None:
-                        await self.cache.put(recording[0], recording[1], self._cost_of(chunk))
+                    if recording is not None and await self.cache.put(recording.lookup, recording.chunks,
+                                                                      self._cost_of(chunk)) \
+                            and recording.probe is not None and self.semantic is not None:
+                        self._spawn(self.semantic.remember(recording.tenant, recording.probe))
                     return
         finally:
             self._recording.pop(request_id, None)
@@ -274,11 +289,23 @@ class ChatService:
         return model.cost_micros(final.get("prompt_tokens") or 0, final.get("completion_tokens") or 0)
 
     async def from_cache(self, tenant: Tenant, req: ChatCompletionRequest, adm: Admitted,
-                         lookup: Lookup) -> Choices | None:
-        """The stored answer as the one choice's chunks (the caller reads them as it reads the chain's), or None
-        on a miss. Every lookup is recorded on cache.lookups; a hit also on chat.responses (cost 0, what it
-        saved), both acknowledged before its final chunk leaves."""
-        entry = await self.cache.get(lookup)
+                         lookup: Lookup) -> Cached:
+        """The stored answer of this request (exact cache), else of a near-duplicate question (semantic cache),
+        as the one choice's chunks: the caller reads them as it reads the chain's. Every lookup is recorded on
+        cache.lookups; a hit also on chat.responses (cost 0, what it saved), both acknowledged before its final
+        chunk leaves. `Cache-Control: no-cache` looks nothing up (and records no lookup) but still probes the
+        semantic index, where the fresh answer is indexed."""
+        if lookup.key is None:
+            return Cached(None, "bypass")
+        entry: Entry | None = await self.cache.get(lookup)
+        outcome, similarity, probe = ("hit" if entry else "miss"), None, None
+        if entry is None and self.semantic is not None:
+            probe = await self.semantic.probe(tenant, lookup)
+            found = await self.semantic.find(tenant, probe) if probe is not None else None
+            if found is not None:
+                entry, outcome, similarity = found.entry, "semantic_hit", found.similarity
+        if not lookup.read:
+            return Cached(None, "miss", probe=probe)
 
         def env() -> dict[str, Any]:  # each event its own envelope: its event id is what deduplicates it
             return new_envelope(tenant_id=tenant.tenant_id, conversation_id=adm.conversation_id,
@@ -286,13 +313,13 @@ class ChatService:
 
         digest = (lookup.key or "").rsplit(":", 1)[-1][:16]
         events = PendingEvents(self._publisher)
-        record = {"envelope": env(), "outcome": "hit" if entry else "miss", "model": req.model, "key": digest,
-                  "key_id": tenant.key_id}
+        record = {"envelope": env(), "outcome": outcome, "model": req.model, "key": digest,
+                  "key_id": tenant.key_id, "similarity": similarity or 0.0}
         if entry is None:
             await events.add("cache.lookups", record, key=adm.conversation_id)
             # A miss goes on to the chain, whose own events the caller waits for: this one is not waited on.
             self._spawn(_settle_quietly(events))
-            return None
+            return Cached(None, "miss", probe=probe)
         await events.add("cache.lookups", {**record, "answered_by": entry.model, "saved_micros": entry.cost_micros,
                                            "age_s": max(0.0, time.time() - entry.created)}, key=adm.conversation_id)
         final = entry.chunks[-1]
@@ -307,7 +334,7 @@ class ChatService:
         for chunk in entry.chunks[:-1]:
             queue.put_nowait(chunk)
         self._spawn(_final_when_recorded(events, queue, entry.chunks[-1]))
-        return Choices((adm.request_id,), [queue])
+        return Cached(Choices((adm.request_id,), [queue]), outcome.replace("_", "-"), similarity)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
@@ -395,6 +422,14 @@ class ChatService:
             await self._r.delete(rkey)  # failed: let the client retry with the same key
         else:
             await self._r.set(rkey, json.dumps({"state": "done", "response": response}), ex=IDEMPOTENCY_TTL_S)
+
+
+@dataclass(frozen=True)
+class _Recording:
+    lookup: Lookup
+    chunks: list[dict[str, Any]]
+    tenant: Tenant
+    probe: Probe | None
 
 
 async def _settle_quietly(events: PendingEvents) -> None:

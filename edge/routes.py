@@ -102,15 +102,16 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     try:
         adm = await svc.admit(tenant, body, x_conversation_id)
         lookup = svc.cache.lookup_for(tenant, body, adm.max_tokens, x_conversation_id, cache_control)
-        hit = await svc.from_cache(tenant, body, adm, lookup) if lookup.read else None
-        choices = hit or await svc.submit(tenant, body, adm, lookup=lookup)
+        cached = await svc.from_cache(tenant, body, adm, lookup)
+        choices = cached.choices or await svc.submit(tenant, body, adm, lookup=lookup, probe=cached.probe)
     except BaseException:
         if idempotency_key:
             await svc.idempotent_finish(tenant.tenant_id, idempotency_key, None)
         raise
     created = int(time.time())
     headers = {"x-request-id": adm.request_id, "x-conversation-id": adm.conversation_id, **adm.headers(),
-               "x-cache": "hit" if hit else lookup.header}
+               "x-cache": cached.header,
+               **({"x-cache-similarity": str(cached.similarity)} if cached.similarity is not None else {})}
     if not body.stream:
         try:
             completions = await svc.collect_all(choices, body.model)

@@ -92,7 +92,7 @@ def test_a_hit_is_recorded_like_any_answer_with_what_it_saved(stack: Settings) -
             break
         time.sleep(1)
     assert results[0]["cached_requests"] == 1 and results[0]["cache_savings_usd_micros"] == lookup["saved_micros"]
-    assert view == [{"model": "echo-paced", "lookups": 2, "hits": 1, "hit_rate": 0.5,
+    assert view == [{"model": "echo-paced", "lookups": 2, "hits": 1, "semantic_hits": 0, "hit_rate": 0.5,
                      "saved_usd_micros": lookup["saved_micros"]}], view
 
 
