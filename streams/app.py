@@ -43,6 +43,8 @@ from streams.once import Once, done_ttl_s
 from streams.routing_stage import ReadyModels, TritonLoad
 
 log = logging.getLogger("conflux.streams")
+# The Faust app id, which is also the workers' Kafka consumer group (infra/k8s/worker.yaml scales on its lag).
+CHAIN_GROUP = "conflux-chain"
 HEARTBEAT_TTL_S = 10
 RETRY_FOR_S = 30.0
 STAGES: tuple[tuple[ModuleType, int], ...] = (
@@ -94,7 +96,7 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
 def create_worker_app(settings: Settings, worker_id: str | None = None, metrics_port: int = 0) -> faust.App:
     wid = worker_id or f"worker-{socket.gethostname()}-{os.getpid()}"
     app = faust.App(
-        "conflux-chain",
+        CHAIN_GROUP,
         broker=f"kafka://{settings.kafka_bootstrap}",
         web_enabled=False,
         topic_partitions=8,
