@@ -133,7 +133,12 @@ class SemanticCache:
             await self._forget([(probe.partition, near.chunk_id)])
             return None
         policy = taxonomy.tenant_policy(tenant.tenant_id, tenant.safety_policy)
-        verdict = await assess(self._embedder, self._head, policy, probe.lookup.question, head_vector=probe.vector)
+        try:
+            verdict = await assess(self._embedder, self._head, policy, probe.lookup.question,
+                                   head_vector=probe.vector)
+        except Exception as exc:  # noqa: BLE001 - a long question's slices need Triton: unjudged, it goes on
+            log.warning("semantic cache: question not judged, answering afresh: %r", exc)
+            return None
         if verdict.verdict != "ALLOW":
             return None
         return SemanticHit(entry, round(float(near.score), 4), near.source)

@@ -277,3 +277,29 @@ def test_the_default_threshold_is_what_make_semantic_eval_tunes_and_holds_on_the
     assert semantic_eval.tune(tune_rows, semantic_eval.similarities(tune_rows, encoder)) == SEMANTIC_THRESHOLD
     held = semantic_eval.score(held_rows, semantic_eval.similarities(held_rows, encoder), SEMANTIC_THRESHOLD)
     assert held["precision"] >= 0.95 and held["true_hits"] >= 10, held
+
+
+def test_a_question_that_cannot_be_judged_is_a_miss_not_an_error() -> None:
+    # A blob in the question is decoded and embedded by input safety: with Triton down that embedding fails.
+    encoded = "aGVsbG8gd29ybGQsIHRoaXMgaXMgYSB0ZXN0IG9mIGEgYmxvYg=="  # (its digits are the same in both)
+    stored, blob = f"How do I reset my password? {encoded}", f"how can i reset my password? {encoded}"
+    table = {stored: _vec(0), blob: _vec(5)}
+    cache, responses, _, _ = _semantic(table)
+
+    async def run() -> None:
+        await _answered(cache, responses, stored)
+        probe = await cache.probe(TENANT, _lookup(blob))
+        assert probe is not None
+        embedder = cache._embedder
+        assert isinstance(embedder, FakeEmbedder)
+        calls = embedder.calls
+
+        async def down(texts: list[str]) -> Any:
+            embedder.calls += 1
+            raise ConnectionError("triton is down")
+
+        embedder.embed = down  # type: ignore[method-assign]
+        assert await cache.find(TENANT, probe) is None
+        assert embedder.calls == calls + 1  # it got as far as judging the question
+
+    asyncio.run(run())
