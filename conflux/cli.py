@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from conflux.config import Settings
 from conflux.errors import ConfluxError
+from conflux.reply_topics import GRACE_S
 
 T = TypeVar("T")
 
@@ -75,8 +76,25 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{t.name:<24} key={t.key:<16} schema={t.schema:<20} partitions={t.partitions:<3} "
                   f"retention_ms={t.retention_ms:<11} cleanup={t.cleanup_policy}")
         return 0
+    if args.action == "prune-replies":
+        return _prune_replies(settings, args.grace_s)
     result = asyncio.run(apply_topics(settings.kafka_bootstrap, catalogue.topics))
     print(json.dumps(result.__dict__, indent=2))
+    return 0
+
+
+def _prune_replies(settings: Settings, grace_s: float) -> int:
+    from conflux.redis_client import redis_client
+    from conflux.reply_topics import prune
+
+    async def run() -> dict[str, list[str]]:
+        redis = redis_client(settings.redis_url)
+        try:
+            return (await prune(settings.kafka_bootstrap, redis, grace_s)).__dict__
+        finally:
+            await redis.aclose()
+
+    print(json.dumps(asyncio.run(run()), indent=2))
     return 0
 
 
@@ -344,8 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="health, pid and memory of each service (exit 1 if any is down)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("topics", help="the topic catalogue (infra/topics.toml)")
-    p.add_argument("action", choices=["apply", "list"])
+    p = sub.add_parser("topics", help="the topic catalogue (infra/topics.toml): apply, list, or prune-replies "
+                       "(delete the reply topics of edges without a heartbeat for --grace-s)")
+    p.add_argument("action", choices=["apply", "list", "prune-replies"])
+    p.add_argument("--grace-s", type=float, default=GRACE_S,
+                   help=f"prune-replies: seconds an edge must have been silent (default {GRACE_S:.0f}; 0: at once)")
     p.set_defaults(func=cmd_topics)
     p = sub.add_parser("schemas", help="event schema evolution: check against history, or freeze changes")
     p.add_argument("action", choices=["check", "snapshot"])

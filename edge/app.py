@@ -20,6 +20,7 @@ from conflux.kafka import EventPublisher, ManagedProducer
 from conflux.models import load_models
 from conflux.ratelimit import RateLimiter
 from conflux.redis_client import redis_client
+from conflux.reply_topics import heartbeat
 from conflux.safety_model import HEAD_PATH, SafetyHead
 from conflux.schemas import SchemaRegistry
 from conflux.serde import AvroSerde
@@ -99,9 +100,12 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
                                      chain_timeout_s=chain_timeout_s, ids=ids, budgets=budgets,
                                      cache=cache, semantic=semantic, load=load)
         app.state.responses = ResponsesService(chat, redis)
+        # While this runs, its reply topic is not pruned (conflux/reply_topics.py).
+        beating = asyncio.create_task(heartbeat(redis, instance))
         try:
             yield
         finally:
+            beating.cancel()
             await replies.stop()
             await lag.stop()
             await producer.stop()

@@ -111,6 +111,8 @@ def test_every_variable_a_manifest_sets_is_one_the_platform_reads() -> None:
 
 
 def _pod_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    if doc["kind"] == "CronJob":
+        return [doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]]
     return [doc["spec"]["template"]["spec"]] if doc["kind"] in ("Deployment", "Job") else []
 
 
