@@ -76,14 +76,21 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
             print(f"{t.name:<24} key={t.key:<16} schema={t.schema:<20} partitions={t.partitions:<3} "
                   f"retention_ms={t.retention_ms:<11} cleanup={t.cleanup_policy}")
         return 0
-    if args.action == "prune-replies":
-        return _prune_replies(settings, args.grace_s)
-    result = asyncio.run(apply_topics(settings.kafka_bootstrap, catalogue.topics))
+    from aiokafka.errors import KafkaError
+
+    try:
+        if args.action == "prune-replies":
+            return _prune_replies(settings, args.grace_s)
+        result = asyncio.run(apply_topics(settings.kafka_bootstrap, catalogue.topics))
+    except KafkaError as exc:
+        raise ConfluxError(f"Kafka at {settings.kafka_bootstrap}: {exc}") from None
     print(json.dumps(result.__dict__, indent=2))
     return 0
 
 
 def _prune_replies(settings: Settings, grace_s: float) -> int:
+    if not grace_s >= 0:
+        raise ConfluxError(f"--grace-s is seconds, 0 or more, not {grace_s}")
     from conflux.redis_client import redis_client
     from conflux.reply_topics import prune
 

@@ -150,3 +150,16 @@ def test_the_commands_are_cli_commands() -> None:
                 assert c["command"][0] == "conflux"
                 parser.parse_args(c["command"][1:])  # exits (SystemExit) on an unknown command or flag
 
+
+
+def test_prune_replies_refuses_a_negative_grace_and_reports_an_unreachable_broker(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CronJob's command: its failures are one line and exit 2, never a stack trace."""
+    from conflux.cli import main
+
+    monkeypatch.setenv("CONFLUX_KAFKA_BOOTSTRAP", "127.0.0.1:1")  # nothing listens there
+    assert main(["topics", "prune-replies", "--grace-s", "-1"]) == 2
+    assert "--grace-s is seconds" in capsys.readouterr().err
+    assert main(["topics", "prune-replies"]) == 2
+    err = capsys.readouterr().err
+    assert "Kafka at 127.0.0.1:1" in err and "Traceback" not in err
