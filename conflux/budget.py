@@ -236,10 +236,8 @@ class Budgets:
         """The tightest of these budgets (least left, spent or held), or None when no budget applies (no round
         trip then). The edge asks it before queueing any work."""
         ranked = []
-        for lim, (spent_usd, held_usd, spent_tok, held_tok) in await self._read(limits):
-            usd = None if lim.usd_micros is None else max(0, lim.usd_micros - spent_usd - held_usd)
-            tok = None if lim.tokens is None else max(0, lim.tokens - spent_tok - held_tok)
-            here = Standing(lim.scope, usd, tok, renews_at(lim.window))
+        for lim, counters in await self._read(limits):
+            here = Standing(lim.scope, *_left(lim, counters), renews_at(lim.window))
             ranked.append((_share(here, lim), here))
         return min(ranked, key=lambda r: r[0])[1] if ranked else None
 
@@ -276,14 +274,14 @@ class Budgets:
     async def report(self, limits: list[Limit]) -> list[dict[str, Any]]:
         """Each budget that applies (limited), with its spend, holds, what is left and when it renews."""
         out = []
-        for lim, (spent_usd, held_usd, spent_tok, held_tok) in await self._read(limits):
+        for lim, counters in await self._read(limits):
+            spent_usd, held_usd, spent_tok, held_tok = counters
+            left_usd, left_tok = _left(lim, counters)
             out.append({"scope": lim.scope.split(":")[0], "period": _period(lim), "window": lim.window,
                         "limit_usd_micros": lim.usd_micros, "limit_tokens": lim.tokens,
                         "spent_usd_micros": spent_usd, "spent_tokens": spent_tok,
                         "held_usd_micros": held_usd, "held_tokens": held_tok,
-                        "left_usd_micros": None if lim.usd_micros is None else max(0, lim.usd_micros - spent_usd
-                                                                                    - held_usd),
-                        "left_tokens": None if lim.tokens is None else max(0, lim.tokens - spent_tok - held_tok),
+                        "left_usd_micros": left_usd, "left_tokens": left_tok,
                         "renews_at": int(renews_at(lim.window).timestamp())})
         return out
 
@@ -291,6 +289,13 @@ class Budgets:
         """(micro-dollars, tokens) recorded as spent in this limit's window."""
         micros, tokens = await self._r.hmget(limit.redis_key, "spent_micros", "spent_tokens")
         return int(micros or 0), int(tokens or 0)
+
+
+def _left(lim: Limit, counters: tuple[int, int, int, int]) -> tuple[int | None, int | None]:
+    """(µ$, tokens) left under the limit after what is spent and held; None where that dimension is unlimited."""
+    spent_usd, held_usd, spent_tok, held_tok = counters
+    return (None if lim.usd_micros is None else max(0, lim.usd_micros - spent_usd - held_usd),
+            None if lim.tokens is None else max(0, lim.tokens - spent_tok - held_tok))
 
 
 def _period(lim: Limit) -> str:
