@@ -116,8 +116,12 @@ class ResponseCache:
         """The stored answer, or None (a miss; also when Redis fails: the cache never fails a request)."""
         if lookup.key is None or not lookup.read:
             return None
+        return await self.entry(lookup.key)
+
+    async def entry(self, key: str) -> Entry | None:
+        """The answer stored under this key (the semantic cache's neighbour), or None, as `get`."""
         try:
-            raw = await self._r.get(lookup.key)
+            raw = await self._r.get(key)
         except RedisError as exc:
             log.warning("cache lookup failed, answering afresh: %r", exc)
             return None

@@ -128,7 +128,7 @@ class SemanticCache:
         near = next((h for h in hits if h.score >= probe.threshold and comparable(size, _words_of(h.text))), None)
         if near is None:
             return None
-        entry = await self._responses.get(Lookup(near.source, "lookup", True, 0))
+        entry = await self._responses.entry(near.source)
         if entry is None:  # the answer expired before its index entry was swept
             await self._forget([(probe.partition, near.chunk_id)])
             return None
@@ -157,9 +157,12 @@ class SemanticCache:
                 text=f"words={words(lookup.question)}",
                 vector=[float(x) for x in probe.vector], source=lookup.key)])
             now = time.time()
-            await self._r.zadd(index, {f"{probe.partition} {entry_id}": now + lookup.ttl_s})
-            expired = await self._r.zrangebyscore(index, "-inf", now)
-            surplus = max(0, await self._r.zcard(index) - MAX_ENTRIES)
+            async with self._r.pipeline(transaction=False) as pipe:  # one round trip
+                pipe.zadd(index, {f"{probe.partition} {entry_id}": now + lookup.ttl_s})
+                pipe.zrangebyscore(index, "-inf", now)
+                pipe.zcard(index)
+                _, expired, count = await pipe.execute()
+            surplus = max(0, count - MAX_ENTRIES)
             oldest = await self._r.zrange(index, 0, surplus - 1) if surplus else []
             gone = list({*expired, *oldest})
             if gone:

@@ -138,6 +138,31 @@ class FakeRedis:
     async def zrem(self, key: str, *members: str) -> int:
         return sum(self.z.get(key, {}).pop(m, None) is not None for m in members)
 
+    def pipeline(self, transaction: bool = True) -> FakePipeline:
+        return FakePipeline(self)
+
+
+class FakePipeline:
+    """Queues the commands and runs them in order on execute, as redis-py's pipeline does."""
+
+    def __init__(self, redis: FakeRedis) -> None:
+        self._redis = redis
+        self._queued: list[Any] = []
+
+    async def __aenter__(self) -> FakePipeline:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._queued.clear()
+
+    def __getattr__(self, name: str) -> Any:
+        def queue(*args: Any, **kwargs: Any) -> None:
+            self._queued.append(getattr(self._redis, name)(*args, **kwargs))
+        return queue
+
+    async def execute(self) -> list[Any]:
+        return [await c for c in self._queued]
+
 
 def _vec(angle_deg: float) -> list[float]:
     """A 384-d vector at `angle_deg` from the first axis, in the first two dimensions: cos(angle) similarity."""
