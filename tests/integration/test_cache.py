@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from conflux.config import REPO_ROOT, Settings
 from conflux.tenants import ApiKeyStore, Tenant
-from tests.integration.helpers import new_tenant_key_sync
+from tests.integration.helpers import ingest_document, new_tenant_key_sync
 from tests.integration.test_conversation import events_of
 
 
@@ -142,11 +142,7 @@ def test_what_changes_the_prompt_as_built_invalidates(stack: Settings) -> None:
         assert _chat(stack, key, text).headers["x-cache"] == "miss", what
         assert _chat(stack, key, text).headers["x-cache"] == "hit", what
     # A new document for the tenant: every cached answer may rest on the old documents.
-    doc = httpx.post(f"http://127.0.0.1:{stack.edge_port}/v1/events/documents.ingest", timeout=30,
-                     headers={"Authorization": f"Bearer {key}"},
-                     json={"document_id": f"d-{uuid.uuid4().hex[:6]}", "source": "test.md",
-                           "text": "Cache invalidation: the documents changed."})
-    assert doc.status_code == 200, doc.text
+    ingest_document(stack, key, "Cache invalidation: the documents changed.")
     deadline = time.monotonic() + 60
     while _chat(stack, key, text).headers["x-cache"] == "hit":  # once the worker has ingested it
         assert time.monotonic() < deadline, "a document ingest did not invalidate the tenant's cached answers"

@@ -9,7 +9,6 @@ import asyncio
 import subprocess
 import sys
 import time
-import uuid
 from typing import Any
 
 import httpx
@@ -18,7 +17,7 @@ import redis.asyncio as aioredis
 from conflux.config import REPO_ROOT, SEMANTIC_THRESHOLD, Settings
 from producers import paraphrase_data
 from producers.safety_data import read_jsonl
-from tests.integration.helpers import new_tenant_key_sync
+from tests.integration.helpers import ingest_document, new_tenant_key_sync
 from tests.integration.test_conversation import events_of
 
 QUESTION = "What happens to my data when my free trial ends?"
@@ -98,11 +97,7 @@ def test_a_tenant_can_turn_the_semantic_cache_off_and_new_documents_invalidate_i
     assert _chat(stack, key, QUESTION).headers["x-cache"] == "hit"  # the exact cache still answers
     set_threshold(str(SEMANTIC_THRESHOLD))
     assert _chat(stack, key, PARAPHRASE_2).headers["x-cache"] == "semantic-hit"
-    doc = httpx.post(f"http://127.0.0.1:{stack.edge_port}/v1/events/documents.ingest", timeout=30,
-                     headers={"Authorization": f"Bearer {key}"},
-                     json={"document_id": f"d-{uuid.uuid4().hex[:6]}", "source": "trial.md",
-                           "text": "When a free trial ends, data is kept for 30 days."})
-    assert doc.status_code == 200, doc.text
+    ingest_document(stack, key, "When a free trial ends, data is kept for 30 days.", "trial.md")
     deadline = time.monotonic() + 60
     while _chat(stack, key, PARAPHRASE_2).headers["x-cache"] != "miss":
         assert time.monotonic() < deadline, "a document ingest did not invalidate the tenant's semantic cache"
