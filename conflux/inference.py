@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 
 from conflux.errors import ConfluxError
-from conflux.llm import Sampling
+from model_runtime.llama import Sampling
 
 
 class InferenceError(ConfluxError):

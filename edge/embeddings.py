@@ -18,13 +18,13 @@ from conflux.budget import Budgets, cost_micros, price_picos
 from conflux.ids import ResponseIds
 from conflux.inference import InferenceError, TritonClient
 from conflux.kafka import EventPublisher
-from conflux.minilm import load_tokenizer
 from conflux.ratelimit import RateLimiter
 from conflux.serde import new_envelope
 from conflux.tenants import Tenant
 from edge.chat import meter
 from edge.errors import ApiError
 from edge.quota import quota_error, spend_gate
+from model_runtime.minilm import load_tokenizer
 
 MODEL = "all-minilm-l6-v2"
 TRITON_MODEL = "minilm_embed"

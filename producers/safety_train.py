@@ -48,7 +48,7 @@ DESCRIPTION_WEIGHT = 5.0
 def embed(texts: list[str]) -> F32:
     """The same encoder Triton's minilm_embed serves (fp32 ONNX graph of the packaged weights). Vectors are
     cached by text in .conflux/cache (a cache only: the same text always embeds the same)."""
-    from conflux.minilm_onnx import OnnxMiniLMEncoder
+    from model_runtime.minilm_onnx import OnnxMiniLMEncoder
 
     path = CACHE / "safety_embeddings.npz"
     cached: dict[str, F32] = {}

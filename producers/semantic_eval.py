@@ -74,7 +74,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=REPO_ROOT / ".conflux" / "bench" / "semantic.json")
     args = p.parse_args()
-    from conflux.minilm_onnx import OnnxMiniLMEncoder
+    from model_runtime.minilm_onnx import OnnxMiniLMEncoder
 
     encoder = OnnxMiniLMEncoder(quantize=False)  # what triton_models/minilm_embed serves by default
     tune_rows, held_rows = (read_jsonl(EXTERNAL / f"paraphrase_{s}.jsonl") for s in ("tune", "heldout"))

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from conflux.inference import InferenceError, Piece
-from conflux.llm import Message, Sampling, render_chatml
+from conflux.llm import Message, render_chatml
 from conflux.models import ModelSpec
 from conflux.routing import Decision
+from model_runtime.llama import Sampling
 from streams import output_guard, routing_stage, tools
 from streams.deps import Deps
 from streams.logprobs import AlignedLogprobs

@@ -18,6 +18,7 @@ from typing import Any
 
 from conflux import grammar
 from conflux.errors import ConfluxError
+from model_runtime.gbnf import to_gbnf
 
 TOOL_TAG = "<tool_call>"
 MAX_PARALLEL = 4  # calls in one answer when parallel_tool_calls is on
@@ -106,7 +107,7 @@ def plan(request: dict[str, Any]) -> Guide | None:
                          f"with its arguments as a JSON object.\nFunction:\n{listing}", functions=functions,
                          choice=choice, streamed=grammar.held_by_grammar(f.parameters))
         held = all(grammar.held_by_grammar(f.parameters) for f in functions.values())
-        calls = grammar.to_gbnf(json.dumps(calls_schema(functions, bool(request.get("parallel_tool_calls", True)))),
+        calls = to_gbnf(json.dumps(calls_schema(functions, bool(request.get("parallel_tool_calls", True)))),
                                 root="calls")
         how = (f"To call functions, answer with {TOOL_TAG} followed by a JSON array of calls, "
                '[{"name": ..., "arguments": {...}}].')

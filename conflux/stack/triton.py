@@ -1,4 +1,4 @@
-"""Triton Inference Server 2.51 from the nvidia-pytriton wheel, serving triton_models/ (Python backend).
+"""Triton Inference Server 2.51 from the nvidia-pytriton wheel, serving triton_models/repository (Python backend).
 
 The wheel bundles tritonserver, libtritonserver and a Python-backend stub per interpreter version. Two
 gotchas measured on this machine kind (DESIGN.md): LD_LIBRARY_PATH must hold the interpreter's own LIBDIR
@@ -62,11 +62,12 @@ class TritonService(Service):
             # One BLAS thread per model instance: with two, contention on 2 cores made inference 4-25x slower.
             "OPENBLAS_NUM_THREADS": "1",
             "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": str(s.repo_root),
+            # What the NVIDIA image sets too (infra/triton/Dockerfile): the models import model_runtime from here.
+            "PYTHONPATH": str(s.repo_root / "triton_models" / "runtime"),
         }
         return LaunchSpec([
             str(self.dist / "bin" / "tritonserver"),
-            f"--model-repository={s.repo_root / 'triton_models'}",
+            f"--model-repository={s.repo_root / 'triton_models' / 'repository'}",
             f"--backend-directory={self.dist / 'backends'}",
             f"--cache-directory={self.dist / 'caches'}",
             "--http-address=127.0.0.1", f"--http-port={s.triton_http_port}",

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from conflux.config import Settings
-from conflux.minilm import MiniLMEncoder, load_tokenizer
+from model_runtime.minilm import MiniLMEncoder, load_tokenizer
 from tests.integration.helpers import new_tenant_key_sync
 from tests.integration.test_conversation import events_of
 

@@ -40,15 +40,45 @@ def test_kafka_is_the_kraft_release_the_clients_support(compose: dict[str, Any])
     assert kafka["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
 
 
-def test_triton_runs_tensorrt_llm_on_a_gpu(compose: dict[str, Any]) -> None:
+def test_the_default_profile_serves_the_cpu_models(compose: dict[str, Any]) -> None:
+    """`docker compose up -d` on a machine without a GPU starts a Triton the workers can use."""
     triton = compose["services"]["triton"]
-    assert "trtllm" in triton["image"]
+    assert "profiles" not in triton
+    assert triton["build"]["dockerfile"] == "infra/triton/Dockerfile" and "args" not in triton["build"]
+    assert "deploy" not in triton  # no GPU reservation
+    for name in CONFLUX:
+        assert compose["services"][name]["environment"]["CONFLUX_TRITON_HOST"] == "${CONFLUX_TRITON_HOST:-triton}"
+
+
+def test_the_triton_image_holds_the_models_and_only_their_requirements() -> None:
+    """The image is NVIDIA's plus triton_models/: the files the self-containment test builds its venv from
+    (tests/unit/test_triton_models.py), the runtime on PYTHONPATH, the repository the local stack serves."""
+    lines = [ln.strip() for ln in (REPO_ROOT / "infra" / "triton" / "Dockerfile").read_text().splitlines()]
+    text = "\n".join(lines)
+    assert "ARG TRITON_IMAGE=nvcr.io/nvidia/tritonserver:" in text and "FROM ${TRITON_IMAGE}" in text
+    assert "-r /opt/conflux/requirements.txt" in text
+    assert "--no-deps -r /opt/conflux/requirements-no-deps.txt" in text
+    assert "COPY triton_models/runtime /opt/conflux/runtime" in text
+    assert "COPY triton_models/repository /models" in text
+    assert "PYTHONPATH=/opt/conflux/runtime" in text
+    copied = {ln.split()[1] for ln in lines if ln.startswith("COPY ")}
+    assert not any(src.startswith(("conflux", "edge", "streams", ".")) for src in copied), copied
+    local = (REPO_ROOT / "conflux" / "stack" / "triton.py").read_text()
+    assert "'triton_models' / 'repository'" in local and '"triton_models" / "runtime"' in local
+
+
+def test_the_gpu_profile_runs_tensorrt_llm_beside_the_cpu_models(compose: dict[str, Any]) -> None:
+    triton = compose["services"]["triton-gpu"]
+    assert triton["profiles"] == ["gpu"]
+    assert "trtllm" in triton["build"]["args"]["TRITON_IMAGE"]
+    assert triton["build"]["dockerfile"] == "infra/triton/Dockerfile"
     devices = triton["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    assert {"--model-repository=/models", "--model-repository=/trtllm_repo"} <= set(triton["command"])
 
 
 def test_triton_serves_the_prepared_tensorrt_llm_repository(compose: dict[str, Any]) -> None:
-    prep, triton = compose["services"]["trtllm-prepare"], compose["services"]["triton"]
+    prep, triton = compose["services"]["trtllm-prepare"], compose["services"]["triton-gpu"]
     assert "--model-repository=/trtllm_repo" in triton["command"]
     assert any(v.startswith("trtllm-repo:/trtllm_repo") for v in prep["volumes"])
     assert any(v.startswith("trtllm-repo:/trtllm_repo") for v in triton["volumes"])

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from conflux import grammar
+from model_runtime import gbnf
 from streams import tools
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"},
@@ -27,7 +28,7 @@ def as_regex(gbnf_alternatives: str) -> re.Pattern[str]:
 @pytest.mark.parametrize(("lo", "hi"), [(0, 7), (5, 23), (-15, 7), (-30, -3), (1, 1000), (17, 17), (0, 0),
                                         (-5, 0), (0, 10**15 - 1)])
 def test_integer_ranges_hold_exactly_the_integers_in_range(lo: int, hi: int) -> None:
-    rx = as_regex(grammar.int_range(lo, hi))
+    rx = as_regex(gbnf.int_range(lo, hi))
     rng = random.Random(lo * 31 + hi)
     for v in [lo, hi, lo - 1, hi + 1, 0, *(rng.randint(lo - 100, hi + 100) for _ in range(3000))]:
         assert bool(rx.fullmatch(str(v))) == (lo <= v <= hi), v
@@ -36,9 +37,9 @@ def test_integer_ranges_hold_exactly_the_integers_in_range(lo: int, hi: int) -> 
 
 
 def test_bounds_reach_the_grammar_and_strings_cannot_hold_raw_control_characters() -> None:
-    g = grammar.to_gbnf(json.dumps(WEATHER))
+    g = gbnf.to_gbnf(json.dumps(WEATHER))
     assert "[1-7]" in g and "integral-part" not in g
-    assert r"\x00-\x1F" in grammar.to_gbnf(json.dumps({"type": "string"}))
+    assert r"\x00-\x1F" in gbnf.to_gbnf(json.dumps({"type": "string"}))
 
 
 def test_keywords_outside_the_strict_subset_are_refused_by_path() -> None:
@@ -112,8 +113,8 @@ def test_every_grammar_made_here_parses_in_llama_cpp() -> None:
         tools.calls_schema(tools.functions_of({"tools": TOOLS}), True)]
     for schema in schemas:
         grammar.check_schema(schema)  # parses it in llama.cpp too
-        assert grammar.parse_error(grammar.to_gbnf(json.dumps(schema)), vocab) is None, schema
-    assert grammar.parse_error('root ::= "\\."', vocab) is not None  # what would have crashed the model server
+        assert gbnf.parse_error(gbnf.to_gbnf(json.dumps(schema)), vocab) is None, schema
+    assert gbnf.parse_error('root ::= "\\."', vocab) is not None  # what would have crashed the model server
 
 
 def test_a_prompt_that_cannot_fit_is_refused_instead_of_cut_forever() -> None:

@@ -1,4 +1,4 @@
-"""Token-by-token generation (conflux/llama_gen.py) on the packaged SmolLM2, against llama-cpp-python's own
+"""Token-by-token generation (model_runtime/llama_gen.py) on the packaged SmolLM2, against llama-cpp-python's own
 create_completion, and logprobs released with their text (streams/logprobs.py)."""
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from conflux import llama_gen
-from conflux.llm import Message, Sampling, render_chatml, smollm2_gguf_path
+from conflux.llm import Message, render_chatml
+from model_runtime import llama_gen
+from model_runtime.llama import Sampling, smollm2_gguf_path
 from streams.logprobs import AlignedLogprobs
 
 PROMPT = render_chatml([Message("user", "Name three colours, with an emoji for each.")])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from conflux.llm import Message, Tokenizer, render_chatml, smollm2_gguf_path
+from conflux.llm import Message, Tokenizer, render_chatml
+from model_runtime.llama import smollm2_gguf_path
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conflux.minilm import EmbeddingModelError, MiniLMEncoder
+from model_runtime.minilm import EmbeddingModelError, MiniLMEncoder
 
 
 @pytest.fixture(scope="module")

@@ -293,7 +293,7 @@ def test_a_vector_store_that_is_down_is_a_miss_not_an_error() -> None:
 
 def test_the_default_threshold_is_what_make_semantic_eval_tunes_and_holds_on_the_held_out_pairs() -> None:
     from conflux.config import SEMANTIC_THRESHOLD
-    from conflux.minilm_onnx import OnnxMiniLMEncoder
+    from model_runtime.minilm_onnx import OnnxMiniLMEncoder
     from producers import semantic_eval
     from producers.safety_data import read_jsonl
 

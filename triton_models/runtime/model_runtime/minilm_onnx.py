@@ -1,4 +1,4 @@
-"""all-MiniLM-L6-v2 on ONNX Runtime: the same forward pass as conflux/minilm.py, as an ONNX graph built from
+"""all-MiniLM-L6-v2 on ONNX Runtime: the same forward pass as minilm.py, as an ONNX graph built from
 the packaged weights, optionally with int8 weights (dynamic quantization).
 
 Why: the NumPy pass costs ~20 ms of CPU per short prompt; ONNX Runtime's fused kernels on one thread cost a
@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from conflux.minilm import F32, EmbeddingModelError, packaged_model_dir, padded_batch
+from model_runtime.minilm import F32, EmbeddingModelError, packaged_model_dir, padded_batch
 
 OPSET = 17
 

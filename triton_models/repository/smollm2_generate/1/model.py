@@ -6,8 +6,8 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from conflux import llama_gen
-from conflux.llm import generation_inputs, load_llama_for_triton
+from model_runtime import llama_gen
+from model_runtime.llama import generation_inputs, load_llama_for_triton
 
 
 def _bytes_tensor(name, text):

@@ -17,12 +17,12 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from conflux.errors import ConfluxError
+from model_runtime.errors import ModelRuntimeError
 
 F32 = npt.NDArray[np.float32]
 
 
-class EmbeddingModelError(ConfluxError):
+class EmbeddingModelError(ModelRuntimeError):
     """The packaged model is missing or malformed."""
 
 

@@ -1,6 +1,6 @@
 """Triton Python backend: batches of sentences in, unit-length 384-d embeddings out.
 
-ONNX Runtime runs the forward pass (conflux/minilm_onnx.py, fp32: int8 weights moved similarities by up to
+ONNX Runtime runs the forward pass (model_runtime/minilm_onnx.py, fp32: int8 weights moved similarities by up to
 0.03, past the 0.01 the safety and retrieval thresholds tolerate); CONFLUX_EMBED_BACKEND=numpy selects the
 NumPy reference instead."""
 
@@ -9,8 +9,8 @@ import os
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from conflux.minilm import MiniLMEncoder
-from conflux.minilm_onnx import OnnxMiniLMEncoder
+from model_runtime.minilm import MiniLMEncoder
+from model_runtime.minilm_onnx import OnnxMiniLMEncoder
 
 
 class TritonPythonModel:

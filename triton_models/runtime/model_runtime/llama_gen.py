@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from conflux.llm import Sampling
+from model_runtime.llama import Sampling
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
 
@@ -107,7 +107,7 @@ def grammar_for(llm: Any, gbnf: str | None) -> Any:
         return None
     from llama_cpp.llama_grammar import LlamaGrammar
 
-    from conflux.grammar import parse_error
+    from model_runtime.gbnf import parse_error
 
     if why := parse_error(gbnf, llm._model.vocab):
         raise ValueError(why)
