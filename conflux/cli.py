@@ -81,7 +81,13 @@ def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
     try:
         if args.action == "prune-replies":
             return _prune_replies(settings, args.grace_s)
-        result = asyncio.run(apply_topics(settings.kafka_bootstrap, catalogue.topics))
+        if args.action == "acls":
+            from conflux.kafka_acls import apply_acls, load_grants
+
+            created = asyncio.run(apply_acls(settings.kafka, load_grants()))
+            print(json.dumps({"bindings": created}))
+            return 0
+        result = asyncio.run(apply_topics(settings.kafka, catalogue.topics))
     except KafkaError as exc:
         raise ConfluxError(f"Kafka at {settings.kafka_bootstrap}: {exc}") from None
     print(json.dumps(result.__dict__, indent=2))
@@ -95,9 +101,9 @@ def _prune_replies(settings: Settings, grace_s: float) -> int:
     from conflux.reply_topics import prune
 
     async def run() -> dict[str, list[str]]:
-        redis = redis_client(settings.redis_url)
+        redis = redis_client(settings.redis_url, settings.redis_password)
         try:
-            return (await prune(settings.kafka_bootstrap, redis, grace_s)).__dict__
+            return (await prune(settings.kafka, redis, grace_s)).__dict__
         finally:
             await redis.aclose()
 
@@ -131,14 +137,13 @@ class Refused(ConfluxError):
 def _with_store(settings: Settings, act: Callable[[Any], Awaitable[T]]) -> T:
     """Runs `act(ApiKeyStore)` against Redis; a refusal of the store's (unknown tenant, bad budget or policy)
     becomes Refused with its message."""
-    import redis.asyncio as aioredis
-
     from conflux.budget import BudgetError
+    from conflux.redis_client import redis_client
     from conflux.taxonomy import PolicyError
     from conflux.tenants import ApiKeyStore, AuthError
 
     async def run() -> T:
-        client = aioredis.Redis.from_url(settings.redis_url)
+        client = redis_client(settings.redis_url, settings.redis_password)
         try:
             return await act(ApiKeyStore(client))
         finally:
@@ -323,10 +328,9 @@ def cmd_budgets(settings: Settings, args: argparse.Namespace) -> int:
     import datetime as dt
     import re
 
-    import redis.asyncio as aioredis
-
     from conflux.budget import window
     from conflux.clickhouse import clickhouse_client
+    from conflux.redis_client import redis_client
     from consumers.reconcile import reconcile
 
     win = args.window or window("day", dt.datetime.now(dt.UTC))
@@ -336,7 +340,7 @@ def cmd_budgets(settings: Settings, args: argparse.Namespace) -> int:
 
     async def act() -> Any:
         client = clickhouse_client(settings)
-        r = aioredis.Redis.from_url(settings.redis_url)
+        r = redis_client(settings.redis_url, settings.redis_password)
         try:
             return await reconcile(client, r, win, args.tenant)
         finally:
@@ -369,9 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="health, pid and memory of each service (exit 1 if any is down)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("topics", help="the topic catalogue (infra/topics.toml): apply, list, or prune-replies "
-                       "(delete the reply topics of edges without a heartbeat for --grace-s)")
-    p.add_argument("action", choices=["apply", "list", "prune-replies"])
+    p = sub.add_parser("topics", help="the topic catalogue (infra/topics.toml): apply, list, prune-replies "
+                       "(delete the reply topics of edges without a heartbeat for --grace-s), or acls (grant each "
+                       "service's principal what infra/kafka/acls.toml lists; run as the admin principal)")
+    p.add_argument("action", choices=["apply", "list", "prune-replies", "acls"])
     p.add_argument("--grace-s", type=float, default=GRACE_S,
                    help=f"prune-replies: seconds an edge must have been silent (default {GRACE_S:.0f}; 0: at once)")
     p.set_defaults(func=cmd_topics)

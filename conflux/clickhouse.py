@@ -13,5 +13,7 @@ def clickhouse_client(settings: Settings) -> Any:
     if settings.clickhouse_url.startswith("chdb://"):
         return clickhouse_connect.get_client(interface="chdb", path=settings.clickhouse_url[len("chdb://"):])
     # No session id: the edge shares one client across threads, and a server locks a session per query.
-    return clickhouse_connect.get_client(dsn=settings.clickhouse_url, compress=False, send_receive_timeout=60,
-                                         connect_timeout=5, autogenerate_session_id=False)
+    auth: dict[str, Any] = {"username": settings.clickhouse_user, "password": settings.clickhouse_password} \
+        if settings.clickhouse_user else {}
+    return clickhouse_connect.get_client(dsn=settings.clickhouse_url, **auth, compress=False,
+                                         send_receive_timeout=60, connect_timeout=5, autogenerate_session_id=False)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conflux.errors import ConfigError
+from conflux.kafka_access import KafkaAccess
 
 # Where schemas/, infra/ and triton_models/ live: the checkout, or CONFLUX_ROOT in an installed image.
 # The semantic cache's similarity threshold, tuned by `make semantic-eval` on the tune split of external
@@ -52,8 +53,15 @@ class Settings:
     kafka_controller_port: int = 9093
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_heap: str = "512m"
+    # Clusters: SASL/SCRAM over TLS, one principal per service (conflux/kafka_access.py, infra/kafka/acls.toml).
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_username: str = ""
+    kafka_password: str = field(default="", repr=False)
+    kafka_ssl_cafile: str = ""
     redis_port: int = 6379
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password: str = field(default="", repr=False)  # clusters: Redis AUTH (the local stack has none)
     triton_host: str = "127.0.0.1"
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001
@@ -61,10 +69,13 @@ class Settings:
     clickhouse_port: int = 8123
     # "http(s)://host:port" for a real server (or the local chdb-backed one); "chdb:///abs/path" in-process.
     clickhouse_url: str = "http://127.0.0.1:8123"
+    clickhouse_user: str = ""  # empty: the server's default user
+    clickhouse_password: str = field(default="", repr=False)
     weaviate_port: int = 8090
     weaviate_grpc_port: int = 50051
     # Empty selects the embedded LanceDB backend; a URL selects Weaviate.
     weaviate_url: str = "http://127.0.0.1:8090"
+    weaviate_api_key: str = field(default="", repr=False)  # clusters: Weaviate's API-key authentication
     weaviate_version: str = "v1.35.2"
     vector_backend: str = "auto"  # auto | weaviate | lancedb
     kafka_version: str = "3.9.1"
@@ -90,6 +101,12 @@ class Settings:
     id_secret: str = field(default="", repr=False)
     # Whether `conflux up` also runs Conflux's own edge and worker (off for engine-only test sessions).
     run_platform: bool = True
+
+    @property
+    def kafka(self) -> KafkaAccess:
+        """What every Kafka client of this process connects with."""
+        return KafkaAccess(self.kafka_bootstrap, self.kafka_security_protocol, self.kafka_sasl_mechanism,
+                           self.kafka_username, self.kafka_password, self.kafka_ssl_cafile)
 
     @property
     def triton_grpc_url(self) -> str:
@@ -126,23 +143,32 @@ class Settings:
         backend = e.get("CONFLUX_VECTOR_BACKEND", "auto")
         if backend not in ("auto", "weaviate", "lancedb"):
             raise ConfigError(f"CONFLUX_VECTOR_BACKEND must be auto, weaviate or lancedb, got {backend!r}")
-        return cls(
+        settings = cls(
             home=home,
             kafka_port=kafka_port,
             kafka_controller_port=_int(e, "CONFLUX_KAFKA_CONTROLLER_PORT", kafka_port + 1),
             kafka_bootstrap=e.get("CONFLUX_KAFKA_BOOTSTRAP", f"127.0.0.1:{kafka_port}"),
             kafka_heap=e.get("CONFLUX_KAFKA_HEAP", "512m"),
+            kafka_security_protocol=e.get("CONFLUX_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+            kafka_sasl_mechanism=e.get("CONFLUX_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+            kafka_username=e.get("CONFLUX_KAFKA_USERNAME", ""),
+            kafka_password=e.get("CONFLUX_KAFKA_PASSWORD", ""),
+            kafka_ssl_cafile=e.get("CONFLUX_KAFKA_SSL_CAFILE", ""),
             redis_port=redis_port,
             redis_url=e.get("CONFLUX_REDIS_URL", f"redis://127.0.0.1:{redis_port}/0"),
+            redis_password=e.get("CONFLUX_REDIS_PASSWORD", ""),
             triton_host=e.get("CONFLUX_TRITON_HOST", "127.0.0.1"),
             triton_http_port=_int(e, "CONFLUX_TRITON_HTTP_PORT", 8000),
             triton_grpc_port=_int(e, "CONFLUX_TRITON_GRPC_PORT", 8001),
             triton_metrics_port=_int(e, "CONFLUX_TRITON_METRICS_PORT", 8002),
             clickhouse_port=ch_port,
             clickhouse_url=e.get("CONFLUX_CLICKHOUSE_URL", f"http://127.0.0.1:{ch_port}"),
+            clickhouse_user=e.get("CONFLUX_CLICKHOUSE_USER", ""),
+            clickhouse_password=e.get("CONFLUX_CLICKHOUSE_PASSWORD", ""),
             weaviate_port=wv_port,
             weaviate_grpc_port=_int(e, "CONFLUX_WEAVIATE_GRPC_PORT", 50051),
             weaviate_url=e.get("CONFLUX_WEAVIATE_URL", f"http://127.0.0.1:{wv_port}"),
+            weaviate_api_key=e.get("CONFLUX_WEAVIATE_API_KEY", ""),
             weaviate_version=e.get("CONFLUX_WEAVIATE_VERSION", "v1.35.2"),
             vector_backend=backend,
             kafka_version=e.get("CONFLUX_KAFKA_VERSION", "3.9.1"),
@@ -160,3 +186,5 @@ class Settings:
             id_secret=e.get("CONFLUX_ID_SECRET", ""),
             run_platform=e.get("CONFLUX_RUN_PLATFORM", "1") not in ("0", "false", "no"),
         )
+        _ = settings.kafka  # an incomplete Kafka security setting fails here, at start, in one line
+        return settings

@@ -43,9 +43,9 @@ async def run_demo(settings: Settings, progress: Progress) -> int:
     }
     # The demo's reply topic exists like an edge instance's would (auto-creation is off on the broker).
     demo_replies = catalogue.pattern("chat.replies.{edge_id}").instantiate(edge_id="demo")
-    await apply_topics(settings.kafka_bootstrap, [demo_replies])
+    await apply_topics(settings.kafka, [demo_replies])
     tracer = setup_tracing("conflux-demo").get_tracer("conflux.demo")
-    producer = ManagedProducer.of(settings.kafka_bootstrap)
+    producer = ManagedProducer.of(settings.kafka)
     await producer.start()
     try:
         where = await EventPublisher(producer, serde, catalogue, tracer).publish("chat.requests", event, key=conv)
@@ -55,7 +55,7 @@ async def run_demo(settings: Settings, progress: Progress) -> int:
 
     from aiokafka import TopicPartition
 
-    consumer = make_consumer(settings.kafka_bootstrap, None)
+    consumer = make_consumer(settings.kafka, None)
     await consumer.start()
     try:
         tp = TopicPartition(where.topic, where.partition)

@@ -42,7 +42,7 @@ async def ingest_paths(settings: Settings, paths: list[str], tenant_id: str, pro
     files = collect(paths)
     registry = SchemaRegistry()
     serde = AvroSerde(registry)
-    producer = ManagedProducer.of(settings.kafka_bootstrap)
+    producer = ManagedProducer.of(settings.kafka)
     await producer.start()
     try:
         publisher = EventPublisher(producer, serde, load_catalogue(registry=registry))

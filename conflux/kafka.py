@@ -21,6 +21,7 @@ from aiokafka.errors import (
 from opentelemetry import trace
 
 from conflux.errors import PublishError
+from conflux.kafka_access import KafkaAccess
 from conflux.serde import AvroSerde, dead_letter_record, new_envelope
 from conflux.telemetry import Headers, inject_headers, traceparent_of
 from conflux.topics import Catalogue
@@ -34,10 +35,11 @@ T = TypeVar("T")
 PRODUCER_FATAL = (OutOfOrderSequenceNumber, ProducerFenced, UnknownProducerId, InvalidProducerEpoch)
 
 
-def make_producer(bootstrap: str, *, transactional_id: str | None = None, **overrides: Any) -> AIOKafkaProducer:
+def make_producer(kafka: KafkaAccess | str, *, transactional_id: str | None = None,
+                  **overrides: Any) -> AIOKafkaProducer:
     """acks=all + idempotence: an acknowledged event is on disk once and only once."""
     opts: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
+        **KafkaAccess.of(kafka).client_options(),
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 5,
@@ -62,8 +64,8 @@ class ManagedProducer:
         self.replacements = 0
 
     @classmethod
-    def of(cls, bootstrap: str, **overrides: Any) -> ManagedProducer:
-        return cls(lambda: make_producer(bootstrap, **overrides))
+    def of(cls, kafka: KafkaAccess | str, **overrides: Any) -> ManagedProducer:
+        return cls(lambda: make_producer(kafka, **overrides))
 
     async def start(self) -> None:
         producer = self._factory()
@@ -133,10 +135,10 @@ def _sender_ended(producer: AIOKafkaProducer) -> bool:
     return task is not None and task.done() and not getattr(producer, "_closed", False)
 
 
-def make_consumer(bootstrap: str, group_id: str | None, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
+def make_consumer(kafka: KafkaAccess | str, group_id: str | None, *topics: str, **overrides: Any) -> AIOKafkaConsumer:
     """Manual commits (after processing) and committed-only reads, for at-least-once with no ghosts."""
     opts: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
+        **KafkaAccess.of(kafka).client_options(),
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",

@@ -18,6 +18,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from conflux.kafka_access import KafkaAccess
+
 log = logging.getLogger("conflux.topics")
 PREFIX = "chat.replies."  # infra/topics.toml: chat.replies.{edge_id}
 BEAT_EVERY_S = 10.0
@@ -50,13 +52,13 @@ class Pruned:
     live: list[str] = field(default_factory=list)
 
 
-async def prune(bootstrap: str, redis: Any, grace_s: float = GRACE_S, now: float | None = None) -> Pruned:
+async def prune(kafka: KafkaAccess | str, redis: Any, grace_s: float = GRACE_S, now: float | None = None) -> Pruned:
     """Deletes the reply topics of edges without a heartbeat for grace_s seconds (0: at once)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     now = time.time() if now is None else now
     out = Pruned()
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    admin = AIOKafkaAdminClient(**KafkaAccess.of(kafka).client_options(), request_timeout_ms=15000)
     await admin.start()
     try:
         for topic in sorted(t for t in await admin.list_topics() if t.startswith(PREFIX)):

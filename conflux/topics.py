@@ -13,6 +13,7 @@ from typing import Any
 
 from conflux.config import REPO_ROOT
 from conflux.errors import CatalogueError
+from conflux.kafka_access import KafkaAccess
 from conflux.schemas import SchemaRegistry
 
 CATALOGUE_PATH = REPO_ROOT / "infra" / "topics.toml"
@@ -120,13 +121,13 @@ class ApplyResult:
     unchanged: list[str]
 
 
-async def apply_topics(bootstrap: str, specs: list[TopicSpec] | tuple[TopicSpec, ...]) -> ApplyResult:
+async def apply_topics(kafka: KafkaAccess | str, specs: list[TopicSpec] | tuple[TopicSpec, ...]) -> ApplyResult:
     """Makes the cluster match the specs. Safe to run any number of times, from several processes."""
     from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    admin = AIOKafkaAdminClient(**KafkaAccess.of(kafka).client_options(), request_timeout_ms=15000)
     await admin.start()
     created: list[str] = []
     altered: list[str] = []

@@ -82,10 +82,10 @@ class ClickHouseSink:
         # The broker holds a fetch until 256 KiB are there or 500 ms have passed: the sink batches by the second
         # anyway, and one fetch per token chunk under streaming load cost it and the broker more CPU than the
         # rows themselves.
-        consumer = make_consumer(self.settings.kafka_bootstrap, GROUP, *topics, max_poll_interval_ms=600_000,
+        consumer = make_consumer(self.settings.kafka, GROUP, *topics, max_poll_interval_ms=600_000,
                                  isolation_level="read_uncommitted", fetch_min_bytes=256 * 1024,
                                  fetch_max_wait_ms=500)
-        producer = ManagedProducer.of(self.settings.kafka_bootstrap)
+        producer = ManagedProducer.of(self.settings.kafka)
         await consumer.start()
         await producer.start()
         self.ready = True
@@ -182,7 +182,7 @@ class ClickHouseSink:
 async def heartbeat(settings: Settings, sink: ClickHouseSink, name: str) -> None:
     """`conflux status` reads this key: the sink's loop is alive (the value names its process)."""
 
-    r = redis_client(settings.redis_url)
+    r = redis_client(settings.redis_url, settings.redis_password)
     try:
         while True:
             try:

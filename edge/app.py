@@ -58,11 +58,11 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
         serde = AvroSerde(registry)
         catalogue = load_catalogue(registry=registry)
         reply = catalogue.pattern("chat.replies.{edge_id}").instantiate(edge_id=instance)
-        await apply_topics(settings.kafka_bootstrap, [reply])
+        await apply_topics(settings.kafka, [reply])
         tracer = setup_tracing(f"conflux-edge/{instance}").get_tracer("conflux.edge")
-        producer = ManagedProducer.of(settings.kafka_bootstrap, linger_ms=0)  # one event per request: no batching
+        producer = ManagedProducer.of(settings.kafka, linger_ms=0)  # one event per request: no batching
         await producer.start()
-        redis = redis_client(settings.redis_url)
+        redis = redis_client(settings.redis_url, settings.redis_password)
         publisher = EventPublisher(producer, serde, catalogue, tracer, timeout_s=settings.publish_timeout_s)
 
         async def dead_letter(msg: Any, exc: Exception) -> None:
@@ -72,10 +72,10 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
             raw = await redis.mget([f"conflux:epoch:{rid}" for rid in request_ids])
             return [int(v) if v is not None else None for v in raw]
 
-        replies = ReplyRouter(settings.kafka_bootstrap, reply.name, serde, dead_letter=dead_letter,
+        replies = ReplyRouter(settings.kafka, reply.name, serde, dead_letter=dead_letter,
                               live_epochs=live_epochs)
         await replies.start()
-        lag = RequestLag(settings.kafka_bootstrap)
+        lag = RequestLag(settings.kafka)
         await lag.start()
         load = LoadGauge(lambda: replies.open_requests, settings.edge_max_open, lambda: lag.value,
                          settings.max_request_lag)

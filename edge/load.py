@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from conflux.kafka_access import KafkaAccess
 from conflux.models import Plan
 from edge.errors import ApiError
 
@@ -27,9 +28,9 @@ RETRY_AFTER_S = 1
 class RequestLag:
     """The chain's consumer lag on its request topic: end offsets minus the group's committed offsets."""
 
-    def __init__(self, bootstrap: str, topic: str = "chat.requests", group: str = "conflux-chain",
+    def __init__(self, kafka: KafkaAccess | str, topic: str = "chat.requests", group: str = "conflux-chain",
                  interval_s: float = 1.0) -> None:
-        self._bootstrap = bootstrap
+        self._kafka = KafkaAccess.of(kafka)
         self._topic = topic
         self._group = group
         self._interval_s = interval_s
@@ -39,8 +40,8 @@ class RequestLag:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap, request_timeout_ms=3000)
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap, group_id=None,
+        self._admin = AIOKafkaAdminClient(**self._kafka.client_options(), request_timeout_ms=3000)
+        self._consumer = AIOKafkaConsumer(**self._kafka.client_options(), group_id=None,
                                           enable_auto_commit=False, request_timeout_ms=3000)
         await self._admin.start()
         await self._consumer.start()

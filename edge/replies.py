@@ -22,18 +22,19 @@ from redis.exceptions import RedisError
 
 from conflux.errors import ConfluxError, DecodeError
 from conflux.kafka import make_consumer
+from conflux.kafka_access import KafkaAccess
 from conflux.serde import AvroSerde
 
 log = logging.getLogger("conflux.edge.replies")
 
 
 class ReplyRouter:
-    def __init__(self, bootstrap: str, topic: str, serde: AvroSerde, queue_size: int = 4096,
+    def __init__(self, kafka: KafkaAccess | str, topic: str, serde: AvroSerde, queue_size: int = 4096,
                  dead_letter: Callable[[Any, Exception], Awaitable[None]] | None = None,
                  live_epochs: Callable[[list[str]], Awaitable[list[int | None]]] | None = None) -> None:
         self.topic = topic
         self._dead_letter = dead_letter
-        self._bootstrap = bootstrap
+        self._kafka = kafka
         self._serde = serde
         self._queue_size = queue_size
         self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
@@ -48,7 +49,7 @@ class ReplyRouter:
         # requests this process never held).
         # A long poll: the broker answers a fetch as soon as a chunk arrives, so waiting up to 500 ms costs no
         # latency, while a 5 ms wait made every idle edge send the broker 200 empty fetches a second.
-        self._consumer = make_consumer(self._bootstrap, None, fetch_max_wait_ms=500,
+        self._consumer = make_consumer(self._kafka, None, fetch_max_wait_ms=500,
                                        isolation_level="read_uncommitted")
         await self._consumer.start()
         tp = TopicPartition(self.topic, 0)

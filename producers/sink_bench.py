@@ -19,7 +19,7 @@ from conflux.serde import AvroSerde, new_envelope
 
 async def produce(settings: Settings, tag: str, n: int) -> float:
     serde = AvroSerde(SchemaRegistry())
-    producer = make_producer(settings.kafka_bootstrap, linger_ms=20, max_batch_size=1024 * 1024)
+    producer = make_producer(settings.kafka, linger_ms=20, max_batch_size=1024 * 1024)
     await producer.start()
     t0 = time.perf_counter()
     try:

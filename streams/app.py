@@ -75,9 +75,9 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
     catalogue = load_catalogue(registry=registry)
     # A 2 ms linger lets a request's events (and concurrent requests') share produce requests: fewer, larger
     # requests cost the broker and this process less CPU than one per event.
-    producer = ManagedProducer.of(settings.kafka_bootstrap, linger_ms=2)
+    producer = ManagedProducer.of(settings.kafka, linger_ms=2)
     await producer.start()
-    redis = redis_client(settings.redis_url)
+    redis = redis_client(settings.redis_url, settings.redis_password)
     tracer = setup_tracing(f"conflux-worker/{worker_id}").get_tracer("conflux.streams")
     vectors = open_vector_store(settings)
     vectors.ensure_collection("documents", 384)
@@ -98,6 +98,7 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, metrics_
     app = faust.App(
         CHAIN_GROUP,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=settings.kafka.faust_credentials(),  # None on PLAINTEXT
         web_enabled=False,
         topic_partitions=8,
         topic_replication_factor=1,

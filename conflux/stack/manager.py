@@ -76,7 +76,7 @@ def up(settings: Settings, progress: Progress, only: list[str] | None = None) ->
     _start(engines, report, progress)
     if any(s.name == "kafka" for s in ready):
         catalogue = load_catalogue()
-        result = asyncio.run(apply_topics(settings.kafka_bootstrap, catalogue.topics))
+        result = asyncio.run(apply_topics(settings.kafka, catalogue.topics))
         report.topics_created = result.created
         progress(f"topics: {len(result.created)} created, {len(result.altered)} altered, "
                  f"{len(result.unchanged)} unchanged")

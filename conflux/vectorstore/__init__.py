@@ -35,7 +35,7 @@ def open_vector_store(settings: Settings) -> VectorStore:
     if resolve_vector_backend(settings) == "weaviate":
         from conflux.vectorstore.weaviate_store import WeaviateStore
 
-        return WeaviateStore.connect(settings.weaviate_url, settings.weaviate_grpc_port)
+        return WeaviateStore.connect(settings.weaviate_url, settings.weaviate_grpc_port, settings.weaviate_api_key)
     from conflux.vectorstore.lance_store import LanceStore
 
     return LanceStore(settings.lancedb_path)

@@ -25,10 +25,11 @@ class WeaviateStore:
         self._client = client
 
     @classmethod
-    def connect(cls, url: str, grpc_port: int) -> WeaviateStore:
+    def connect(cls, url: str, grpc_port: int, api_key: str = "") -> WeaviateStore:
         with warnings.catch_warnings():  # authlib (a weaviate-client dependency) warns on import
             warnings.simplefilter("ignore")
             import weaviate
+        from weaviate.classes.init import Auth
         from weaviate.exceptions import WeaviateBaseError
 
         parts = urlsplit(url)
@@ -40,6 +41,7 @@ class WeaviateStore:
                 # The client's start-up checks include asking pypi.org for its latest version: a service must
                 # not phone out (there may be no route at all), so readiness is checked here instead.
                 skip_init_checks=True,
+                auth_credentials=Auth.api_key(api_key) if api_key else None,
             )
             if not client.is_ready():
                 client.close()
