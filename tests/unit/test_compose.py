@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,8 +37,48 @@ def test_engines_have_pinned_images_and_health_checks(compose: dict[str, Any]) -
 def test_kafka_is_the_kraft_release_the_clients_support(compose: dict[str, Any]) -> None:
     kafka = compose["services"]["kafka"]
     assert kafka["image"].startswith("apache/kafka:3.9")
-    assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
-    assert kafka["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert kafka["command"] == ["/conflux/start-sasl.sh"]
+    assert "./infra/kafka/start-sasl.sh:/conflux/start-sasl.sh:ro" in kafka["volumes"]
+    script = (REPO_ROOT / "infra" / "kafka" / "start-sasl.sh").read_text()
+    for line in ("process.roles=broker,controller", "auto.create.topics.enable=false",
+                 "allow.everyone.if.no.acl.found=false", "listener.security.protocol.map=SASL_SSL:SASL_SSL,"):
+        assert line in script
+
+
+def _secret_refs(value: str) -> bool:
+    return value.startswith("${") and ":?" in value
+
+
+def test_every_secret_is_required_from_the_environment(compose: dict[str, Any]) -> None:
+    """No default password anywhere: compose refuses to start without each one (as without CONFLUX_ID_SECRET)."""
+    for name, svc in compose["services"].items():
+        env = svc.get("environment") or {}
+        for key, value in env.items():
+            if any(word in key for word in ("PASSWORD", "SECRET", "API_KEY")):
+                assert _secret_refs(str(value)), f"{name}: {key} must be ${{VAR:?...}}, not {value!r}"
+    redis = compose["services"]["redis"]["command"]
+    assert _secret_refs(redis[redis.index("--requirepass") + 1])
+    weaviate = compose["services"]["weaviate"]["environment"]
+    assert weaviate["AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED"] == "false"
+    assert weaviate["AUTHENTICATION_APIKEY_ENABLED"] == "true"
+
+
+def test_each_conflux_service_is_its_own_kafka_principal(compose: dict[str, Any]) -> None:
+    from conflux.kafka_acls import load_grants
+
+    granted = {b.principal.removeprefix("User:") for b in load_grants()}
+    users = {}
+    for name in CONFLUX | {"conflux-acls"}:
+        env = compose["services"][name]["environment"]
+        assert env["CONFLUX_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        users[name] = env["CONFLUX_KAFKA_USERNAME"]
+    assert len(set(users.values())) == len(users), users
+    assert set(users.values()) - {"admin"} <= granted
+    script = (REPO_ROOT / "infra" / "kafka" / "start-sasl.sh").read_text()
+    for user in users.values():
+        assert f"name={user}," in script, f"start-sasl.sh does not create {user}"
+    assert compose["services"]["conflux-init"]["depends_on"]["conflux-acls"]["condition"] == \
+        "service_completed_successfully"
 
 
 def test_the_default_profile_serves_the_cpu_models(compose: dict[str, Any]) -> None:
@@ -129,3 +170,22 @@ def test_prometheus_scrapes_compose_services(compose: dict[str, Any]) -> None:
     for job in prom["scrape_configs"]:
         for target in job["static_configs"][0]["targets"]:
             assert target.split(":")[0] in compose["services"], target
+
+
+def test_compose_secrets_writes_every_required_variable(tmp_path: Path) -> None:
+    """infra/compose-secrets.sh gives each ${VAR:?...} of the compose file a value, and Kafka its certificates."""
+    import re
+    import shutil
+    import subprocess
+
+    (tmp_path / "infra" / "kafka").mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "infra" / "compose-secrets.sh", tmp_path / "infra")
+    shutil.copy(REPO_ROOT / "infra" / "kafka" / "make-certs.sh", tmp_path / "infra" / "kafka")
+    subprocess.run([str(tmp_path / "infra" / "compose-secrets.sh")], check=True, capture_output=True, timeout=60)
+    written = dict(line.split("=", 1) for line in (tmp_path / ".env").read_text().splitlines())
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", (REPO_ROOT / "docker-compose.yml").read_text()))
+    assert required and required <= set(written), required - set(written)
+    assert all(len(v) == 64 for v in written.values())
+    assert (tmp_path / ".env").stat().st_mode & 0o077 == 0  # the owner's only
+    certs = tmp_path / "secrets" / "kafka"
+    assert (certs / "kafka.p12").exists() and (certs / "ca.pem").exists()

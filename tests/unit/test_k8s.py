@@ -54,12 +54,12 @@ def test_the_kubernetes_check_can_fail() -> None:
         kubernetes_validate.validate({**edge, "spec": {**edge["spec"], "replica": 2}}, KUBERNETES, strict=True)
 
 
-def _keda_crd_schema() -> dict[str, Any]:
-    """ScaledObject's openAPIV3Schema from KEDA's CRD, in the Go module the Go module proxy serves."""
+def _keda_crd_schema(crd_file: str = "keda.sh_scaledobjects.yaml") -> dict[str, Any]:
+    """A KEDA kind's openAPIV3Schema from its CRD, in the Go module the Go module proxy serves."""
     found = subprocess.run(["go", "mod", "download", "-json", f"github.com/kedacore/keda/v2@{KEDA}"],
                            capture_output=True, text=True, timeout=300, check=True)
     with zipfile.ZipFile(json.loads(found.stdout)["Zip"]) as z:
-        crd = yaml.safe_load(z.read(f"github.com/kedacore/keda/v2@{KEDA}/config/crd/bases/keda.sh_scaledobjects.yaml"))
+        crd = yaml.safe_load(z.read(f"github.com/kedacore/keda/v2@{KEDA}/config/crd/bases/{crd_file}"))
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
     schema: dict[str, Any] = _closed(version["schema"]["openAPIV3Schema"])
     return schema
@@ -84,6 +84,38 @@ def test_scaled_object_is_valid_for_kedas_crd() -> None:
     jsonschema.validate(scaled, schema)
     with pytest.raises(jsonschema.ValidationError):  # the check can fail: a misspelt field is refused
         jsonschema.validate({**scaled, "spec": {**scaled["spec"], "maxReplicas": 3}}, schema)
+
+
+def test_trigger_authentication_is_valid_for_kedas_crd_and_used_by_the_scaler() -> None:
+    schema = _keda_crd_schema("keda.sh_triggerauthentications.yaml")
+    (auth,) = _kind("TriggerAuthentication")
+    jsonschema.validate(auth, schema)
+    (scaled,) = _kind("ScaledObject")
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    assert trigger["metadata"]["sasl"] == "scram_sha512" and trigger["metadata"]["tls"] == "enable"
+    assert {r["parameter"] for r in auth["spec"]["secretTargetRef"]} == {"username", "password"}
+
+
+def test_each_workload_is_its_own_kafka_principal_with_secrets_from_the_secret() -> None:
+    from conflux.kafka_acls import load_grants
+
+    granted = {b.principal.removeprefix("User:") for b in load_grants()}
+    (config,) = _kind("ConfigMap")
+    assert config["data"]["CONFLUX_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    users = {}
+    for _, doc in DOCS:
+        for pod in _pod_specs(doc):
+            for c in pod["containers"]:
+                env = {e["name"]: e for e in c.get("env", [])}
+                users[doc["metadata"]["name"]] = env["CONFLUX_KAFKA_USERNAME"]["value"]
+                for name, e in env.items():
+                    if any(word in name for word in ("PASSWORD", "SECRET", "API_KEY")):
+                        assert "secretKeyRef" in e["valueFrom"] and "value" not in e, name
+    assert users == {"conflux-edge": "conflux-edge", "conflux-worker": "conflux-worker",
+                     "conflux-sink": "conflux-sink", "conflux-topics": "conflux-topics",
+                     "conflux-prune-replies": "conflux-topics"}, users
+    assert set(users.values()) <= granted
 
 
 def test_workers_scale_on_the_chain_groups_lag_within_the_request_topics_partitions() -> None:
