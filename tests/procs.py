@@ -19,10 +19,11 @@ from conflux.stack.platform import redis_heartbeat
 class Proc:
     """A Conflux process of its own session (process group), logging to .conflux/logs/<name>.log."""
 
-    def __init__(self, settings: Settings, name: str, argv: list[str]) -> None:
+    def __init__(self, settings: Settings, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.name = name
         self.argv = argv
+        self.env = env or {}  # on top of this process's environment
         self.popen: subprocess.Popen[bytes] | None = None
 
     @property
@@ -32,7 +33,7 @@ class Proc:
     def start(self) -> Proc:
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen([sys.executable, "-m", "conflux.cli", *self.argv], stdout=log,
-                                          stderr=log, start_new_session=True)
+                                          stderr=log, start_new_session=True, env={**os.environ, **self.env})
         return self
 
     @property
@@ -61,12 +62,12 @@ class Proc:
             self.kill9()
 
 
-def edge(settings: Settings, instance_id: str, port: int) -> Proc:
-    return Proc(settings, f"test-{instance_id}", ["edge", "--port", str(port), "--instance-id", instance_id])
+def edge(settings: Settings, instance_id: str, port: int, env: dict[str, str] | None = None) -> Proc:
+    return Proc(settings, f"test-{instance_id}", ["edge", "--port", str(port), "--instance-id", instance_id], env)
 
 
-def worker(settings: Settings, worker_id: str) -> Proc:
-    return Proc(settings, f"test-{worker_id}", ["worker", "--worker-id", worker_id])
+def worker(settings: Settings, worker_id: str, env: dict[str, str] | None = None) -> Proc:
+    return Proc(settings, f"test-{worker_id}", ["worker", "--worker-id", worker_id], env)
 
 
 def wait_edge(proc: Proc, port: int, timeout_s: float = 90) -> None:

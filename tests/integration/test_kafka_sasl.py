@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
@@ -29,6 +30,7 @@ from conflux.kafka import make_consumer, make_producer
 from conflux.kafka_access import KafkaAccess
 from conflux.kafka_acls import apply_acls, load_grants
 from conflux.topics import TopicSpec, apply_topics, load_catalogue
+from tests import procs
 
 SERVICE_USERS = {"admin": "CONFLUX_KAFKA_ADMIN_PASSWORD", "conflux-topics": "CONFLUX_KAFKA_TOPICS_PASSWORD",
                  "conflux-edge": "CONFLUX_KAFKA_EDGE_PASSWORD", "conflux-worker": "CONFLUX_KAFKA_WORKER_PASSWORD",
@@ -183,6 +185,36 @@ async def test_a_user_without_grants_is_refused(granted: str) -> None:
 async def test_a_wrong_password_does_not_get_in(granted: str) -> None:
     with pytest.raises(KafkaConnectionError):
         await _produce(access(granted, "conflux-edge", password="guess"), "chat.requests")
+
+
+def _service_env(bootstrap: str, user: str) -> dict[str, str]:
+    return {"CONFLUX_KAFKA_BOOTSTRAP": bootstrap, "CONFLUX_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "CONFLUX_KAFKA_USERNAME": user, "CONFLUX_KAFKA_PASSWORD": _password(user),
+            "CONFLUX_KAFKA_SSL_CAFILE": FILES["ca"]}
+
+
+def test_a_chat_runs_through_an_edge_and_a_worker_each_with_only_its_grants(stack: Settings, granted: str) -> None:
+    """The real services, each as its own principal on this broker (Redis, Triton and the vector store are the
+    local stack's): the grants of acls.toml are enough for the edge and for Faust's worker, end to end."""
+    port = _free_port()
+    edge = procs.edge(stack, "edge-sasl", port, _service_env(granted, "conflux-edge")).start()
+    worker = procs.worker(stack, "worker-sasl", _service_env(granted, "conflux-worker")).start()
+    try:
+        procs.wait_edge(edge, port)
+        procs.wait_worker(worker, "worker-sasl")
+        key = (stack.home / "dev-api-key").read_text().strip()
+        body = {"model": "echo", "max_tokens": 4, "messages": [{"role": "user", "content": "sasl acl check"}]}
+        resp = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=60,
+                          headers={"Authorization": f"Bearer {key}"})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["choices"][0]["message"]["content"] == "sasl acl check sasl"
+    finally:
+        edge.stop()
+        worker.stop()
+    for proc in (edge, worker):
+        log = proc.log_path.read_text()
+        assert "AuthorizationFailed" not in log, f"{proc.name}: {log[-3000:]}"
+        assert _password("conflux-edge") not in log and _password("conflux-worker") not in log
 
 
 def test_the_compose_health_check_gets_in_as_admin(granted: str) -> None:
