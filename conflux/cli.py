@@ -219,7 +219,26 @@ def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
         return _set_budget(settings, args)
     if args.action == "set-cache":
         return _set_cache(settings, args)
+    if args.action == "set-tools":
+        return _set_tools(settings, args)
     return _set_policy(settings, args)
+
+
+def _set_tools(settings: Settings, args: argparse.Namespace) -> int:
+    if args.fetch_allow is None and not args.clear:
+        raise Refused("nothing to set: --fetch-allow HOST,.DOMAIN,... (hosts the fetch_url tool may read) or --clear")
+    hosts = [] if args.clear else args.fetch_allow.split(",")
+
+    async def act(store: Any) -> tuple[str, ...]:
+        try:
+            allowed: tuple[str, ...] = await store.set_fetch_allow(args.tenant, hosts)
+        except ValueError as exc:
+            raise Refused(f"--fetch-allow: {exc}") from None
+        return allowed
+
+    allowed = _with_store(settings, act)
+    _progress(f"fetch_url for tenant {args.tenant}: " + (", ".join(allowed) if allowed else "no hosts"))
+    return 0
 
 
 def _set_cache(settings: Settings, args: argparse.Namespace) -> int:
@@ -396,15 +415,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keys)
     p = sub.add_parser("tenants", help="tenant settings: set-policy (what each safety category does for a "
                        "tenant), set-budget (spend limits of the tenant, or of one key with --id), set-cache "
-                       "(the response cache's TTL and the semantic cache's threshold, or off)")
-    p.add_argument("action", choices=["set-policy", "set-budget", "set-cache"])
+                       "(the response cache's TTL and the semantic cache's threshold, or off), set-tools (the "
+                       "hosts the fetch_url server tool may read)")
+    p.add_argument("action", choices=["set-policy", "set-budget", "set-cache", "set-tools"])
     p.add_argument("--tenant", required=True)
     for action in ("block", "flag", "allow"):
         p.add_argument(f"--{action}", default="", metavar="CATEGORIES",
                        help=f"set-policy: comma-separated taxonomy ids to {action} (infra/safety_taxonomy.toml)")
     p.add_argument("--id", help="set-budget: one key's budget (its id, from `keys list`) instead of the tenant's")
     p.add_argument("--clear", action="store_true",
-                   help="set-budget: remove the budget; set-cache: the default TTL and threshold")
+                   help="set-budget: remove the budget; set-cache: the default TTL and threshold; set-tools: no hosts")
+    p.add_argument("--fetch-allow", default=None, metavar="HOSTS",
+                   help="set-tools: comma-separated host names fetch_url may read (.example.com: with subdomains)")
     p.add_argument("--cache-ttl", type=int, default=None, help="set-cache: seconds a cached answer is kept (0: off)")
     p.add_argument("--semantic-threshold", type=float, default=None, metavar="SIMILARITY",
                    help="set-cache: cosine similarity at which a near-duplicate question is answered from the "

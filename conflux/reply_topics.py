@@ -11,6 +11,7 @@ worker is still writing to a topic it deletes. It is safe to run anywhere, any n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -36,13 +37,19 @@ def _gone(edge_id: str) -> str:
 
 
 async def heartbeat(redis: Any, edge_id: str, every_s: float = BEAT_EVERY_S) -> None:
-    """Runs until cancelled: the edge's sign of life. Redis failures are logged and retried."""
-    while True:
-        try:
-            await redis.set(_alive(edge_id), str(time.time()), ex=BEAT_TTL_S)
-        except RedisError as exc:
-            log.warning("edge heartbeat not written: %r", exc)
-        await asyncio.sleep(every_s)
+    """Runs until cancelled: the edge's sign of life. Redis failures are logged and retried. Cancelled (the
+    edge shuts down cleanly), it removes its key, so the grace period starts now instead of at the key's expiry;
+    an edge that comes back under the same id beats again and a prune then forgets it was away."""
+    try:
+        while True:
+            try:
+                await redis.set(_alive(edge_id), str(time.time()), ex=BEAT_TTL_S)
+            except RedisError as exc:
+                log.warning("edge heartbeat not written: %r", exc)
+            await asyncio.sleep(every_s)
+    finally:
+        with contextlib.suppress(RedisError, OSError):
+            await redis.delete(_alive(edge_id))
 
 
 @dataclass

@@ -41,6 +41,7 @@ class Tenant:
     cache_ttl_s: int | None = None
     semantic_threshold: float | None = None  # the semantic cache's: None the platform's, 0 off
     safety_policy: str | None = None  # as stored (taxonomy.tenant_policy reads it): the edge judges a semantic hit
+    fetch_allow: tuple[str, ...] = ()  # hosts the fetch_url tool may read for this tenant (".example.com": subdomains)
 
     @property
     def spend_scopes(self) -> list[tuple[str, Budget | None]]:
@@ -52,6 +53,8 @@ class Tenant:
 
 
 KEY_ID_PREFIX = "key_"
+# A fetch_url allow-list entry: a DNS name, optionally with a leading dot for its subdomains.
+HOST = re.compile(r"\.?(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+")
 KEY_ID_CHARS = 12  # hex digits of the hash: 48 bits, unique enough among one tenant's keys to name one
 
 
@@ -181,11 +184,12 @@ class ApiKeyStore:
             raise AuthError("the tenant of this API key no longer exists")
         state = b"\x00".join(tenant.get(f, b"") for f in (b"system_prompt", b"safety_policy", b"docs_version"))
         ttl, semantic, policy = (tenant.get(f) for f in (b"cache_ttl_s", b"semantic_threshold", b"safety_policy"))
+        fetch_allow = tuple(json.loads(tenant[b"fetch_allow"])) if b"fetch_allow" in tenant else ()
         return Tenant(tenant_id, _s(tenant[b"plan"]), _s(tenant.get(b"system_prompt", b"")),
                       KEY_ID_PREFIX + digest[:KEY_ID_CHARS], Budget.from_json(tenant.get(b"budget")),
                       Budget.from_json(record.get(b"budget")), hashlib.sha256(state).hexdigest()[:16],
                       None if ttl is None else int(ttl), None if semantic is None else float(semantic),
-                      None if policy is None else _s(policy))
+                      None if policy is None else _s(policy), fetch_allow)
 
     async def set_cache_ttl(self, tenant_id: str, ttl_s: int | None) -> None:
         """The tenant's response-cache TTL in seconds (0: off; None: the platform's default)."""
@@ -196,6 +200,16 @@ class ApiKeyStore:
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"a similarity threshold is from 0 (off) to 1, not {threshold}")
         await self._set_or_clear(tenant_id, "semantic_threshold", None if threshold is None else repr(threshold))
+
+    async def set_fetch_allow(self, tenant_id: str, hosts: list[str]) -> tuple[str, ...]:
+        """The hosts the fetch_url tool may read for the tenant (empty: none). Each is a host name, or
+        ".example.com" for a domain and its subdomains; no schemes, paths, ports or wildcards."""
+        clean = tuple(dict.fromkeys(h.strip().lower().rstrip(".") for h in hosts if h.strip()))
+        for host in clean:
+            if not HOST.fullmatch(host):
+                raise ValueError(f"{host!r} is not a host name or .domain (no scheme, path, port or *)")
+        await self._set_or_clear(tenant_id, "fetch_allow", json.dumps(list(clean)) if clean else None)
+        return clean
 
     async def _set_or_clear(self, tenant_id: str, field: str, value: str | None) -> None:
         key = f"conflux:tenant:{tenant_id}"

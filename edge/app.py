@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 from collections.abc import AsyncIterator
@@ -106,6 +107,8 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
             yield
         finally:
             beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating  # it removes its key before Redis closes
             await replies.stop()
             await lag.stop()
             await producer.stop()

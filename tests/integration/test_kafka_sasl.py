@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis as redis_lib
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     GroupAuthorizationFailedError,
@@ -211,6 +212,8 @@ def test_a_chat_runs_through_an_edge_and_a_worker_each_with_only_its_grants(stac
     finally:
         edge.stop()
         worker.stop()
+    # Stopped cleanly, the edge took its heartbeat with it: its reply topic's grace period starts now.
+    assert not redis_lib.Redis.from_url(stack.redis_url).exists("conflux:edge:edge-sasl")
     for proc in (edge, worker):
         log = proc.log_path.read_text()
         assert "AuthorizationFailed" not in log, f"{proc.name}: {log[-3000:]}"

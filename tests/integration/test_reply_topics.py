@@ -43,7 +43,9 @@ def test_a_gone_edges_reply_topic_is_deleted_after_the_grace_period_and_a_live_o
             now = time.time()
             first = await prune(stack.kafka_bootstrap, redis, grace_s=600, now=now)
             assert gone in first.waiting and gone not in first.deleted
-            assert {f"{PREFIX}{e}" for e in live} <= set(first.live)
+            # Every edge beating with a topic on this broker is live (an edge of another broker, such as the SASL
+            # test's, may share this Redis for a while).
+            assert {f"{PREFIX}{e}" for e in live} & await _topics(stack) <= set(first.live)
             later = await prune(stack.kafka_bootstrap, redis, grace_s=600, now=now + 601)
             assert gone in later.deleted and not set(later.deleted) & set(first.live)
             topics = await _topics(stack)
