@@ -7,15 +7,11 @@ A cancelled request (the client went away) stops generating at the next token.
 
 import json
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from model_runtime import llama_gen
 from model_runtime.llama import generation_inputs, load_llama_for_triton
-
-
-def _bytes_tensor(name, text):
-    return pb_utils.Tensor(name, np.array([text.encode()], dtype=np.object_))
+from model_runtime.tensors import text_tensor
 
 
 class TritonPythonModel:
@@ -35,9 +31,9 @@ class TritonPythonModel:
                     if step.logprob is not None:
                         pending.append(step.logprob)
                     if step.text:
-                        outputs = [_bytes_tensor("text_output", step.text)]
+                        outputs = [text_tensor(pb_utils, "text_output", step.text)]
                         if g.top_logprobs is not None:
-                            outputs.append(_bytes_tensor("logprobs", json.dumps(pending)))
+                            outputs.append(text_tensor(pb_utils, "logprobs", json.dumps(pending)))
                             pending = []
                         sender.send(pb_utils.InferenceResponse(output_tensors=outputs))
                 sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)

@@ -3,15 +3,11 @@ OpenAI logprobs.content entries, when return_log_probs asks for them)."""
 
 import json
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from model_runtime import llama_gen
 from model_runtime.llama import generation_inputs, load_llama_for_triton
-
-
-def _bytes_tensor(name, text):
-    return pb_utils.Tensor(name, np.array([text.encode()], dtype=np.object_))
+from model_runtime.tensors import text_tensor
 
 
 class TritonPythonModel:
@@ -25,9 +21,10 @@ class TritonPythonModel:
                 g = generation_inputs(request, pb_utils)
                 steps = list(llama_gen.generate(self.llm, g.prompt, g.max_tokens, g.temperature, g.sampling,
                                                 llama_gen.grammar_for(self.llm, g.gbnf), g.top_logprobs))
-                outputs = [_bytes_tensor("text_output", "".join(s.text for s in steps))]
+                outputs = [text_tensor(pb_utils, "text_output", "".join(s.text for s in steps))]
                 if g.top_logprobs is not None:
-                    outputs.append(_bytes_tensor("logprobs", json.dumps([s.logprob for s in steps if s.logprob])))
+                    logprobs = [s.logprob for s in steps if s.logprob]
+                    outputs.append(text_tensor(pb_utils, "logprobs", json.dumps(logprobs)))
                 responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
             except Exception as exc:  # noqa: BLE001 - reported to the caller as a Triton error
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"smollm2 failed: {exc}")))
