@@ -90,7 +90,8 @@ class ResponseCache:
                "Cache-Control: no-store" if "no-store" in directives else
                "n > 1" if (req.n or 1) > 1 else
                "continues a conversation from session memory" if conversation else
-               "sampled (temperature > 0 without a seed)" if req.seed is None and req.temperature != 0 else "")
+               "sampled (temperature > 0 without a seed)" if req.seed is None and req.temperature != 0 else
+               "server tools read live data" if req.server_tools else "")
         if why:
             return Lookup(None, f"bypass: {why}", False, 0)
         messages = [{"role": m.role, "content": m.text(), "name": m.name, "tool_call_id": m.tool_call_id,

@@ -234,6 +234,7 @@ class ChatService:
             "tools": json.dumps(req.tools) if req.tools else None,
             "tool_choice": json.dumps(req.tool_choice) if req.tool_choice is not None else None,
             "parallel_tool_calls": req.parallel_tool_calls is not False,
+            "server_tools": json.dumps(req.server_tools) if req.server_tools else None,
             "response_format": json.dumps(req.response_format) if req.response_format else None,
             "top_logprobs": logprobs_asked(req), "choices": len(choices),
             "key_id": tenant.key_id, "budgets": [b.record() for b in adm.budgets],

@@ -91,6 +91,21 @@ def _tools(value: Any) -> str | None:
     return None
 
 
+def _server_tools(value: Any) -> str | None:
+    from streams.server_tools import TOOLS
+
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        return "a list of built-in tool names"
+    unknown = sorted(set(value) - set(TOOLS))
+    if unknown:
+        return f"no built-in tool named {unknown[0]!r} (there are {', '.join(sorted(TOOLS))})"
+    if len(set(value)) != len(value):
+        return "each tool once"
+    return None
+
+
 def _response_format(value: Any) -> str | None:
     if value is None or value == {"type": "text"} or value == {"type": "json_object"}:
         return None
@@ -145,6 +160,10 @@ FIELDS: dict[str, FieldRule] = {
                        "and checked against it (keywords of OpenAI's strict mode; others are refused)", _tools),
     "tool_choice": FieldRule(GUIDED, "`none`, `auto`, `required`, or a named function"),
     "parallel_tool_calls": FieldRule(GUIDED, f"true (default): up to {MAX_PARALLEL_CALLS} calls in one answer"),
+    "server_tools": FieldRule(GUIDED, "Conflux's extension: built-in tools the worker runs itself (`search_knowledge`, "
+                              "`calculator`, `metrics_query`, `fetch_url`); each step streams as an SSE comment line "
+                              "`: conflux.tool_step {...}`; a client tool of the same name stays the client's",
+                              _server_tools),
     "functions": FieldRule("refused unless []", NO_TOOLS, only([], why=NO_TOOLS)),
     "function_call": FieldRule("refused unless none or auto", NO_TOOLS, only("none", "auto", why=NO_TOOLS)),
     "logit_bias": FieldRule("refused unless {}", "token biases are not applied",
@@ -168,7 +187,8 @@ def refuse_unsupported(req: ChatCompletionRequest) -> None:
     _check_tool_choice(req)
     if req.top_logprobs is not None and not req.logprobs:
         raise ApiError(400, "top_logprobs: needs logprobs: true", param="top_logprobs", code="invalid_value")
-    if req.tools and req.tool_choice != "none" and req.response_format and req.response_format["type"] != "text":
+    if (req.tools or req.server_tools) and req.tool_choice != "none" and req.response_format \
+            and req.response_format["type"] != "text":
         raise ApiError(400, "response_format: a JSON answer together with tools is not supported yet; send one",
                        param="response_format", code="unsupported_parameter")
     for i, m in enumerate(req.messages):
@@ -202,7 +222,7 @@ def _is_json(text: Any) -> bool:
 def _check_tool_choice(req: ChatCompletionRequest) -> None:
     choice = req.tool_choice
     if choice is None or choice in ("none", "auto", "required"):
-        if choice == "required" and not req.tools:
+        if choice == "required" and not req.tools and not req.server_tools:
             raise ApiError(400, "tool_choice: required needs tools", param="tool_choice", code="invalid_value")
         return
     name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
@@ -222,6 +242,8 @@ def needs_grammar(req: ChatCompletionRequest) -> str | None:
     """The field that makes this request's output constrained (only some models can serve it), or None."""
     if req.tools and req.tool_choice != "none":
         return "tools"
+    if req.server_tools and req.tool_choice != "none":
+        return "server_tools"
     if req.response_format and req.response_format.get("type") in ("json_object", "json_schema"):
         return "response_format"
     return None

@@ -64,6 +64,8 @@ class ChatCompletionRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
+    # Conflux's extension: built-in tools the worker runs itself (streams/server_tools); see README.
+    server_tools: list[str] | None = None
     functions: list[dict[str, Any]] | None = None
     function_call: str | dict[str, Any] | None = None
     logit_bias: dict[str, float] | None = None

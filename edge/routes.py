@@ -147,6 +147,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
                     yield sse(chain_error(chunk).body())
                     finished = True
                     return
+                if chunk.get("tool_step"):  # a server-side tool step: a comment line, which OpenAI clients skip
+                    yield f": conflux.tool_step {chunk['tool_step']}\n\n"
                 if chunk["text"]:
                     extra = {"logprobs": _logprobs(chunk.get("logprobs") or [])} if body.logprobs else {}
                     yield delta(i, model, {"content": chunk["text"]}, extra)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -59,6 +60,13 @@ class Deps:
     first_token_timeout_s: float = 15.0
     retrieval_k: int = 4
     collection: str = "documents"
+
+    @functools.cached_property
+    def clickhouse(self) -> Any:
+        """The metrics store, for the metrics_query tool: connected on first use (most requests never ask)."""
+        from conflux.clickhouse import clickhouse_client
+
+        return clickhouse_client(self.settings)
 
     def envelope(self, src: dict[str, Any]) -> dict[str, Any]:
         """A new event's envelope, continuing the chain of the event `src` came from."""

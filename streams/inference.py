@@ -20,7 +20,7 @@ from conflux.llm import Message, render_chatml
 from conflux.models import ModelSpec
 from conflux.routing import Decision
 from model_runtime.llama import Sampling
-from streams import output_guard, routing_stage, tools
+from streams import agent, output_guard, routing_stage, tools
 from streams.deps import Deps
 from streams.logprobs import AlignedLogprobs
 from streams.once import Claim
@@ -49,12 +49,14 @@ class Generated:
     output: OutputVerdict  # the output check's verdict on the whole answer (or on the window that blocked it)
     output_checks: int  # output checks run on the stream
     tool_calls: list[tools.Call] = field(default_factory=list)
+    prompt_tokens: int = 0  # what the answer read: its prompt, or every step's prompt in an agent loop
+    server_calls: list[tools.Call] = field(default_factory=list)  # calls of built-in tools, for the worker to run
 
 
 def requested(deps: Deps, rc: RequestContext, model: ModelSpec, prompt: str, temperature: float,
-              sampling: Sampling, attempt: int = 0) -> dict[str, Any]:
+              sampling: Sampling, guide: tools.Guide | None, attempt: int = 0) -> dict[str, Any]:
     """The inference.requests event of one generation (a constrained output that fails its check has several)."""
-    request, guide = rc.request, rc.guide
+    request = rc.request
     return {"envelope": deps.envelope(rc.env), "model": model.id, "triton_model": model.triton_stream,
             "prompt": prompt, "max_tokens": rc.max_tokens, "temperature": temperature, "stream": True,
             "reply_topic": request["reply_topic"], "reply_partition": request.get("reply_partition"),
@@ -88,7 +90,7 @@ async def generate(deps: Deps, rc: RequestContext, decision: Decision, built: Bu
                                          events=rc.events, epoch=epoch)
             result = None
         else:
-            result = await _with_fallbacks(deps, rc, decision, built, epoch)
+            result = await _with_agent(deps, rc, decision, built, epoch)
     except BaseException:
         await deps.once.release("gen", rid)
         raise
@@ -97,14 +99,37 @@ async def generate(deps: Deps, rc: RequestContext, decision: Decision, built: Bu
     return result
 
 
-async def _with_fallbacks(deps: Deps, rc: RequestContext, decision: Decision, built: Built,
-                          epoch: int) -> Generated | None:
+async def _with_agent(deps: Deps, rc: RequestContext, decision: Decision, built: Built,
+                      epoch: int) -> Generated | None:
+    """The answer; when the model calls built-in tools (streams/server_tools), the worker runs them, shows the
+    caller each step, and generates again with their results, up to agent.MAX_STEPS times (the last time
+    without the built-in tools, so it answers). Usage and cost count every step."""
+    guide = rc.guide
+    result = await _with_fallbacks(deps, rc, decision, built, epoch, guide)
+    prompt_tokens, completion_tokens = built.prompt_tokens, 0
+    for step in range(1, agent.MAX_STEPS + 1):
+        if result is None or not result.server_calls:
+            break
+        completion_tokens += result.completion_tokens
+        window = result.model.context_length - rc.max_tokens
+        built, seq = await agent.run_step(deps, rc, built, result, epoch, step, window)
+        prompt_tokens += built.prompt_tokens
+        guide = tools.plan(rc.request, with_server=step < agent.MAX_STEPS, choice="auto")
+        result = await _with_fallbacks(deps, rc, decision, built, epoch, guide, seq)
+    if result is None:
+        return None
+    return replace(result, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens + result.completion_tokens)
+
+
+async def _with_fallbacks(deps: Deps, rc: RequestContext, decision: Decision, built: Built, epoch: int,
+                          guide: tools.Guide | None, seq0: int = 0) -> Generated | None:
     """The decision's model, then each fallback in turn while the one before failed before its first token."""
     models = (decision.model, *decision.fallbacks)
     for i, model in enumerate(models):
         last = i == len(models) - 1
         try:
-            return await _generate(deps, rc, model, built, epoch, None if last else deps.first_token_timeout_s)
+            return await _generate(deps, rc, model, built, epoch, guide, seq0,
+                                   None if last else deps.first_token_timeout_s)
         except NoFirstToken as exc:
             log.warning("%s: %s failed before its first token (%s); falling back to %s", rc.request_id, model.id,
                         exc, models[i + 1].id)
@@ -137,9 +162,10 @@ async def _bounded(pieces: AsyncGenerator[Piece], seconds: float) -> AsyncIterat
 
 
 async def _generate(deps: Deps, rc: RequestContext, model: ModelSpec, built: Built, epoch: int,
-                    first_token_s: float | None = None) -> Generated | None:
-    """One model's answer. With first_token_s (a fallback exists), a failure or silence before the first token
-    raises NoFirstToken instead of ending the request."""
+                    guide: tools.Guide | None, seq0: int = 0, first_token_s: float | None = None) -> Generated | None:
+    """One model's answer under `guide` (the request's, or an agent step's), its chunks numbered from `seq0`.
+    With first_token_s (a fallback exists), a failure or silence before the first token raises NoFirstToken
+    instead of ending the request."""
     request = rc.request
     prompt = render(model.template, built.messages)
     # OpenAI's default temperature is 1; the edge writes it, and an older record without one means the same.
@@ -147,7 +173,8 @@ async def _generate(deps: Deps, rc: RequestContext, model: ModelSpec, built: Bui
     sampling = Sampling.of(request)
     stop = list(request.get("stop") or [])
     top_logprobs = request.get("top_logprobs")
-    await rc.events.add("inference.requests", requested(deps, rc, model, prompt, temperature, sampling), key=rc.key)
+    await rc.events.add("inference.requests", requested(deps, rc, model, prompt, temperature, sampling, guide),
+                        key=rc.key)
 
     t0 = time.perf_counter()
     ttft: float | None = None
@@ -160,7 +187,7 @@ async def _generate(deps: Deps, rc: RequestContext, model: ModelSpec, built: Bui
     logprobs = AlignedLogprobs()
     generated = 0  # pieces from the model (what completion_tokens counts)
     released = 0
-    sent_chunks = 0
+    sent_chunks = seq0
     last_flush = 0.0
     closing = False
     fell_back: InferenceError | None = None  # failed before the first token, and a fallback may answer
@@ -265,7 +292,7 @@ async def _generate(deps: Deps, rc: RequestContext, model: ModelSpec, built: Bui
     sending = asyncio.ensure_future(sender())
     try:
         async with asyncio.timeout(deps.inference_timeout_s):
-            await (stream_output(rc.guide) if rc.guide is None or rc.guide.streamed else constrained(rc.guide))
+            await (stream_output(guide) if guide is None or guide.streamed else constrained(guide))
             await guard.finish()
     except (InferenceError, TimeoutError, tools.ConstraintError) as exc:
         log.warning("inference of %s failed: %r", rc.request_id, exc)
@@ -285,13 +312,20 @@ async def _generate(deps: Deps, rc: RequestContext, model: ModelSpec, built: Bui
         log.warning("output check of %s failed: %r", rc.request_id, guard.failed)
         error = "the output safety check failed; nothing unchecked was sent"
     await flush()  # what the checks cleared (on a block: everything before the window that tripped it)
+    server = guide.server if guide is not None else frozenset()
+    server_calls = [c for c in calls if c.name in server] if finish == "tool_calls" else []
+    if finish != "tool_calls":  # a call cut short is returned as it stands, but never one of a built-in tool
+        calls = [c for c in calls if c.name not in server]
     if calls and error is None and guard.blocked is None:
-        if not rc.guide or not rc.guide.streamed:  # streamed calls left as they were generated
+        # A call to a built-in tool is the worker's to run (streams/agent.py): none of the step's calls go to
+        # the caller then. Streamed calls left as they were generated.
+        if not server_calls and (not guide or not guide.streamed):
             await send("", tools.deltas(calls))
         for i, c in enumerate(calls):
             await rc.events.add("tool.calls", {
                 "envelope": deps.envelope(rc.env), "call_id": c.id, "index": i, "name": c.name,
-                "arguments": c.arguments, "attempts": c.attempts, "finish_reason": finish}, key=rc.key)
+                "arguments": c.arguments, "attempts": c.attempts, "finish_reason": finish,
+                "server": c in server_calls}, key=rc.key)
     # An unacknowledged chunk means the broker is away: PublishError, and the pipeline retries.
     await rc.events.settle()
     duration = (time.perf_counter() - t0) * 1000
@@ -306,7 +340,8 @@ async def _generate(deps: Deps, rc: RequestContext, model: ModelSpec, built: Bui
         await deps.finish_with_error(request, error, seq=sent_chunks, events=rc.events, epoch=epoch)
         return None
     output = guard.blocked or guard.last
-    return Generated(model, "".join(parts), generated, finish, sent_chunks, epoch, output, guard.checks, calls)
+    return Generated(model, "".join(parts), generated, finish, sent_chunks, epoch, output, guard.checks,
+                     [] if server_calls else calls, built.prompt_tokens, server_calls)
 
 
 def _why(exc: InferenceError) -> str:
@@ -338,7 +373,7 @@ async def _guided(deps: Deps, rc: RequestContext, model: ModelSpec, prompt: str,
         if attempt:  # a given seed would give the same output again: move it
             sampling = replace(sampling, seed=None if sampling.seed is None else sampling.seed + attempt)
             await rc.events.add("inference.requests", requested(deps, rc, model, prompt, temperature, sampling,
-                                                                attempt), key=rc.key)
+                                                                guide, attempt), key=rc.key)
         pieces: list[str] = []
         entries: list[dict[str, Any]] = []
         async for piece in _first_within(deps.triton.stream(

@@ -40,21 +40,21 @@ async def finish(deps: Deps, rc: RequestContext, built: Built, gen: Generated,
         citations = [c["chunk_id"] for c in chunks]
         # Generated tokens are charged however the answer ended: whole, cut by the token limit, cancelled by
         # the caller, or blocked by the output check (the model did the work the request asked for).
-        cost = gen.model.cost_micros(built.prompt_tokens, gen.completion_tokens)
+        cost = gen.model.cost_micros(gen.prompt_tokens, gen.completion_tokens)
         await rc.events.add("chat.responses", {
             "envelope": deps.envelope(env), "model": gen.model.id,
             "content": "" if verdict == "BLOCK" else gen.text, "finish_reason": finish_reason,
-            "blocked": verdict == "BLOCK", "error": None, "prompt_tokens": built.prompt_tokens,
+            "blocked": verdict == "BLOCK", "error": None, "prompt_tokens": gen.prompt_tokens,
             "completion_tokens": gen.completion_tokens, "citations": citations,
             "latency_ms": (time.time() - rc.started) * 1000, "cost_micros": cost,
             "key_id": rc.request.get("key_id") or ""}, key=rc.key)
         # Every event of the request is acknowledged before the caller hears it has ended.
         await rc.events.settle()
-        await deps.budgets.settle(rc.request_id, cost, built.prompt_tokens + gen.completion_tokens)
+        await deps.budgets.settle(rc.request_id, cost, gen.prompt_tokens + gen.completion_tokens)
         await deps.reply_final(rc.request, {
             "envelope": deps.envelope(env), "sequence": gen.chunks_sent, "text": "", "is_final": True,
             "finish_reason": finish_reason, "error": None, "model": gen.model.id,
-            "prompt_tokens": built.prompt_tokens, "completion_tokens": gen.completion_tokens,
+            "prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
             "citations": citations, "epoch": gen.epoch})
     # Of n choices, only the first becomes the conversation's turn: the others are alternatives the client
     # may pick from, and memory holds one answer per turn.

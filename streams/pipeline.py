@@ -15,6 +15,7 @@ The request crosses Kafka twice on its critical path: in on chat.requests, out o
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable
@@ -46,7 +47,8 @@ async def handle(deps: Deps, request: dict[str, Any]) -> None:
     rc = RequestContext(request=request, plan=(tenant.get(b"plan") or b"free").decode(),
                         system_prompt=(tenant.get(b"system_prompt") or b"").decode(), started=time.time(),
                         events=PendingEvents(deps.publisher), policy=taxonomy.tenant_policy(env["tenant_id"],
-                                                                    tenant.get(b"safety_policy")))
+                                                                    tenant.get(b"safety_policy")),
+                        fetch_allow=tuple(json.loads(tenant.get(b"fetch_allow") or b"[]")))
 
     rc.embedding(deps.triton)  # started once, before the branches that share it
     early, gate = gated(rc)

@@ -28,6 +28,7 @@ class RequestContext:
     started: float  # wall clock (time.time()) when the worker took the request
     events: PendingEvents
     policy: Policy  # the tenant's safety policy over the taxonomy
+    fetch_allow: tuple[str, ...] = ()  # the tenant's hosts for the fetch_url tool (conflux tenants set-tools)
     _embedding: asyncio.Task[Any] | None = field(default=None, repr=False)
 
     @property

@@ -54,6 +54,7 @@ class Guide:
     schema: dict[str, Any] | None = None  # kind json: what the answer must validate against
     functions: dict[str, Function] = field(default_factory=dict)
     choice: str = "auto"  # auto | required | a function's name
+    server: frozenset[str] = frozenset()  # the offered functions the worker runs itself (streams/server_tools)
     # The grammar alone holds every schema (conflux/grammar.held_by_grammar): the output leaves as it is
     # generated. Otherwise it is generated whole and checked first, and generated again if it fails.
     streamed: bool = False
@@ -75,6 +76,16 @@ def functions_of(request: dict[str, Any]) -> dict[str, Function]:
     return out
 
 
+def server_functions_of(request: dict[str, Any]) -> dict[str, Function]:
+    """The built-in tools the request asks the worker to run, as functions; a client function of the same name
+    stays the client's (README, server-side tools)."""
+    from streams.server_tools import TOOLS
+
+    client = functions_of(request)
+    return {n: Function(n, TOOLS[n].description, TOOLS[n].parameters)
+            for n in json.loads(request.get("server_tools") or "[]") if n in TOOLS and n not in client}
+
+
 def choice_of(request: dict[str, Any]) -> str:
     raw = request.get("tool_choice")
     if not raw:
@@ -94,10 +105,13 @@ def calls_schema(functions: dict[str, Function], parallel: bool) -> dict[str, An
     return {"type": "array", "items": items, "minItems": 1, "maxItems": MAX_PARALLEL if parallel else 1}
 
 
-def plan(request: dict[str, Any]) -> Guide | None:
-    """How this request's output is constrained, or None when it is free text."""
-    functions = functions_of(request)
-    choice = choice_of(request)
+def plan(request: dict[str, Any], with_server: bool = True, choice: str | None = None) -> Guide | None:
+    """How this request's output is constrained, or None when it is free text. `with_server` False leaves the
+    built-in tools out (the agent loop's last step, which must answer); `choice` overrides the request's
+    tool_choice (the agent loop's later steps are `auto`)."""
+    server = server_functions_of(request) if with_server else {}
+    functions = {**functions_of(request), **server}
+    choice = choice or choice_of(request)
     if functions and choice != "none":
         listing = "\n".join(json.dumps({"name": f.name, "description": f.description, "parameters": f.parameters})
                             for f in functions.values())
@@ -106,7 +120,9 @@ def plan(request: dict[str, Any]) -> Guide | None:
             return Guide("tools", "json_schema", json.dumps(f.parameters), f"Call the function {f.name}: answer "
                          f"with its arguments as a JSON object.\nFunction:\n{listing}", functions=functions,
                          choice=choice, streamed=grammar.held_by_grammar(f.parameters))
-        held = all(grammar.held_by_grammar(f.parameters) for f in functions.values())
+        # With built-in tools on offer nothing streams before the output is known: a call to one of them runs
+        # here and must never reach the client as a tool-call delta.
+        held = not server and all(grammar.held_by_grammar(f.parameters) for f in functions.values())
         calls = to_gbnf(json.dumps(calls_schema(functions, bool(request.get("parallel_tool_calls", True)))),
                                 root="calls")
         how = (f"To call functions, answer with {TOOL_TAG} followed by a JSON array of calls, "
@@ -114,11 +130,12 @@ def plan(request: dict[str, Any]) -> Guide | None:
         if choice == "required":
             gbnf = calls + f'\nroot ::= "{TOOL_TAG}" calls'
             return Guide("tools", "gbnf", gbnf, f"You must call a function. {how}\nFunctions:\n{listing}",
-                         functions=functions, choice=choice, streamed=held)
+                         functions=functions, choice=choice, streamed=held, server=frozenset(server))
         # auto: a call, or text that does not start with "<" (so the first character tells them apart)
         gbnf = calls + f'\nroot ::= "{TOOL_TAG}" calls | text\ntext ::= ([^<] [^\\x00]*)?'
         return Guide("tools", "gbnf", gbnf, f"You may call functions. {how} Otherwise answer in text.\n"
-                     f"Functions:\n{listing}", functions=functions, choice=choice, streamed=held)
+                     f"Functions:\n{listing}", functions=functions, choice=choice, streamed=held,
+                     server=frozenset(server))
     fmt = json.loads(request.get("response_format") or "null")
     if fmt and fmt.get("type") in ("json_object", "json_schema"):
         schema = fmt["json_schema"].get("schema") or {"type": "object"} if fmt["type"] == "json_schema" \

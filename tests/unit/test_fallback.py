@@ -81,7 +81,7 @@ async def _run(*names: str) -> tuple[Any, Events, list[str], Triton]:
                         policy=taxonomy.load().policy())
     models = [_model(n) for n in names]
     decision = Decision(models[0], "explicit", (models[0].id,), 0.0, tuple(models[1:]))
-    gen = await inference._with_fallbacks(deps, rc, decision, Built([{"role": "user", "content": "q"}], 1), 1)
+    gen = await inference._with_fallbacks(deps, rc, decision, Built([{"role": "user", "content": "q"}], 1), 1, None)
     return gen, events, ended, triton
 
 

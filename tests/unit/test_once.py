@@ -146,7 +146,7 @@ async def test_the_streamed_mark_is_written_before_the_first_chunk_can_leave() -
     rc = RequestContext(request=request, plan="free", system_prompt="", started=0.0, events=Events(),  # type: ignore[arg-type]
                         policy=taxonomy.load().policy())
     built = Built([{"role": "user", "content": "q"}], 1)
-    await inference._generate(deps, rc, model, built, epoch=1)  # type: ignore[arg-type]
+    await inference._generate(deps, rc, model, built, epoch=1, guide=None)  # type: ignore[arg-type]
     assert log[0] == "mark:streamed" and log.index("send:replies") > 0, log
 
 

@@ -1,0 +1,113 @@
+"""The agent loop's step: run the built-in tools the model called, record them, show the caller, and hand the
+model their results.
+
+inference._with_agent drives the loop (generate, run the calls, generate again, at most MAX_STEPS times, the
+last time without the built-in tools so that the model answers). This module is one step of it:
+
+- the calls run side by side, each through server_tools.run_tool (arguments checked, time-limited, a failure
+  returned to the model as an error result, never raised);
+- each result is a tool.results event (server=true), beside the tool.calls event the generation recorded;
+- the caller sees the step as one chunk whose `tool_step` the edge streams as an SSE comment line
+  (`: conflux.tool_step {...}`), which OpenAI clients skip, never as tool-call deltas (a client would try to
+  run the tools itself);
+- the results join the conversation as `tool` turns, cut to fit the model's window.
+
+A worker that dies during the loop leaves a request whose caller has seen a step: its replay ends it with an
+explicit error (streams/inference.generate), as for any answer interrupted after its first chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from streams.deps import Deps
+from streams.prompt_build import Built
+from streams.request import RequestContext
+from streams.server_tools import TOOLS, ToolContext, ToolOutcome, run_tool
+from streams.tools import TOOL_TAG, Call
+
+MAX_STEPS = 3  # rounds of built-in tool calls before the model must answer
+SHOWN_CHARS = 2000  # of each result, in the step the caller sees (the event has it whole)
+TURN_OVERHEAD = 6  # tokens a chat turn costs beyond its content (role, separators)
+
+
+def context(deps: Deps, rc: RequestContext) -> ToolContext:
+    """What the tools may use for this request: the tenant's own data only."""
+
+    async def embed(text: str) -> list[float]:
+        return [float(x) for x in (await deps.triton.embed([text]))[0]]
+
+    return ToolContext(tenant_id=rc.env["tenant_id"], vectors=deps.vectors, collection=deps.collection, embed=embed,
+                       clickhouse=deps.clickhouse, fetch_allow=rc.fetch_allow)
+
+
+async def run_step(deps: Deps, rc: RequestContext, built: Built, generated: Any, epoch: int, step: int,
+                   window: int) -> tuple[Built, int]:
+    """Runs `generated.server_calls`; returns the prompt with their results and the next chunk's sequence."""
+    calls: list[Call] = generated.server_calls
+    ctx = context(deps, rc)
+    outcomes = await asyncio.gather(*(run_tool(TOOLS[c.name], ctx, c.arguments) for c in calls))
+    for c, out in zip(calls, outcomes, strict=True):
+        await rc.events.add("tool.results", {
+            "envelope": deps.envelope(rc.env), "call_id": c.id, "content": out.content, "server": True,
+            "name": c.name, "ok": out.ok, "error_kind": out.error_kind, "latency_ms": out.latency_ms}, key=rc.key)
+    seq = await _show(deps, rc, generated.chunks_sent, epoch, step, calls, outcomes)
+    messages = _turns(deps, built, calls, outcomes, window)
+    tokens = sum(deps.tokenizer.count(m["content"]) + TURN_OVERHEAD for m in messages[len(built.messages):])
+    return Built(messages, built.prompt_tokens + tokens), seq
+
+
+def step_record(step: int, calls: list[Call], outcomes: list[ToolOutcome]) -> dict[str, Any]:
+    """What the caller sees of a step (the SSE comment line's JSON)."""
+    return {"step": step, "calls": [
+        {"id": c.id, "name": c.name, "arguments": c.arguments, "ok": out.ok,
+         "result": out.content[:SHOWN_CHARS], "latency_ms": round(out.latency_ms, 1)}
+        for c, out in zip(calls, outcomes, strict=True)]}
+
+
+async def _show(deps: Deps, rc: RequestContext, seq: int, epoch: int, step: int, calls: list[Call],
+                outcomes: list[ToolOutcome]) -> int:
+    request = rc.request
+    if seq == 0:  # as for an answer's first chunk: a replay must know the caller has seen something
+        await deps.ctx.put(rc.request_id, streamed=True)
+    chunk: dict[str, Any] = {"envelope": deps.envelope(rc.env), "sequence": seq, "text": "", "is_final": False,
+             "finish_reason": None, "error": None, "model": None, "prompt_tokens": None, "completion_tokens": None,
+             "epoch": epoch, "tool_calls": [], "logprobs": [], "choice": request.get("choice") or 0,
+             "tool_step": json.dumps(step_record(step, calls, outcomes))}
+    value = deps.serde.encode("token_chunk", chunk)
+    rc.events.track(await deps.producer.send(request["reply_topic"], value=value, key=rc.request_id.encode(),
+                                             partition=request.get("reply_partition") or 0))
+    return seq + 1
+
+
+def _turns(deps: Deps, built: Built, calls: list[Call], outcomes: list[ToolOutcome],
+           window: int) -> list[dict[str, Any]]:
+    """The conversation with the model's calls and their results appended, each result cut (evenly) so that
+    the prompt fits `window` tokens."""
+    said_text = TOOL_TAG + json.dumps([{"name": c.name, "arguments": json.loads(c.arguments)} for c in calls])
+    said = {"role": "assistant", "name": None, "content": said_text}
+    room = window - built.prompt_tokens - deps.tokenizer.count(said_text) - TURN_OVERHEAD * (len(calls) + 1)
+    share = max(room // max(len(calls), 1), 0)
+    results = [{"role": "tool", "name": None,
+                "content": fit(deps.tokenizer.count, f"[result of {c.id}] {out.content}", share)}
+               for c, out in zip(calls, outcomes, strict=True)]
+    return [*built.messages, said, *results]
+
+
+CUT = " [cut to fit the model's context]"
+
+
+def fit(count: Any, text: str, limit: int) -> str:
+    """`text`, or its longest beginning that fits `limit` tokens with a note that it was cut ("" if none does)."""
+    if count(text) <= limit:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count(text[:mid] + CUT) <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo] + CUT if lo else ""
