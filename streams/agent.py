@@ -6,6 +6,7 @@ last time without the built-in tools so that the model answers). This module is 
 
 - the calls run side by side, each through server_tools.run_tool (arguments checked, time-limited, a failure
   returned to the model as an error result, never raised);
+- a result carrying an injection attempt is withheld from the model (a TOOL safety verdict says why);
 - each result is a tool.results event (server=true), beside the tool.calls event the generation recorded;
 - the caller sees the step as one chunk whose `tool_step` the edge streams as an SSE comment line
   (`: conflux.tool_step {...}`), which OpenAI clients skip, never as tool-call deltas (a client would try to
@@ -20,8 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from dataclasses import replace
 from typing import Any
 
+from conflux.safety import check_rules
 from streams.deps import Deps
 from streams.prompt_build import Built
 from streams.request import RequestContext
@@ -40,7 +44,7 @@ def context(deps: Deps, rc: RequestContext) -> ToolContext:
         return [float(x) for x in (await deps.triton.embed([text]))[0]]
 
     return ToolContext(tenant_id=rc.env["tenant_id"], vectors=deps.vectors, collection=deps.collection, embed=embed,
-                       clickhouse=deps.clickhouse, fetch_allow=rc.fetch_allow)
+                       clickhouse=lambda: deps.clickhouse, fetch_allow=rc.fetch_allow)
 
 
 async def run_step(deps: Deps, rc: RequestContext, built: Built, generated: Any, epoch: int, step: int,
@@ -48,15 +52,33 @@ async def run_step(deps: Deps, rc: RequestContext, built: Built, generated: Any,
     """Runs `generated.server_calls`; returns the prompt with their results and the next chunk's sequence."""
     calls: list[Call] = generated.server_calls
     ctx = context(deps, rc)
-    outcomes = await asyncio.gather(*(run_tool(TOOLS[c.name], ctx, c.arguments) for c in calls))
-    for c, out in zip(calls, outcomes, strict=True):
+    outcomes = list(await asyncio.gather(*(run_tool(TOOLS[c.name], ctx, c.arguments) for c in calls)))
+    for c, out in zip(calls, outcomes, strict=True):  # as the tool returned it (the audit trail)
         await rc.events.add("tool.results", {
             "envelope": deps.envelope(rc.env), "call_id": c.id, "content": out.content, "server": True,
             "name": c.name, "ok": out.ok, "error_kind": out.error_kind, "latency_ms": out.latency_ms}, key=rc.key)
+    outcomes = [await _screened(deps, rc, c, out) for c, out in zip(calls, outcomes, strict=True)]
     seq = await _show(deps, rc, generated.chunks_sent, epoch, step, calls, outcomes)
     messages = _turns(deps, built, calls, outcomes, window)
     tokens = sum(deps.tokenizer.count(m["content"]) + TURN_OVERHEAD for m in messages[len(built.messages):])
     return Built(messages, built.prompt_tokens + tokens), seq
+
+
+WITHHELD = "[withheld: the result carried what looks like instructions to the model (prompt injection)]"
+
+
+async def _screened(deps: Deps, rc: RequestContext, call: Call, out: ToolOutcome) -> ToolOutcome:
+    """A tool's result is data, never instructions: one carrying an injection attempt (a fetched page, most
+    likely) is withheld from the model, and a TOOL verdict records which call and why."""
+    t0 = time.perf_counter()
+    rules = check_rules(out.content)
+    if not out.ok or not rules.attack:
+        return out
+    await rc.events.add("safety.verdicts", {
+        "envelope": deps.envelope(rc.env), "stage": "TOOL", "verdict": "FLAG", "categories": ["prompt_injection"],
+        "reasons": [f"{call.name} {call.id}: {', '.join(rules.reasons)}"], "score": None, "checker": "rules",
+        "latency_ms": (time.perf_counter() - t0) * 1000}, key=rc.key)
+    return replace(out, content=WITHHELD)
 
 
 def step_record(step: int, calls: list[Call], outcomes: list[ToolOutcome]) -> dict[str, Any]:

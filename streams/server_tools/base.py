@@ -35,7 +35,7 @@ class ToolContext:
     vectors: Any = None  # conflux.vectorstore store
     collection: str = "documents"
     embed: Callable[[str], Awaitable[list[float]]] | None = None
-    clickhouse: Any = None  # clickhouse-connect client
+    clickhouse: Callable[[], Any] | None = None  # gives the clickhouse-connect client (connected on first use)
     fetch_allow: tuple[str, ...] = ()  # the tenant's allow-list of hosts for fetch_url
     fetch: Any = None  # fetch_url.FetchPolicy; None: the default policy
 

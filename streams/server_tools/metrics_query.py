@@ -41,7 +41,13 @@ async def _run(ctx: ToolContext, args: dict[str, Any]) -> dict[str, Any]:
     if ctx.clickhouse is None:
         raise ToolError("no metrics store is configured for this deployment")
     query, _ = QUERIES[args["query"]]
-    rows = await asyncio.to_thread(query, _Limited(ctx.clickhouse), ctx.tenant_id, int(args["minutes"]))
+    store = ctx.clickhouse
+
+    def read() -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = query(_Limited(store()), ctx.tenant_id, int(args["minutes"]))
+        return rows
+
+    rows = await asyncio.to_thread(read)
     return {"query": args["query"], "minutes": args["minutes"], "rows": rows[:MAX_ROWS],
             "truncated": len(rows) > MAX_ROWS}
 

@@ -67,7 +67,7 @@ async def test_metrics_query_is_scoped_to_the_tenant_and_refuses_unknown_queries
         assert resp.status_code == 200, resp.text
     client = clickhouse_client(stack)
     try:
-        ctx = ToolContext(tenant_id=tenant, clickhouse=client)
+        ctx = ToolContext(tenant_id=tenant, clickhouse=lambda: client)
         deadline = time.monotonic() + 60
         while True:
             out = await run_tool(TOOLS["metrics_query"], ctx, {"query": "event_counts", "minutes": 60})
@@ -78,7 +78,7 @@ async def test_metrics_query_is_scoped_to_the_tenant_and_refuses_unknown_queries
             await asyncio.sleep(1)
         assert {r["event_type"] for r in rows} >= {"prompt_submitted", "response_delivered"}
         assert all(r["rows"] < 50 for r in rows)  # one chat's events, not the whole test session's
-        fresh = ToolContext(tenant_id=f"t-{uuid.uuid4().hex[:8]}", clickhouse=client)
+        fresh = ToolContext(tenant_id=f"t-{uuid.uuid4().hex[:8]}", clickhouse=lambda: client)
         out = await run_tool(TOOLS["metrics_query"], fresh, {"query": "event_counts", "minutes": 60})
         assert out.ok and json.loads(out.content)["rows"] == []
         for args in ({"query": "DROP TABLE events", "minutes": 5}, {"query": "event_counts", "minutes": 0},
