@@ -42,6 +42,8 @@ def evaluate(expression: str) -> int | float:
     """The value of `expression`; ToolError saying what is not allowed or cannot be computed."""
     if len(expression) > MAX_CHARS:
         raise ToolError(f"the expression is longer than {MAX_CHARS} characters")
+    if not expression.strip():
+        raise ToolError("the expression is empty: write one, such as 12*7")
     try:
         tree = ast.parse(expression.replace("^", "**"), mode="eval")
     except SyntaxError as exc:
@@ -98,6 +100,8 @@ TOOL = Tool(
     description="Evaluates an arithmetic expression exactly: numbers, + - * / // % ** (or ^), parentheses, "
                 "sqrt, exp, log(x[, base]), log10, log2, sin, cos, tan, asin, acos, atan, floor, ceil, round, "
                 "abs, min, max, factorial, and the constants pi, e, tau.",
-    parameters={"type": "object", "properties": {"expression": {"type": "string", "maxLength": MAX_CHARS}},
+    # minLength: the grammar then holds a model to writing something (SmolLM2 otherwise sends "" at times).
+    parameters={"type": "object", "properties": {"expression": {"type": "string", "minLength": 1,
+                                                                "maxLength": MAX_CHARS}},
                 "required": ["expression"], "additionalProperties": False},
     handler=_run, timeout_s=2.0)
