@@ -23,7 +23,7 @@ import asyncio
 import json
 import time
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conflux.safety import check_rules
 from streams.deps import Deps
@@ -31,6 +31,9 @@ from streams.prompt_build import Built
 from streams.request import RequestContext
 from streams.server_tools import TOOLS, ToolContext, ToolOutcome, run_tool
 from streams.tools import TOOL_TAG, Call
+
+if TYPE_CHECKING:  # inference imports this module
+    from streams.inference import Generated
 
 MAX_STEPS = 3  # rounds of built-in tool calls before the model must answer
 SHOWN_CHARS = 2000  # of each result, in the step the caller sees (the event has it whole)
@@ -47,7 +50,7 @@ def context(deps: Deps, rc: RequestContext) -> ToolContext:
                        clickhouse=lambda: deps.clickhouse, fetch_allow=rc.fetch_allow)
 
 
-async def run_step(deps: Deps, rc: RequestContext, built: Built, generated: Any, epoch: int, step: int,
+async def run_step(deps: Deps, rc: RequestContext, built: Built, generated: Generated, epoch: int, step: int,
                    window: int) -> tuple[Built, int]:
     """Runs `generated.server_calls`; returns the prompt with their results and the next chunk's sequence."""
     calls: list[Call] = generated.server_calls

@@ -5,6 +5,8 @@ The order of the chain, in one place:
     input safety  ─┐ side by side; no token leaves before the input verdict allows it
     retrieval ─► prompt build (+ session memory) ─┘
     ─► routing ─► inference (streams to the caller) ─► output safety (ends the request)
+                   └ with `server_tools`: the agent loop (streams/agent.py) runs the built-in tools the model
+                     calls and generates again, inside the inference stage
 
 Each stage is a module with one job and publishes its event to its own topic, as when each stage was an agent
 of its own; those publishes are not awaited one by one but acknowledged together (PendingEvents) before the
