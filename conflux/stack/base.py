@@ -6,10 +6,12 @@ Each service runs detached (its own session), logs to .conflux/logs/<name>.log a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +37,8 @@ class LaunchSpec:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
+    # Restarted when it crashes (conflux.stack.supervise), as compose and Kubernetes restart it in production.
+    supervised: bool = False
 
 
 class Service(ABC):
@@ -88,15 +92,19 @@ class Service(ABC):
 
     def spawn(self) -> int:
         spec = self.launch()
+        argv = spec.argv
+        if spec.supervised:
+            argv = [sys.executable, "-m", "conflux.stack.supervise", "--name", self.name, "--", *argv]
         self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **spec.env}
         with self.log_file.open("ab") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(spec.argv)}\n".encode())
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(spec.argv)}"
+                      f"{' (supervised: restarted after a crash)' if spec.supervised else ''}\n".encode())
             log.flush()
             try:
                 proc = subprocess.Popen(
-                    spec.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     env=env, cwd=spec.cwd, start_new_session=True,
                 )
             except OSError as exc:
@@ -128,6 +136,9 @@ class Service(ABC):
             time.sleep(0.1)
         if not _alive(pid):
             how = f"stopped in {time.monotonic() - t0:.1f}s"
+            # Whatever of its group outlived the leader would run on unsupervised (a Triton stub that caught
+            # SIGTERM and hung was seen doing so); nothing of a stopped service may stay behind.
+            _signal_group(pid, signal.SIGKILL)
         else:
             # Said out loud: a service that needs SIGKILL did not shut down cleanly, and its log says why.
             how = f"KILLED: still running {self.stop_timeout_s:.0f}s after SIGTERM (see {self.log_file})"
@@ -182,7 +193,8 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
     except ProcessLookupError:
         pass
     except PermissionError:
-        os.kill(pid, sig)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 def tail(path: Path, lines: int = 15) -> str:

@@ -79,7 +79,7 @@ class TritonService(Service):
             # Every model at start, and load/unload through the repository API (an operator taking one model
             # down, and the fallback tests, without restarting the server).
             "--model-control-mode=explicit", "--load-model=*",
-        ], env=env, cwd=s.home)
+        ], env=env, cwd=s.home, supervised=True)  # 2.51 can crash when a client drops its streams: supervise.py
 
     def health(self) -> Health:
         return http_probe(f"{self.settings.triton_http_url}/v2/health/ready")
