@@ -30,7 +30,7 @@ from streams.deps import Deps
 from streams.prompt_build import Built
 from streams.request import RequestContext
 from streams.server_tools import TOOLS, ToolContext, ToolOutcome, run_tool
-from streams.tools import TOOL_TAG, Call
+from streams.tools import Call, result_text, said_calls
 
 if TYPE_CHECKING:  # inference imports this module
     from streams.inference import Generated
@@ -94,16 +94,11 @@ def step_record(step: int, calls: list[Call], outcomes: list[ToolOutcome]) -> di
 
 async def _show(deps: Deps, rc: RequestContext, seq: int, epoch: int, step: int, calls: list[Call],
                 outcomes: list[ToolOutcome]) -> int:
-    request = rc.request
-    if seq == 0:  # as for an answer's first chunk: a replay must know the caller has seen something
-        await deps.ctx.put(rc.request_id, streamed=True)
     chunk: dict[str, Any] = {"envelope": deps.envelope(rc.env), "sequence": seq, "text": "", "is_final": False,
              "finish_reason": None, "error": None, "model": None, "prompt_tokens": None, "completion_tokens": None,
-             "epoch": epoch, "tool_calls": [], "logprobs": [], "choice": request.get("choice") or 0,
+             "epoch": epoch, "tool_calls": [], "logprobs": [],
              "tool_step": json.dumps(step_record(step, calls, outcomes))}
-    value = deps.serde.encode("token_chunk", chunk)
-    rc.events.track(await deps.producer.send(request["reply_topic"], value=value, key=rc.request_id.encode(),
-                                             partition=request.get("reply_partition") or 0))
+    await deps.stream_chunk(rc.request, chunk, rc.events, to_tokens=False)  # the step is on tool_call_made already
     return seq + 1
 
 
@@ -111,12 +106,12 @@ def _turns(deps: Deps, built: Built, calls: list[Call], outcomes: list[ToolOutco
            window: int) -> list[dict[str, Any]]:
     """The conversation with the model's calls and their results appended, each result cut (evenly) so that
     the prompt fits `window` tokens."""
-    said_text = TOOL_TAG + json.dumps([{"name": c.name, "arguments": json.loads(c.arguments)} for c in calls])
+    said_text = said_calls([(c.name, c.arguments) for c in calls])
     said = {"role": "assistant", "name": None, "content": said_text}
     room = window - built.prompt_tokens - deps.tokenizer.count(said_text) - TURN_OVERHEAD * (len(calls) + 1)
     share = max(room // max(len(calls), 1), 0)
     results = [{"role": "tool", "name": None,
-                "content": fit(deps.tokenizer.count, f"[result of {c.id}] {out.content}", share)}
+                "content": fit(deps.tokenizer.count, result_text(c.id, out.content), share)}
                for c, out in zip(calls, outcomes, strict=True)]
     return [*built.messages, said, *results]
 

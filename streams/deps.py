@@ -85,6 +85,25 @@ class Deps:
         except TimeoutError:
             raise ReplyTopicError(f"reply topic {request['reply_topic']} unavailable") from None
 
+    async def stream_chunk(self, request: dict[str, Any], record: dict[str, Any], events: PendingEvents, *,
+                           to_tokens: bool = True) -> None:
+        """A chunk of a streaming answer (or an agent's step line) to the caller's reply partition and, with
+        `to_tokens`, to inference.tokens. Sent, not awaited one by one: ordering holds within the partition and
+        latency stays low; `events` has every send acknowledged before the request's final chunk."""
+        request_id = request["envelope"]["request_id"]
+        if record["sequence"] == 0:
+            # A replay after a crash must know the caller may have seen part of an answer, so the mark is
+            # written *before* the first chunk can leave: written beside it, a kill -9 between the two let the
+            # replay start the answer again behind the first piece. Dying after the mark but before the send
+            # costs an explicit error, never a spliced answer.
+            await self.ctx.put(request_id, streamed=True)
+        value = self.serde.encode("token_chunk", {**record, "choice": request.get("choice") or 0})
+        key = request_id.encode()
+        events.track(await self.producer.send(request["reply_topic"], value=value, key=key,
+                                              partition=request.get("reply_partition") or 0))
+        if to_tokens:
+            events.track(await self.producer.send("inference.tokens", value=value, key=key))
+
     async def reply_final(self, request: dict[str, Any], record: dict[str, Any]) -> None:
         """The caller's final chunk. Its edge may be gone (reply topic unavailable): the request's end is
         still recorded by the caller of this, so that is logged, not raised."""

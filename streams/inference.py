@@ -203,25 +203,13 @@ async def _generate(deps: Deps, rc: RequestContext, model: ModelSpec, built: Bui
 
     async def send(text: str, tool_calls: list[dict[str, Any]] | None = None) -> None:
         nonlocal sent_chunks, last_flush
-        if sent_chunks == 0:
-            # A replay after a crash must know the caller may have seen part of an answer, so the mark is
-            # written *before* the first chunk can leave: written beside it, a kill -9 between the two let the
-            # replay start the answer again behind the first piece. Dying after the mark but before the send
-            # costs an explicit error, never a spliced answer.
-            await deps.ctx.put(rc.request_id, streamed=True)
         chunk = {"envelope": deps.envelope(rc.env), "sequence": sent_chunks, "text": text,
                  "is_final": False, "finish_reason": None, "error": None, "model": None,
                  "prompt_tokens": None, "completion_tokens": None, "epoch": epoch, "tool_calls": tool_calls or [],
-                 "logprobs": logprobs.take(len(text)), "choice": request.get("choice") or 0}
+                 "logprobs": logprobs.take(len(text))}
         sent_chunks += 1
         last_flush = time.perf_counter()
-        value = deps.serde.encode("token_chunk", chunk)
-        key = rc.request_id.encode()
-        # Enqueued, not awaited one by one: ordering holds within the partition, latency stays low. All are
-        # acknowledged (PendingEvents.settle) before the final chunk.
-        rc.events.track(await deps.producer.send(request["reply_topic"], value=value, key=key,
-                                                 partition=request.get("reply_partition") or 0))
-        rc.events.track(await deps.producer.send("inference.tokens", value=value, key=key))
+        await deps.stream_chunk(request, chunk, rc.events)
 
     async def sender() -> None:
         """Sends what the checks clear as they clear it: the first piece at once (time to first token), later

@@ -79,11 +79,14 @@ def functions_of(request: dict[str, Any]) -> dict[str, Function]:
 def server_functions_of(request: dict[str, Any]) -> dict[str, Function]:
     """The built-in tools the request asks the worker to run, as functions; a client function of the same name
     stays the client's (README, server-side tools)."""
+    raw = request.get("server_tools")
+    if not raw:  # nearly every chat: nothing to parse
+        return {}
     from streams.server_tools import TOOLS
 
     client = functions_of(request)
     return {n: Function(n, TOOLS[n].description, TOOLS[n].parameters)
-            for n in json.loads(request.get("server_tools") or "[]") if n in TOOLS and n not in client}
+            for n in json.loads(raw) if n in TOOLS and n not in client}
 
 
 def choice_of(request: dict[str, Any]) -> str:
@@ -312,12 +315,21 @@ def render_message(m: dict[str, Any]) -> tuple[str, str]:
     model is asked to produce, a tool's result as a `tool` turn."""
     content = m.get("content") or ""
     if m["role"] == "assistant" and m.get("tool_calls"):
-        calls = [{"name": c["function"]["name"], "arguments": json.loads(c["function"].get("arguments") or "{}")}
-                 for c in json.loads(m["tool_calls"])]
-        content = f"{content}{TOOL_TAG}{json.dumps(calls)}"
+        content += said_calls([(c["function"]["name"], c["function"].get("arguments") or "{}")
+                               for c in json.loads(m["tool_calls"])])
     if m["role"] == "tool" and m.get("tool_call_id"):
-        content = f"[result of {m['tool_call_id']}] {content}"
+        content = result_text(m["tool_call_id"], content)
     return m["role"], content
+
+
+def said_calls(calls: list[tuple[str, str]]) -> str:
+    """(name, JSON arguments) pairs as the model is asked to write its calls, for a prompt's assistant turn."""
+    return TOOL_TAG + json.dumps([{"name": name, "arguments": json.loads(args)} for name, args in calls])
+
+
+def result_text(call_id: str, content: str) -> str:
+    """A tool's result as a prompt's `tool` turn shows it: which call it answers, then what it returned."""
+    return f"[result of {call_id}] {content}"
 
 
 def new_results(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -20,16 +20,16 @@ from conflux.config import Settings
 from conflux.inference import embed
 from conflux.redis_client import redis_client
 from conflux.tenants import ApiKeyStore
-from conflux.vectorstore import open_vector_store
+from conflux.vectorstore import VectorStore, open_vector_store
 from streams.server_tools import TOOLS, ToolContext, run_tool
 from tests.integration.helpers import ingest_document, new_tenant_key
 
 
-def _context(stack: Settings, tenant: str, **extra: Any) -> ToolContext:
+def _context(stack: Settings, tenant: str, vectors: VectorStore | None = None, **extra: Any) -> ToolContext:
     async def embed_one(text: str) -> list[float]:
         return [float(x) for x in (await embed(stack.triton_grpc_url, [text]))[0]]
 
-    return ToolContext(tenant_id=tenant, vectors=open_vector_store(stack), embed=embed_one, **extra)
+    return ToolContext(tenant_id=tenant, vectors=vectors, embed=embed_one, **extra)
 
 
 async def _search(ctx: ToolContext, query: str, until: str | None = None, wait_s: float = 60) -> dict[str, Any]:
@@ -48,14 +48,18 @@ async def test_search_knowledge_reads_only_the_calling_tenants_documents(stack: 
     marker = uuid.uuid4().hex[:8]
     ingest_document(stack, key_a, f"Refunds at Acme {marker} are paid within 45 days of the request.")
     ingest_document(stack, key_b, f"Refunds at Globex {marker} are never paid; store credit only.")
-    found = await _search(_context(stack, tenant_a), "how long do refunds take", until=marker)
-    texts = [r["text"] for r in found["results"]]
-    assert any("45 days" in t for t in texts), texts
-    assert not any("Globex" in t for t in texts)  # tenant B's document, although it matches as well
-    other = await _search(_context(stack, tenant_b), "how long do refunds take", until=marker)
-    assert not any("Acme" in r["text"] for r in other["results"])
-    nobody = await _search(_context(stack, f"t-{uuid.uuid4().hex[:8]}"), "refunds")
-    assert nobody["results"] == []
+    vectors = open_vector_store(stack)  # one client for the test, closed at its end
+    try:
+        found = await _search(_context(stack, tenant_a, vectors), "how long do refunds take", until=marker)
+        texts = [r["text"] for r in found["results"]]
+        assert any("45 days" in t for t in texts), texts
+        assert not any("Globex" in t for t in texts)  # tenant B's document, although it matches as well
+        other = await _search(_context(stack, tenant_b, vectors), "how long do refunds take", until=marker)
+        assert not any("Acme" in r["text"] for r in other["results"])
+        nobody = await _search(_context(stack, f"t-{uuid.uuid4().hex[:8]}", vectors), "refunds")
+        assert nobody["results"] == []
+    finally:
+        vectors.close()
 
 
 async def test_metrics_query_is_scoped_to_the_tenant_and_refuses_unknown_queries(stack: Settings) -> None:
