@@ -225,19 +225,33 @@ def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _set_tools(settings: Settings, args: argparse.Namespace) -> int:
-    if args.fetch_allow is None and not args.clear:
-        raise Refused("nothing to set: --fetch-allow HOST,.DOMAIN,... (hosts the fetch_url tool may read) or --clear")
-    hosts = [] if args.clear else args.fetch_allow.split(",")
+    if args.fetch_allow is None and args.default_tools is None and not args.clear:
+        raise Refused("nothing to set: --fetch-allow HOST,.DOMAIN,... (hosts the fetch_url tool may read), "
+                      "--default-tools NAME,... (built-in tools a chat gets when it names none) or --clear")
+    from streams.server_tools import TOOLS
 
-    async def act(store: Any) -> tuple[str, ...]:
+    hosts = [] if args.clear else None if args.fetch_allow is None else args.fetch_allow.split(",")
+    names = [] if args.clear else None if args.default_tools is None else args.default_tools.split(",")
+
+    async def act(store: Any) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+        allowed = tools = None
         try:
-            allowed: tuple[str, ...] = await store.set_fetch_allow(args.tenant, hosts)
+            if names is not None:
+                tools = await store.set_server_tools(args.tenant, names, frozenset(TOOLS))
+        except ValueError as exc:
+            raise Refused(f"--default-tools: {exc}") from None
+        try:
+            if hosts is not None:
+                allowed = await store.set_fetch_allow(args.tenant, hosts)
         except ValueError as exc:
             raise Refused(f"--fetch-allow: {exc}") from None
-        return allowed
+        return allowed, tools
 
-    allowed = _with_store(settings, act)
-    _progress(f"fetch_url for tenant {args.tenant}: " + (", ".join(allowed) if allowed else "no hosts"))
+    allowed, tools = _with_store(settings, act)
+    if allowed is not None:
+        _progress(f"fetch_url for tenant {args.tenant}: " + (", ".join(allowed) if allowed else "no hosts"))
+    if tools is not None:
+        _progress(f"default server tools for tenant {args.tenant}: " + (", ".join(tools) if tools else "none"))
     return 0
 
 
@@ -416,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tenants", help="tenant settings: set-policy (what each safety category does for a "
                        "tenant), set-budget (spend limits of the tenant, or of one key with --id), set-cache "
                        "(the response cache's TTL and the semantic cache's threshold, or off), set-tools (the "
-                       "hosts the fetch_url server tool may read)")
+                       "hosts the fetch_url server tool may read, the built-in tools a chat gets by default)")
     p.add_argument("action", choices=["set-policy", "set-budget", "set-cache", "set-tools"])
     p.add_argument("--tenant", required=True)
     for action in ("block", "flag", "allow"):
@@ -424,9 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"set-policy: comma-separated taxonomy ids to {action} (infra/safety_taxonomy.toml)")
     p.add_argument("--id", help="set-budget: one key's budget (its id, from `keys list`) instead of the tenant's")
     p.add_argument("--clear", action="store_true",
-                   help="set-budget: remove the budget; set-cache: the default TTL and threshold; set-tools: no hosts")
+                   help="set-budget: remove the budget; set-cache: the default TTL and threshold; "
+                   "set-tools: no hosts and no default tools")
     p.add_argument("--fetch-allow", default=None, metavar="HOSTS",
                    help="set-tools: comma-separated host names fetch_url may read (.example.com: with subdomains)")
+    p.add_argument("--default-tools", default=None, metavar="NAMES",
+                   help="set-tools: comma-separated built-in tools a chat of the tenant gets when it names none "
+                   "itself (\"\": none)")
     p.add_argument("--cache-ttl", type=int, default=None, help="set-cache: seconds a cached answer is kept (0: off)")
     p.add_argument("--semantic-threshold", type=float, default=None, metavar="SIMILARITY",
                    help="set-cache: cosine similarity at which a near-duplicate question is answered from the "

@@ -42,6 +42,7 @@ class Tenant:
     semantic_threshold: float | None = None  # the semantic cache's: None the platform's, 0 off
     safety_policy: str | None = None  # as stored (taxonomy.tenant_policy reads it): the edge judges a semantic hit
     fetch_allow: tuple[str, ...] = ()  # hosts the fetch_url tool may read for this tenant (".example.com": subdomains)
+    server_tools: tuple[str, ...] = ()  # built-in tools a chat of this tenant gets when it names none itself
 
     @property
     def spend_scopes(self) -> list[tuple[str, Budget | None]]:
@@ -185,11 +186,12 @@ class ApiKeyStore:
         state = b"\x00".join(tenant.get(f, b"") for f in (b"system_prompt", b"safety_policy", b"docs_version"))
         ttl, semantic, policy = (tenant.get(f) for f in (b"cache_ttl_s", b"semantic_threshold", b"safety_policy"))
         fetch_allow = tuple(json.loads(tenant[b"fetch_allow"])) if b"fetch_allow" in tenant else ()
+        server_tools = tuple(json.loads(tenant[b"server_tools"])) if b"server_tools" in tenant else ()
         return Tenant(tenant_id, _s(tenant[b"plan"]), _s(tenant.get(b"system_prompt", b"")),
                       KEY_ID_PREFIX + digest[:KEY_ID_CHARS], Budget.from_json(tenant.get(b"budget")),
                       Budget.from_json(record.get(b"budget")), hashlib.sha256(state).hexdigest()[:16],
                       None if ttl is None else int(ttl), None if semantic is None else float(semantic),
-                      None if policy is None else _s(policy), fetch_allow)
+                      None if policy is None else _s(policy), fetch_allow, server_tools)
 
     async def set_cache_ttl(self, tenant_id: str, ttl_s: int | None) -> None:
         """The tenant's response-cache TTL in seconds (0: off; None: the platform's default)."""
@@ -209,6 +211,16 @@ class ApiKeyStore:
             if not HOST.fullmatch(host):
                 raise ValueError(f"{host!r} is not a host name or .domain (no scheme, path, port or *)")
         await self._set_or_clear(tenant_id, "fetch_allow", json.dumps(list(clean)) if clean else None)
+        return clean
+
+    async def set_server_tools(self, tenant_id: str, names: list[str], known: frozenset[str]) -> tuple[str, ...]:
+        """The built-in tools a chat of the tenant gets when it names none itself (empty: none). `known` is
+        what the workers can run (streams.server_tools.TOOLS: the edge and the CLI pass it in)."""
+        clean = tuple(dict.fromkeys(n.strip() for n in names if n.strip()))
+        unknown = sorted(set(clean) - known)
+        if unknown:
+            raise ValueError(f"no built-in tool named {unknown[0]!r} (there are {', '.join(sorted(known))})")
+        await self._set_or_clear(tenant_id, "server_tools", json.dumps(list(clean)) if clean else None)
         return clean
 
     async def _set_or_clear(self, tenant_id: str, field: str, value: str | None) -> None:

@@ -200,6 +200,16 @@ class ChatService:
         ids = tuple(self._ids.new(tenant.tenant_id) for _ in range(n))
         return Admitted(ids, conversation_id or ids[0], max_tokens, model, limits, tuple(budgets), standing)
 
+    def can_guide(self, model_id: str, plan_name: str) -> bool:
+        """Whether `model_id` can constrain its output (tools, JSON): for auto, whether the plan has a model that
+        can (auto picks it); an unknown or disallowed name is refused by admit either way."""
+        if model_id == "auto":
+            return any(m.guided_decoding for m in self.models_for(self._models.plan(plan_name)))
+        try:
+            return self._models.get(model_id).guided_decoding
+        except CatalogueModelError:
+            return True
+
     def _refuse_incapable(self, model: ModelSpec, req: ChatCompletionRequest) -> None:
         """ApiError(400) when the request needs what the model named cannot do (auto picks a model that can)."""
         needs: list[tuple[str, str, Callable[[ModelSpec], bool]]] = []

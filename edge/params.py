@@ -211,6 +211,22 @@ def refuse_unsupported(req: ChatCompletionRequest) -> None:
                                "(JSON text)", param=f"messages[{i}].tool_calls", code="invalid_value")
 
 
+def with_tenant_tools(req: ChatCompletionRequest, defaults: tuple[str, ...],
+                      can_guide: Callable[[str], bool]) -> ChatCompletionRequest:
+    """The request with the tenant's default built-in tools (`conflux tenants set-tools --default-tools`), when it
+    names none itself (`"server_tools": []` opts out) and nothing in it rules tools out. A default never turns a
+    request the platform accepts into one it refuses: with `tool_choice: none`, a JSON answer, a named model
+    that cannot constrain its output, or any other field that does not go with tools, the request runs as sent."""
+    if not defaults or req.server_tools is not None or req.tool_choice == "none" or not can_guide(req.model):
+        return req
+    with_tools = req.model_copy(update={"server_tools": list(defaults)})
+    try:
+        refuse_unsupported(with_tools)
+    except ApiError:
+        return req
+    return with_tools
+
+
 def _is_json(text: Any) -> bool:
     try:
         json.loads(text if isinstance(text, str) else "x")

@@ -16,7 +16,7 @@ from conflux.tenants import AuthError, Tenant
 from edge.chat import ChatService, Completion, chain_error
 from edge.embeddings import MODEL as EMBEDDING_MODEL
 from edge.errors import ApiError, sse
-from edge.params import refuse_unsupported
+from edge.params import refuse_unsupported, with_tenant_tools
 from edge.protocol import ChatCompletionRequest, FeedbackRequest
 
 router = APIRouter()
@@ -95,6 +95,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
     tenant = await _tenant(request, authorization)
     refuse_unsupported(body)
     svc = _svc(request)
+    body = with_tenant_tools(body, tenant.server_tools, lambda model: svc.can_guide(model, tenant.plan))
     if idempotency_key:
         stored = await svc.idempotent_start(tenant.tenant_id, idempotency_key)
         if stored is not None:

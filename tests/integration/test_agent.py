@@ -6,6 +6,8 @@ counts every step."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -91,3 +93,19 @@ def test_an_unknown_server_tool_is_refused_by_name(stack: Settings, key: str) ->
                       headers={"Authorization": f"Bearer {key}"},
                       json={"model": "echo", "messages": ASK, "server_tools": ["calculator"]})
     assert echo.status_code == 400 and echo.json()["error"]["param"] == "server_tools"  # echo cannot call tools
+
+
+def test_a_tenants_default_tools_run_unless_the_chat_opts_out(stack: Settings) -> None:
+    tenant, key = new_tenant_key_sync(stack, "pro")
+    set_tools = subprocess.run([sys.executable, "-m", "conflux.cli", "tenants", "set-tools", "--tenant", tenant,
+                                "--default-tools", "calculator"], capture_output=True, text=True, timeout=60)
+    assert set_tools.returncode == 0, set_tools.stderr
+    body = {"model": MODEL, "messages": ASK, "temperature": 0, "max_tokens": 30}
+    steps, _ = _stream(stack, key, {**body, "tool_choice": "required"})  # names no server_tools: gets the default
+    assert steps and steps[0]["calls"][0]["name"] == "calculator"
+    opted_out, chunks = _stream(stack, key, {**body, "server_tools": []})
+    assert not opted_out and "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    # A model that cannot constrain its output answers as before, not with a refusal the tenant's default caused.
+    _, echoed = _stream(stack, key, {"model": "echo", "messages": [{"role": "user", "content": "plain echo"}],
+                                     "max_tokens": 2})
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in echoed if c["choices"]) == "plain echo"

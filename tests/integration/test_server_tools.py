@@ -112,3 +112,27 @@ async def test_the_fetch_allow_list_is_a_tenant_setting(stack: Settings) -> None
     assert ok.returncode == 0 and "api.example.com" in ok.stderr + ok.stdout
     bad = subprocess.run([*cli, "--fetch-allow", "*.example.com"], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "not a host name" in bad.stderr
+
+
+async def test_default_tools_are_a_tenant_setting(stack: Settings) -> None:
+    tenant, key = await new_tenant_key(stack)
+    redis = redis_client(stack.redis_url)
+    try:
+        store = ApiKeyStore(redis)
+        known = frozenset(TOOLS)
+        assert await store.set_server_tools(tenant, ["calculator", " search_knowledge", "calculator"], known) == \
+            ("calculator", "search_knowledge")
+        assert (await store.authenticate(key)).server_tools == ("calculator", "search_knowledge")
+        with pytest.raises(ValueError, match="no built-in tool named 'shell'"):
+            await store.set_server_tools(tenant, ["shell"], known)
+        await store.set_server_tools(tenant, [], known)
+        assert (await store.authenticate(key)).server_tools == ()
+    finally:
+        await redis.aclose()
+    cli = [sys.executable, "-m", "conflux.cli", "tenants", "set-tools", "--tenant", tenant]
+    ok = subprocess.run([*cli, "--default-tools", "calculator"], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "default server tools for tenant" in ok.stderr + ok.stdout
+    bad = subprocess.run([*cli, "--default-tools", "shell"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "no built-in tool named 'shell'" in bad.stderr
+    cleared = subprocess.run([*cli, "--clear"], capture_output=True, text=True, timeout=60)
+    assert cleared.returncode == 0 and "none" in cleared.stderr + cleared.stdout

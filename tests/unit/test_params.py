@@ -132,3 +132,31 @@ def test_a_chain_refusal_keeps_its_status_and_a_failure_is_the_platforms() -> No
     assert (too_long.status, too_long.code, too_long.type) == (400, "context_length_exceeded", "invalid_request_error")
     failed = chain_error({"finish_reason": "error", "error": "the model server failed"})
     assert (failed.status, failed.code) == (502, "generation_failed")
+
+
+DEFAULTS = ("calculator", "search_knowledge")
+HI: Any = [{"role": "user", "content": "hi"}]
+
+
+def _with_defaults(can_guide: bool = True, **fields: Any) -> ChatCompletionRequest:
+    return params.with_tenant_tools(ChatCompletionRequest(model="auto", messages=HI, **fields), DEFAULTS,
+                                    lambda model: can_guide)
+
+
+def test_a_tenants_default_tools_go_to_a_chat_that_names_none() -> None:
+    assert _with_defaults().server_tools == list(DEFAULTS)
+    assert _with_defaults(server_tools=["calculator"]).server_tools == ["calculator"]  # its own choice stands
+    assert _with_defaults(server_tools=[]).server_tools == []  # an explicit opt-out
+    plain = ChatCompletionRequest(model="auto", messages=HI)
+    assert params.with_tenant_tools(plain, (), lambda model: True) is plain
+
+
+@pytest.mark.parametrize("fields, can_guide", [
+    ({"tool_choice": "none"}, True),
+    ({"response_format": {"type": "json_object"}}, True),  # JSON together with tools is refused: no default
+    ({}, False),  # a named model that cannot constrain its output
+])
+def test_a_default_never_turns_an_accepted_request_into_a_refused_one(fields: dict[str, Any], can_guide: bool) -> None:
+    req = _with_defaults(can_guide, **fields)
+    assert req.server_tools is None
+    params.refuse_unsupported(req)
