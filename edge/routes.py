@@ -93,9 +93,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
                            x_conversation_id: str | None = Header(default=None),
                            cache_control: str | None = Header(default=None)) -> Any:
     tenant = await _tenant(request, authorization)
-    refuse_unsupported(body)
     svc = _svc(request)
+    # Before the checks: `tool_choice: required` is valid for a tenant whose default tools the chat gets.
     body = with_tenant_tools(body, tenant.server_tools, lambda model: svc.can_guide(model, tenant.plan))
+    refuse_unsupported(body)
     if idempotency_key:
         stored = await svc.idempotent_start(tenant.tenant_id, idempotency_key)
         if stored is not None:

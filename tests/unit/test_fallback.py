@@ -4,6 +4,7 @@ hands the request to the next fallback, recorded as a routing decision; after th
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,6 +15,7 @@ from conflux.inference import InferenceError, Piece
 from conflux.routing import Decision
 from conflux.safety_model import Judgement
 from streams import inference
+from streams.deps import Deps
 from streams.prompt_build import Built
 from streams.request import RequestContext
 
@@ -74,6 +76,7 @@ async def _run(*names: str) -> tuple[Any, Events, list[str], Triton]:
         ctx=SimpleNamespace(put=noop, cancelled=lambda rid: asyncio.sleep(0, False)), envelope=lambda env: env,
         inference_timeout_s=30.0, first_token_timeout_s=0.2, finish_with_error=finish_with_error,
         safety=SimpleNamespace(judge=lambda vec: Judgement(0.0, False, "hate", 0.0, {})))
+    deps.stream_chunk = partial(Deps.stream_chunk, deps)  # the real one, over these fakes
     events = Events()
     request = {"model": "m-a", "max_tokens": 4, "temperature": 0.0, "reply_topic": "replies", "reply_partition": 0,
                "envelope": {"request_id": "r1", "conversation_id": "c1"}, "messages": []}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from conflux import taxonomy
 from conflux.promserve import Metrics
 from conflux.safety_model import Judgement
+from streams.deps import Deps
 from streams.once import Claim, Once
 from streams.prompt_build import Built, recall
 from streams.request import RequestContext
@@ -141,6 +143,7 @@ async def test_the_streamed_mark_is_written_before_the_first_chunk_can_leave() -
         producer=Producer(), ctx=Ctx(), triton=Triton(), serde=SimpleNamespace(encode=lambda name, record: b"x"),
         envelope=lambda env: env, inference_timeout_s=5.0,
         safety=SimpleNamespace(judge=lambda vec: Judgement(0.0, False, "hate", 0.0, {})))
+    deps.stream_chunk = partial(Deps.stream_chunk, deps)  # the real one, over these fakes
     request = {"max_tokens": 2, "temperature": 0.0, "reply_topic": "replies", "reply_partition": 0,
                "envelope": {"request_id": "r1", "conversation_id": "c1"}, "messages": []}
     rc = RequestContext(request=request, plan="free", system_prompt="", started=0.0, events=Events(),  # type: ignore[arg-type]

@@ -160,3 +160,9 @@ def test_a_default_never_turns_an_accepted_request_into_a_refused_one(fields: di
     req = _with_defaults(can_guide, **fields)
     assert req.server_tools is None
     params.refuse_unsupported(req)
+
+
+def test_tool_choice_required_is_valid_with_the_tenants_default_tools() -> None:
+    params.refuse_unsupported(_with_defaults(tool_choice="required"))
+    with pytest.raises(ApiError, match="required needs tools"):  # without a default, as before
+        params.refuse_unsupported(ChatCompletionRequest(model="auto", messages=HI, tool_choice="required"))
