@@ -22,6 +22,9 @@ from tests.integration.test_conversation import events_of
 MODEL = "smollm2-135m-instruct"
 ASK: Any = [{"role": "user", "content": "What is 12 times 7? Use the calculator."}]
 STEP = ": conflux.tool_step "
+# Tokens enough for any call the grammar allows to end (calculator.MAX_CHARS of expression, one character a token
+# at worst, and the envelope): cut short, a 135M model's call would be whatever it happened to write first.
+CALL_ROOM = 160
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +50,7 @@ async def test_a_server_tool_runs_in_the_worker_and_the_caller_sees_the_step(sta
     since = int(time.time() * 1000) - 1000
     steps, chunks = _stream(stack, key, {
         "model": MODEL, "messages": ASK, "server_tools": ["calculator"], "tool_choice": "required",
-        "temperature": 0, "max_tokens": 40, "stream_options": {"include_usage": True}})
+        "temperature": 0, "max_tokens": CALL_ROOM, "stream_options": {"include_usage": True}})
     assert steps and steps[0]["step"] == 1
     call = steps[0]["calls"][0]
     assert call["name"] == "calculator" and call["id"].startswith("call_")
@@ -100,7 +103,7 @@ def test_a_tenants_default_tools_run_unless_the_chat_opts_out(stack: Settings) -
     set_tools = subprocess.run([sys.executable, "-m", "conflux.cli", "tenants", "set-tools", "--tenant", tenant,
                                 "--default-tools", "calculator"], capture_output=True, text=True, timeout=60)
     assert set_tools.returncode == 0, set_tools.stderr
-    body = {"model": MODEL, "messages": ASK, "temperature": 0, "max_tokens": 30}
+    body = {"model": MODEL, "messages": ASK, "temperature": 0, "max_tokens": CALL_ROOM}
     steps, _ = _stream(stack, key, {**body, "tool_choice": "required"})  # names no server_tools: gets the default
     assert steps and steps[0]["calls"][0]["name"] == "calculator"
     opted_out, chunks = _stream(stack, key, {**body, "server_tools": []})
