@@ -67,7 +67,11 @@ def leftovers(pgid: int, keep: int) -> list[int]:
 
 
 def kill_leftovers() -> int:
-    """SIGKILLs the rest of this process's group, so nothing of a crashed server outlives it. How many."""
+    """SIGKILLs the rest of this process's group, so nothing of a crashed server outlives it. How many. Only
+    when the supervisor leads its group (the stack starts it in a session of its own): run from a script
+    without one, the group would hold the script too."""
+    if os.getpgid(0) != os.getpid():
+        return 0
     pids = leftovers(os.getpgid(0), os.getpid())
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -77,13 +81,11 @@ def kill_leftovers() -> int:
 
 class Supervisor:
     def __init__(self, name: str, argv: list[str], *, max_restarts: int = MAX_RESTARTS, window_s: float = WINDOW_S,
-                 spawn: Callable[[list[str]], subprocess.Popen[bytes]] | None = None,
                  clean_up: Callable[[], int] = kill_leftovers) -> None:
         self.name = name
         self.argv = argv
         self.max_restarts = max_restarts
         self.window_s = window_s
-        self._spawn = spawn or (lambda a: subprocess.Popen(a))
         self._clean_up = clean_up
         self.child: subprocess.Popen[bytes] | None = None
         self.stopping = False
@@ -98,10 +100,12 @@ class Supervisor:
         pause = FIRST_PAUSE_S
         while True:
             try:
-                self.child = self._spawn(self.argv)
+                self.child = subprocess.Popen(self.argv)
             except OSError as exc:
                 say(self.name, f"cannot start {self.argv[0]}: {exc}")
                 return 127
+            if self.stopping:  # asked while it was being started: the signal may have missed it
+                self.child.terminate()
             code = self.child.wait()
             if self.stopping or not is_crash(code):
                 if not self.stopping:
