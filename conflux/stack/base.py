@@ -22,6 +22,7 @@ from pathlib import Path
 
 from conflux.config import Settings
 from conflux.errors import ServiceError
+from conflux.stack.supervise import group_members
 
 Progress = Callable[[str], None]
 
@@ -164,16 +165,12 @@ class Service(ABC):
         if pid is None:
             return None
         total_kb = 0
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
+        for member in group_members(pid):
             try:
-                if os.getpgid(int(entry.name)) != pid:
-                    continue
-                for line in (entry / "status").read_text().splitlines():
+                for line in Path(f"/proc/{member}/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):
                         total_kb += int(line.split()[1])
-            except (OSError, ValueError, ProcessLookupError):
+            except (OSError, ValueError):
                 continue
         return round(total_kb / 1024, 1)
 

@@ -50,12 +50,13 @@ def is_crash(returncode: int) -> bool:
     return returncode < 0 and -returncode not in ASKED_TO_STOP
 
 
-def leftovers(pgid: int, keep: int) -> list[int]:
-    """Live processes of a process group other than `keep`: what a crashed server leaves behind (Triton's
-    Python-backend stubs notice their server's death, and some of them then hang instead of exiting)."""
+def group_members(pgid: int, but: int = 0) -> list[int]:
+    """Live processes of a process group (zombies left out), except `but`. What a crashed server leaves behind
+    (Triton's Python-backend stubs notice their server's death, and some of them then hang instead of exiting);
+    also what a service's memory is summed over (Service.rss_mb)."""
     found = []
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != keep:
+        if entry.isdigit() and int(entry) != but:
             try:
                 with open(f"/proc/{entry}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
@@ -72,7 +73,7 @@ def kill_leftovers() -> int:
     without one, the group would hold the script too."""
     if os.getpgid(0) != os.getpid():
         return 0
-    pids = leftovers(os.getpgid(0), os.getpid())
+    pids = group_members(os.getpgid(0), but=os.getpid())
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

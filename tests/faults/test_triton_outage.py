@@ -7,17 +7,18 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import openai
 
 from conflux.config import Settings
 from conflux.stack import manager
+from conflux.stack.supervise import group_members
 from tests.faults.helpers import responses_by_request
 
 
 def test_requests_fail_fast_while_triton_is_down_and_succeed_after(stack: Settings) -> None:
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{stack.edge_port}/v1", max_retries=0, timeout=30,
-                           api_key=(stack.home / "dev-api-key").read_text().strip())
+    client = _client(stack)
     triton = manager.by_name(stack, "triton")
     triton.stop()
     try:
@@ -34,16 +35,8 @@ def test_requests_fail_fast_while_triton_is_down_and_succeed_after(stack: Settin
         assert time.monotonic() - t0 < 10
     finally:
         manager.up(stack, lambda m: None, ["triton"])
-    deadline = time.monotonic() + 10  # recovery: the worker reconnects within about a second
-    while True:
-        try:
-            answer = client.chat.completions.create(model="echo", max_tokens=2,
-                                                    messages=[{"role": "user", "content": "back again"}])
-            break
-        except openai.APIStatusError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    # Recovery: the worker reconnects within about a second.
+    answer = _echo_when_back(client, "back again", time.monotonic() + 10)
     assert answer.choices[0].message.content == "back again"
     # The record agrees: one final event each, an error for the request Triton could not serve.
     ended = responses_by_request(stack, [failed, answer.id])
@@ -52,23 +45,35 @@ def test_requests_fail_fast_while_triton_is_down_and_succeed_after(stack: Settin
 
 
 def _tritonserver_pid(supervisor: int) -> int:
-    """The tritonserver process under the stack's supervisor (same process group, not a backend stub)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != supervisor:
-            try:
-                if os.getpgid(int(entry.name)) == supervisor and \
-                        (entry / "cmdline").read_bytes().split(b"\0")[0].endswith(b"/tritonserver"):
-                    return int(entry.name)
-            except (OSError, ProcessLookupError):
-                continue
+    """The tritonserver process under the stack's supervisor (its process group, not a backend stub)."""
+    for pid in group_members(supervisor, but=supervisor):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"/tritonserver"):
+                return pid
     raise AssertionError(f"no tritonserver in process group {supervisor}")
+
+
+def _client(stack: Settings) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{stack.edge_port}/v1", max_retries=0, timeout=30,
+                         api_key=(stack.home / "dev-api-key").read_text().strip())
+
+
+def _echo_when_back(client: openai.OpenAI, text: str, deadline: float) -> Any:
+    """An echo chat of `text`, retried until Triton serves again (an error after `deadline`)."""
+    while True:
+        try:
+            return client.chat.completions.create(model="echo", max_tokens=len(text.split()),
+                                                  messages=[{"role": "user", "content": text}])
+        except openai.APIStatusError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def test_a_crashed_triton_is_restarted_and_chats_resume(stack: Settings) -> None:
     """Triton 2.51 can die of SIGSEGV when a client drops its streams (conflux/stack/supervise.py says why):
     the stack restarts it, as compose and Kubernetes would, and the worker uses the new one by itself."""
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{stack.edge_port}/v1", max_retries=0, timeout=30,
-                           api_key=(stack.home / "dev-api-key").read_text().strip())
+    client = _client(stack)
     triton = manager.by_name(stack, "triton")
     supervisor = triton.pid()
     assert supervisor is not None
@@ -81,15 +86,7 @@ def test_a_crashed_triton_is_restarted_and_chats_resume(stack: Settings) -> None
                 break
         assert time.monotonic() < deadline, "Triton was not restarted"
         time.sleep(0.2)
-    while True:
-        try:
-            answer = client.chat.completions.create(model="echo", max_tokens=3,
-                                                    messages=[{"role": "user", "content": "after the crash"}])
-            break
-        except openai.APIStatusError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+    answer = _echo_when_back(client, "after the crash", deadline)
     assert answer.choices[0].message.content == "after the crash"
     assert triton.pid() == supervisor
     assert triton.health().ok

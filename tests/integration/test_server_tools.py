@@ -32,6 +32,12 @@ def _context(stack: Settings, tenant: str, vectors: VectorStore | None = None, *
     return ToolContext(tenant_id=tenant, vectors=vectors, embed=embed_one, **extra)
 
 
+def _set_tools(tenant: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    """`conflux tenants set-tools --tenant TENANT FLAGS...`, as an operator runs it."""
+    return subprocess.run([sys.executable, "-m", "conflux.cli", "tenants", "set-tools", "--tenant", tenant, *flags],
+                          capture_output=True, text=True, timeout=60)
+
+
 async def _search(ctx: ToolContext, query: str, until: str | None = None, wait_s: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + wait_s
     while True:
@@ -107,10 +113,9 @@ async def test_the_fetch_allow_list_is_a_tenant_setting(stack: Settings) -> None
         assert (await store.authenticate(key)).fetch_allow == ()
     finally:
         await redis.aclose()
-    cli = [sys.executable, "-m", "conflux.cli", "tenants", "set-tools", "--tenant", tenant]
-    ok = subprocess.run([*cli, "--fetch-allow", "api.example.com"], capture_output=True, text=True, timeout=60)
+    ok = _set_tools(tenant, "--fetch-allow", "api.example.com")
     assert ok.returncode == 0 and "api.example.com" in ok.stderr + ok.stdout
-    bad = subprocess.run([*cli, "--fetch-allow", "*.example.com"], capture_output=True, text=True, timeout=60)
+    bad = _set_tools(tenant, "--fetch-allow", "*.example.com")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "not a host name" in bad.stderr
 
 
@@ -129,10 +134,9 @@ async def test_default_tools_are_a_tenant_setting(stack: Settings) -> None:
         assert (await store.authenticate(key)).server_tools == ()
     finally:
         await redis.aclose()
-    cli = [sys.executable, "-m", "conflux.cli", "tenants", "set-tools", "--tenant", tenant]
-    ok = subprocess.run([*cli, "--default-tools", "calculator"], capture_output=True, text=True, timeout=60)
+    ok = _set_tools(tenant, "--default-tools", "calculator")
     assert ok.returncode == 0 and "default server tools for tenant" in ok.stderr + ok.stdout
-    bad = subprocess.run([*cli, "--default-tools", "shell"], capture_output=True, text=True, timeout=60)
+    bad = _set_tools(tenant, "--default-tools", "shell")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "no built-in tool named 'shell'" in bad.stderr
-    cleared = subprocess.run([*cli, "--clear"], capture_output=True, text=True, timeout=60)
+    cleared = _set_tools(tenant, "--clear")
     assert cleared.returncode == 0 and "none" in cleared.stderr + cleared.stdout

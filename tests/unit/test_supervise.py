@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conflux.stack.supervise import Supervisor, describe, is_crash, leftovers
+from conflux.stack.supervise import Supervisor, describe, group_members, is_crash
 
 
 def NONE() -> int:  # in-process runs share pytest's process group: never kill what is in it
@@ -86,7 +86,7 @@ def test_what_a_crashed_child_left_behind_is_killed_before_the_restart(tmp_path:
     sup, log = _supervise(tmp_path, argv, "second run")
     try:
         assert "killed 1 process(es) the crashed one left behind" in log.read_text()
-        assert int(stray.read_text()) not in leftovers(sup.pid, sup.pid)  # (a zombie at most, never alive)
+        assert int(stray.read_text()) not in group_members(sup.pid)  # (a zombie at most, never alive)
     finally:
         os.killpg(sup.pid, signal.SIGTERM)
         sup.wait(timeout=10)
