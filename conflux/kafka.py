@@ -170,7 +170,8 @@ class EventPublisher:
         self._tracer = tracer or trace.get_tracer("conflux.kafka")
 
     async def publish(self, topic: str, record: dict[str, Any], key: str | None = None,
-                      headers: Headers | None = None, schema: str | None = None) -> Delivered:
+                      headers: Headers | None = None, schema: str | None = None,
+                      partition: int | None = None) -> Delivered:
         schema_name = schema or self._catalogue.get(topic).schema
         with self._tracer.start_as_current_span(f"{topic} publish", kind=trace.SpanKind.PRODUCER) as span:
             out_headers = inject_headers(headers)
@@ -182,8 +183,8 @@ class EventPublisher:
             t0 = time.monotonic()
             try:
                 meta = await asyncio.wait_for(self._producer.send_and_wait(
-                    topic, value=value, key=key.encode() if key is not None else None, headers=out_headers),
-                    self._timeout_s)
+                    topic, value=value, key=key.encode() if key is not None else None, headers=out_headers,
+                    partition=partition), self._timeout_s)
             except (TimeoutError, KafkaError) as exc:
                 raise PublishError(f"the event broker did not acknowledge {topic} "
                                    f"({time.monotonic() - t0:.1f}s): {exc!r}") from exc
