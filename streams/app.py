@@ -41,6 +41,8 @@ from streams.deadletter import dead_letter
 from streams.deps import Deps
 from streams.once import Once, done_ttl_s
 from streams.routing_stage import ReadyModels, TritonLoad
+from streams.workflow import runner as workflow_runner
+from streams.workflow import start as workflow_start
 
 log = logging.getLogger("conflux.streams")
 # The Faust app id, which is also the workers' Kafka consumer group (infra/k8s/worker.yaml scales on its lag).
@@ -50,6 +52,8 @@ RETRY_FOR_S = 30.0
 STAGES: tuple[tuple[ModuleType, int], ...] = (
     # (module, concurrent actors): a chat actor holds its request for the whole answer (a Triton stream).
     (pipeline, 32), (ingest, 1),
+    # A workflow step holds its actor for a model call (seconds): four side by side per worker.
+    (workflow_start, 1), (workflow_runner, 4),
 )
 
 
@@ -126,6 +130,9 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, metrics_
         deps = await lazy.get()
         try:
             await deps.redis.set(f"conflux:worker:{wid}:heartbeat", str(os.getpid()), ex=HEARTBEAT_TTL_S)
+            # Which workflow.tasks partitions this worker holds: a fan-out places its items across workers.
+            await workflow_runner.publish_partitions(deps, sorted(
+                tp.partition for tp in app.consumer.assignment() if tp.topic == workflow_runner.SOURCE))
         except RedisError as exc:  # a missing heartbeat is the report; the timer must not take the worker down
             log.warning("heartbeat failed: %r", exc)
 
@@ -144,7 +151,7 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, metrics_
 
 
 def _register(app: faust.App, lazy: _LazyDeps, module: ModuleType, concurrency: int) -> None:
-    stage = module.__name__.rsplit(".", 1)[-1]
+    stage = getattr(module, "STAGE", module.__name__.rsplit(".", 1)[-1])
     topic = app.topic(module.SOURCE, key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")
     handle: Callable[[Deps, dict[str, Any]], Awaitable[None]] = module.handle

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import trace
@@ -60,6 +60,8 @@ class Deps:
     first_token_timeout_s: float = 15.0
     retrieval_k: int = 4
     collection: str = "documents"
+    workflows: dict[str, Any] = field(default_factory=dict)  # loaded workflow files by name (streams/workflow)
+    running_steps: set[str] = field(default_factory=set)  # "<run>/<step>" this process runs now (its claims)
 
     @functools.cached_property
     def clickhouse(self) -> Any:
