@@ -42,6 +42,8 @@ from edge.replies import ReplyRouter
 from edge.responses import ResponsesService
 from edge.routes import router
 from edge.semantic_cache import SemanticCache
+from edge.workflow_routes import router as workflow_router
+from edge.workflows import WorkflowService
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -101,6 +103,7 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
                                      chain_timeout_s=chain_timeout_s, ids=ids, budgets=budgets,
                                      cache=cache, semantic=semantic, load=load)
         app.state.responses = ResponsesService(chat, redis)
+        app.state.workflows = WorkflowService(redis, publisher, models, RateLimiter(redis), budgets, instance)
         # While this runs, its reply topic is not pruned (conflux/reply_topics.py).
         beating = asyncio.create_task(heartbeat(redis, instance))
         try:
@@ -126,4 +129,5 @@ def create_app(settings: Settings, instance_id: str | None = None, chain_timeout
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(api_router)
+    app.include_router(workflow_router)
     return app
