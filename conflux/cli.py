@@ -388,6 +388,34 @@ def cmd_budgets(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if off else 0
 
 
+def cmd_article(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+
+    from conflux.article_cli import ArticleError, run_article
+
+    key = args.api_key or os.environ.get("CONFLUX_API_KEY", "")
+    if not key:
+        print("conflux article: error: an API key is needed: --api-key or CONFLUX_API_KEY "
+              "(conflux keys create --tenant T prints one)", file=sys.stderr)
+        return 2
+    if (args.topic is None) == (args.follow is None):
+        print("conflux article: error: give a TOPIC, or --follow RUN_ID", file=sys.stderr)
+        return 2
+    body: dict[str, Any] | None = None
+    if args.topic is not None:
+        body = {"topic": args.topic, "sections": args.heading or args.sections}
+        if args.audience:
+            body["audience"] = args.audience
+        if args.model:
+            body["model"] = args.model
+    try:
+        return run_article(args.url or f"http://127.0.0.1:{settings.edge_port}", key, body, args.follow,
+                           sys.stdout, sys.stderr, as_json=args.json, idempotency_key=args.idempotency_key)
+    except ArticleError as exc:
+        print(f"conflux article: error: {exc}", file=sys.stderr)
+        return 2
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from conflux.demo import run_demo
 
@@ -482,6 +510,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", help="ISO end (default: now)")
     p.add_argument("--tenant", help="only this tenant (default: all)")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("article", help="write an article with the article workflow on a running edge, a progress "
+                       "bar per step on stderr, the article (Markdown, with its sources) on stdout")
+    p.add_argument("topic", nargs="?", help="what the article is about")
+    p.add_argument("--audience", default=None, help="who it is for (default: a general audience)")
+    p.add_argument("--sections", type=int, default=4, help="how many sections the outline step plans (1 to 8)")
+    p.add_argument("--heading", action="append", metavar="TEXT",
+                   help="a section heading of your own (repeat it; replaces --sections and the model's outline)")
+    p.add_argument("--model", default=None, help="the model id (default: the API's, smollm2-135m-instruct)")
+    p.add_argument("--follow", metavar="RUN_ID", help="follow a run already started instead of starting one")
+    p.add_argument("--idempotency-key", default=None, help="sent as Idempotency-Key: a retry returns the same run")
+    p.add_argument("--url", default=None, help="the edge (default: http://127.0.0.1:CONFLUX_EDGE_PORT)")
+    p.add_argument("--api-key", default=None, help="default: the CONFLUX_API_KEY environment variable")
+    p.add_argument("--json", action="store_true", help="print the whole run as JSON instead of the article")
+    p.set_defaults(func=cmd_article)
     p = sub.add_parser("demo", help="one event through every engine of the running stack")
     p.set_defaults(func=cmd_demo)
     return ap

@@ -6,6 +6,7 @@ Keys (all expire RUN_TTL_S after the run's last change):
   conflux:wf:<run>            hash: tenant, workflow, status, input, key_id, created, ended, items, result, error
   conflux:wf:<run>:steps      hash: step instance -> JSON (status, attempts, worker, started, ended, output...)
   conflux:wf:<run>:attempts   hash: step instance -> tries started
+  conflux:wf:<run>:progress   hash: step instance -> tokens its running attempt has written so far
   conflux:wf:tenant:<tenant>  sorted set: the tenant's runs by creation time (the newest MAX_LISTED kept)
   conflux:wf:idem:<tenant>:<Idempotency-Key>  "<run> <body digest>"
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 RUN_TTL_S = 7 * 24 * 3600
@@ -51,6 +52,7 @@ class RunState:
     error: str | None
     steps: dict[str, dict[str, Any]]
     budgets: list[dict[str, Any]]  # the spend limits (conflux.budget.Limit records) every step's hold is made against
+    progress: dict[str, int] = field(default_factory=dict)  # tokens written so far by running generate steps
 
     @property
     def done(self) -> set[str]:
@@ -98,7 +100,8 @@ class WorkflowStore:
         async with self._r.pipeline(transaction=False) as pipe:
             pipe.hgetall(self.key(run_id))
             pipe.hgetall(f"{self.key(run_id)}:steps")
-            run, steps = await pipe.execute()
+            pipe.hgetall(f"{self.key(run_id)}:progress")
+            run, steps, progress = await pipe.execute()
         if not run:
             return None
         f = {_s(k): _s(v) for k, v in run.items()}
@@ -108,7 +111,8 @@ class WorkflowStore:
                         items=int(f["items"]) if f.get("items") else None,
                         result=json.loads(f["result"]) if f.get("result") else None, error=f.get("error") or None,
                         steps={_s(k): json.loads(v) for k, v in steps.items()},
-                        budgets=json.loads(f.get("budgets") or "[]"))
+                        budgets=json.loads(f.get("budgets") or "[]"),
+                        progress={_s(k): int(v) for k, v in progress.items()})
 
     async def status(self, run_id: str) -> str | None:
         raw = await self._r.hget(self.key(run_id), "status")
@@ -129,6 +133,13 @@ class WorkflowStore:
         k = f"{self.key(run_id)}:steps"
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.hset(k, step, json.dumps(record))
+            pipe.expire(k, RUN_TTL_S)
+            await pipe.execute()
+
+    async def set_progress(self, run_id: str, step: str, tokens: int) -> None:
+        k = f"{self.key(run_id)}:progress"
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hset(k, step, tokens)
             pipe.expire(k, RUN_TTL_S)
             await pipe.execute()
 

@@ -82,6 +82,16 @@ def article_input(body: dict[str, Any], wf: Workflow, models: ModelCatalogue, pl
             "model": model.id}
 
 
+def _progress(wf: Workflow, inst: str, status: str, tokens: int) -> float:
+    """0 to 1: a generate step's tokens so far against its max_tokens while it runs; other steps jump to 1."""
+    if status == "succeeded":
+        return 1.0
+    spec, _ = wf.step(inst)
+    if status != "running" or spec.max_tokens < 1:
+        return 0.0
+    return round(min(0.99, tokens / spec.max_tokens), 3)
+
+
 def view(run: RunState, wf: Workflow, detail: bool = True) -> dict[str, Any]:
     """A run as the API shows it: every step instance known so far, in order (pending ones included)."""
     out: dict[str, Any] = {
@@ -94,7 +104,9 @@ def view(run: RunState, wf: Workflow, detail: bool = True) -> dict[str, Any]:
     steps = []
     for inst in wf.instances(run.items):
         rec = run.steps.get(inst, {})
-        steps.append({"step": inst, "status": rec.get("status", "pending"), "attempts": rec.get("attempt", 0),
+        status = rec.get("status", "pending")
+        steps.append({"step": inst, "status": status, "attempts": rec.get("attempt", 0),
+                      "progress": _progress(wf, inst, status, run.progress.get(inst, 0)),
                       "worker": rec.get("worker"), "started_at": rec.get("started"), "ended_at": rec.get("ended"),
                       "latency_ms": rec.get("latency_ms"), "model": rec.get("model"),
                       "cost_usd": (rec.get("cost_micros") or 0) / 1e6, "error": rec.get("error")})
@@ -185,7 +197,7 @@ class WorkflowService:
         return view(run, wf)
 
     async def events(self, tenant: Tenant, run_id: str) -> AsyncIterator[str]:
-        """Server-sent events of a run: `step` whenever a step's state changes, then `run` once it has ended
+        """Server-sent events of a run: `step` whenever a step's state or progress changes, then `run` once it has ended
         (the whole run, article included). Checked before streaming starts, so a bad id is a plain 404."""
         run, wf = await self._run(tenant, run_id)
 
@@ -195,7 +207,7 @@ class WorkflowService:
             while True:
                 current = view(run, wf)
                 for s in current["steps"]:
-                    mark = (s["status"], s["attempts"])
+                    mark = (s["status"], s["attempts"], s["progress"])
                     if seen.get(s["step"]) != mark:
                         seen[s["step"]] = mark
                         last = time.monotonic()

@@ -168,7 +168,11 @@ async def _attempt(deps: Deps, store: WorkflowStore, wf: Workflow, run: RunState
                              f"tokens; the {short.scope.split(':')[0]}'s budget does not have that left (it "
                              f"renews at {renews_at(short.window).isoformat()})", retry=False)
 
-    si = StepInput(wf, spec, item, run, model, envelope(deps, run), hold)
+    async def progress(tokens: int) -> None:
+        await store.set_progress(run.run_id, inst, tokens)
+
+    await store.set_progress(run.run_id, inst, 0)
+    si = StepInput(wf, spec, item, run, model, envelope(deps, run), hold, progress)
     t0 = time.perf_counter()
     try:
         result = await _unless_ended(store, run.run_id, asyncio.wait_for(steps.run(deps, si), wf.step_timeout_s))

@@ -31,6 +31,7 @@ from streams.inference import render
 SYSTEM = "You are a careful writer of clear, factual articles."
 PASSAGE_CHARS = 400  # of each passage, in a write prompt (the step's output keeps 1,000)
 HEADING_CHARS = 80
+PROGRESS_EVERY_S = 0.5
 
 
 class StepFailed(ConfluxError):
@@ -62,6 +63,8 @@ class StepInput:
     # Holds a model call's worst case (micro-dollars, tokens) against the run's budgets before it is made;
     # raises StepFailed when a budget has no room. The runner settles the hold at the step's real cost.
     hold: Callable[[int, int], Awaitable[None]]
+    # Reports the tokens a model call has written so far (what `conflux article` draws its bars from).
+    progress: Callable[[int], Awaitable[None]]
 
 
 async def run(deps: Deps, si: StepInput) -> StepResult:
@@ -216,8 +219,14 @@ async def _complete(deps: Deps, si: StepInput, prompt: str, max_tokens: int,
         raise StepFailed(f"the step's prompt is {prompt_tokens} tokens; with {max_tokens} to write it does not fit "
                          f"{model.id}'s {model.context_length}-token window", retry=False)
     await si.hold(model.cost_micros(prompt_tokens, max_tokens), prompt_tokens + max_tokens)
-    pieces = [p.text async for p in deps.triton.stream(model.triton_stream, rendered, max_tokens, 0.0,
-                                                        timeout_s=si.wf.step_timeout_s, guide=guide)]
+    pieces: list[str] = []
+    reported = time.monotonic()
+    async for piece in deps.triton.stream(model.triton_stream, rendered, max_tokens, 0.0,
+                                          timeout_s=si.wf.step_timeout_s, guide=guide):
+        pieces.append(piece.text)
+        if time.monotonic() - reported >= PROGRESS_EVERY_S:  # a Redis write per piece would cost more than it shows
+            reported = time.monotonic()
+            await si.progress(len(pieces))
     text = "".join(pieces)
     completion = deps.tokenizer.count(text)
     return StepResult({"text": text}, model=model.id, prompt_tokens=prompt_tokens, completion_tokens=completion,

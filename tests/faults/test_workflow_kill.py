@@ -39,18 +39,20 @@ async def _running(http: httpx.AsyncClient, run_url: str, prefix: str, timeout_s
 
 
 async def _kill(r: aioredis.Redis, worker_id: str) -> None:
-    pid = int(await r.get(f"conflux:worker:{worker_id}:heartbeat"))
+    raw = await r.get(f"conflux:worker:{worker_id}:heartbeat")
+    assert raw is not None, f"{worker_id} has no heartbeat"
+    pid = int(raw)
     os.kill(pid, signal.SIGKILL)  # the stack's worker-1 too: the session's `conflux up` brings it back after
 
 
 def _topic_rows(settings: Settings, topic: str, run_id: str) -> list[tuple[Any, ...]]:
     client = clickhouse_client(settings)
     try:
-        return client.query(
+        return list(client.query(
             "SELECT DISTINCT event_id, JSONExtractString(body, 'step'), JSONExtractString(body, 'status'), "
             "JSONExtractInt(body, 'attempt'), producer, event_time FROM events "
             "WHERE topic = {t:String} AND request_id = {r:String} ORDER BY event_time",
-            parameters={"t": topic, "r": run_id}).result_rows
+            parameters={"t": topic, "r": run_id}).result_rows)
     finally:
         client.close()
 
@@ -72,10 +74,10 @@ async def test_an_article_survives_kill_9_during_a_section_and_during_the_edit(s
             assert created.status_code == 202, created.text
             run_url = f"{base}/workflows/{created.json()['id']}"
             for prefix, spare in (("write.", extra[1]), ("edit", extra[2])):
-                step = await _running(http, run_url, prefix)
+                running = await _running(http, run_url, prefix)
                 await asyncio.sleep(2.0)  # well inside the step
-                await _kill(r, step["worker"])
-                killed.append((step["step"], step["worker"]))
+                await _kill(r, running["worker"])
+                killed.append((running["step"], running["worker"]))
                 spare.start()  # a worker to resume on, whichever was killed
                 procs.wait_worker(spare, spare.name.removeprefix("test-"))
             deadline = time.monotonic() + 240

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from typing import Any
@@ -19,6 +20,7 @@ from conflux.safety_model import SafetyHead, assess
 from conflux.taxonomy import tenant_policy
 from producers.safety_data import read_jsonl
 from tests.integration.helpers import ingest_document, new_tenant_key
+from tests.integration.test_dashboard import chromium
 
 pytestmark = pytest.mark.asyncio
 
@@ -107,11 +109,15 @@ async def test_a_cancelled_run_stops_its_step_and_stays_cancelled(stack: Setting
         # echo-paced streams 20 pieces/s: the sections take seconds, time enough to cancel during one.
         run_id = (await http.post("/workflows/article", json={"topic": "how rivers form", "sections": ["A", "B"],
                                                                "model": "echo-paced"})).json()["id"]
-        for _ in range(100):
+        writing: list[dict[str, Any]] = []
+        for _ in range(100):  # until a section step has reported tokens written
             run = (await http.get(f"/workflows/{run_id}")).json()
-            if any(s["step"].startswith("write") and s["status"] == "running" for s in run["steps"]):
+            writing = [s for s in run["steps"] if s["step"].startswith("write") and s["status"] == "running"
+                       and s["progress"] > 0]
+            if writing:
                 break
             await asyncio.sleep(0.2)
+        assert writing and all(0 < s["progress"] < 1 for s in writing), run["steps"]
         cancelled = await http.post(f"/workflows/{run_id}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
         again = await http.post(f"/workflows/{run_id}/cancel")
@@ -144,10 +150,10 @@ async def test_a_topic_input_safety_blocks_fails_the_run_at_once(stack: Settings
     try:
         rows = read_jsonl(REPO_ROOT / "tests" / "data" / "external" / "safety_test.jsonl")
         for row in rows:  # the first, in file order, that the platform blocks: no picking
-            if row["label"] == "unsafe" and len(row["text"]) <= 300:
-                if (await assess(triton, head, policy, row["text"])).verdict == "BLOCK":
-                    topic = row["text"]
-                    break
+            if (row["label"] == "unsafe" and len(row["text"]) <= 300
+                    and (await assess(triton, head, policy, row["text"])).verdict == "BLOCK"):
+                topic = row["text"]
+                break
         else:
             raise AssertionError("no blocked topic in the external test split")
     finally:
@@ -186,7 +192,8 @@ async def test_runs_are_the_tenants_own(stack: Settings) -> None:
     _, key_a = await new_tenant_key(stack)
     _, key_b = await new_tenant_key(stack)
     async with _http(stack, key_a) as a, _http(stack, key_b) as b:
-        run_id = (await a.post("/workflows/article", json={"topic": "the life of honey bees", "sections": 1, "model": "echo"})).json()["id"]
+        run_id = (await a.post("/workflows/article", json={"topic": "the life of honey bees", "sections": 1,
+                                                            "model": "echo"})).json()["id"]
         for path in (f"/workflows/{run_id}", f"/workflows/{run_id}/events"):
             assert (await b.get(path)).status_code == 404
         assert (await b.post(f"/workflows/{run_id}/cancel")).status_code == 404
@@ -195,3 +202,46 @@ async def test_runs_are_the_tenants_own(stack: Settings) -> None:
         assert (await a.post("/workflows/novel", json={"topic": "x"})).status_code == 404
         assert (await httpx.AsyncClient().get(f"http://127.0.0.1:{stack.edge_port}/v1/workflows")).status_code == 401
         await _until_ended(a, run_id)
+
+
+async def test_conflux_article_shows_each_step_and_prints_the_article(stack: Settings) -> None:
+    _, key = await new_tenant_key(stack)
+    proc = await asyncio.create_subprocess_exec(
+        str(REPO_ROOT / ".venv" / "bin" / "conflux"), "article", "how glaciers move", "--heading", "Ice",
+        "--heading", "Flow", "--model", "echo", "--url", f"http://127.0.0.1:{stack.edge_port}",
+        env={**os.environ, "CONFLUX_API_KEY": key}, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = (b.decode() for b in await asyncio.wait_for(proc.communicate(), 120))
+    assert proc.returncode == 0, err
+    run_id = err.split()[1]
+    async with _http(stack, key) as http:
+        run = (await http.get(f"/workflows/{run_id}")).json()
+    assert out.startswith("# how glaciers move\n") and run["article"].strip() in out
+    shown = {line.split()[0] for line in err.splitlines() if "] 100%  succeeded" in line}
+    assert shown == {"outline", "research.0", "research.1", "write.0", "write.1", "edit"}, err
+    assert err.splitlines()[-1].startswith(f"run {run_id} succeeded")
+    # Refused requests are the edge's message and exit 2, not a trace.
+    bad = await asyncio.create_subprocess_exec(
+        str(REPO_ROOT / ".venv" / "bin" / "conflux"), "article", "x", "--sections", "9", "--url",
+        f"http://127.0.0.1:{stack.edge_port}", env={**os.environ, "CONFLUX_API_KEY": key},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, bad_err = await bad.communicate()
+    assert bad.returncode == 2 and b"HTTP 400: sections:" in bad_err and b"Traceback" not in bad_err
+
+
+async def test_the_dashboard_shows_a_runs_steps(stack: Settings) -> None:
+    _, key = await new_tenant_key(stack)
+    async with _http(stack, key) as http:
+        run_id = (await http.post("/workflows/article", json={"topic": "salt marshes", "sections": ["Mud", "Birds"],
+                                                               "model": "echo"})).json()["id"]
+        run = await _until_ended(http, run_id)
+    dom = await asyncio.to_thread(chromium, "--dump-dom",
+                                  f"http://127.0.0.1:{stack.edge_port}/dashboard#key={key}&run={run_id}")
+    assert 'data-loaded="true"' in dom, "the page did not finish loading its data"
+    row = dom.split(f'<tr class="run" data-id="{run_id}">', 1)[1].split("</tr>", 1)[0]
+    assert "<td>article</td><td>succeeded</td>" in row and f"<td>{run['cost_usd']:.6f}</td>" in row, row
+    for step in run["steps"]:
+        cells = dom.split(f'<tr data-step="{step["step"]}">', 1)[1].split("</tr>", 1)[0]
+        duration = f"{step['ended_at'] - step['started_at']:.2f}"
+        assert f"<td>succeeded</td><td>1</td><td>{step['worker']}</td>" in cells and duration in cells, cells
+    chart = dom.split('id="wf-chart"', 1)[1].split("</table>", 1)[0]
+    assert "main-svg" in chart, "the step timeline was not drawn"
