@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Reinstall the Python dependencies only when pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: install install-node install-agents models-env tool-eval up down status demo test test-unit test-integration test-faults lint clean bench bench-cache bench-sink \
+.PHONY: install install-node install-agents models-env tool-eval up down status demo test test-unit test-integration test-faults lint clean bench bench-cache bench-sink bench-workflow \
 	bench-freshness soak safety-eval safety-model paraphrase-data semantic-eval
 
 $(STAMP): pyproject.toml
@@ -73,6 +73,11 @@ bench-sink: install
 bench-freshness: install
 	$(BIN)/conflux up
 	$(BIN)/python -m producers.freshness_bench
+
+# The article workflow: 4 sections on SmolLM2 with two workers (goal < 3 min), step overhead on echo (p50 <= 20 ms).
+bench-workflow: install
+	$(BIN)/conflux up
+	$(BIN)/python -m producers.workflow_bench
 
 # 10 minutes of constant load: throughput, latency per minute, errors, memory of every service (<= 10% growth).
 soak: install

@@ -6,16 +6,18 @@ Per task (run R, step S):
 2. S already succeeded (a replay: this worker or another died after the step, before committing its offset):
    S is not run again. Its announcement is repeated under the same event id (the sink keeps one) and the run
    advances, since the death may have come before the next steps were queued.
-3. Otherwise S is claimed across workers (streams/once.py: a claim held by a worker whose heartbeat stopped is
-   taken over; one held by a live worker is waited for), tried (attempt N of the workflow's max_attempts, a
-   death counting as one), and its output stored before it is announced and the next steps are queued.
+3. Otherwise S is claimed across workers (an atomic compare-and-set in Redis: a claim held by a worker whose
+   heartbeat stopped is taken over by one of the workers that find it; one held by a live worker is waited
+   for), tried (attempt N of the workflow's max_attempts, a death counting as one), and its output stored in
+   Redis. Then its success is announced and the next steps are queued, side by side.
 A step that fails is retried after a pause, as a new task; one that cannot succeed (refused by safety, over
 budget, a prompt that cannot fit) or has used its attempts ends the run with an explicit error.
 
-Fan-out: a per-item step's tasks go to partitions spread evenly over the topic, so with two workers each holds
-about half of them and the sections are written side by side; fan-in: the step after them is queued by
-whichever finishes last (Redis is the one place all see), or by both if they finish together (the claim
-keeps it to one run).
+Fan-out: a per-item step's tasks are placed on the workflow.tasks partitions of different live workers (each
+worker's heartbeat lists the partitions it holds, in Redis), so the sections are written side by side however
+the consumer group assigned the partitions; without that view they are spread evenly over the topic. Fan-in:
+the step after them is queued by whichever finishes last (Redis is the one place all see), or by both if they
+finish together (the claim keeps it to one run).
 """
 
 from __future__ import annotations
@@ -74,13 +76,19 @@ async def handle(deps: Deps, task: dict[str, Any]) -> None:
     if run is None or run.status != "running":
         return
     wf = workflow_of(deps, run.workflow)
-    if inst in run.done:
-        await _announce(deps, run, inst)
-    elif not await _claim_and_run(deps, store, wf, run, inst):
+    # A step already done is announced again below: a crash may have come before its event reached the log.
+    if inst not in run.done and not await _claim_and_run(deps, store, wf, run, inst):
         return
     run = await store.get(run_id)
-    if run is not None and run.status == "running":
-        await advance(deps, store, wf, run, inst)
+    if run is None:
+        return
+    # The success is on record in Redis, so its event and the next steps' tasks go out side by side: one
+    # broker round trip between steps instead of two. A crash between them replays this task (its offset
+    # is not committed), which announces and advances again; both are idempotent.
+    work = [_announce(deps, run, inst)]
+    if run.status == "running":
+        work.append(advance(deps, store, wf, run, inst))
+    await asyncio.gather(*work)
 
 
 # Takes a step's claim when it is free, or when it still holds the holder this worker found dead (compare and
@@ -203,8 +211,7 @@ async def _attempt(deps: Deps, store: WorkflowStore, wf: Workflow, run: RunState
         "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
         "cost_micros": result.cost_micros, "latency_ms": (time.perf_counter() - t0) * 1000})
     await deps.budgets.settle(hold_id, result.cost_micros, result.prompt_tokens + result.completion_tokens)
-    await _announce(deps, run, inst)
-    return True
+    return True  # announced by handle()
 
 
 async def _unless_ended(store: WorkflowStore, run_id: str, work: Awaitable[T]) -> T:
@@ -238,7 +245,7 @@ async def _step_event(deps: Deps, run: RunState, inst: str, status: str, attempt
 
 async def _announce(deps: Deps, run: RunState, inst: str) -> None:
     """The step's success on workflow.steps, from its stored record, under an id of its own (repeatable)."""
-    rec = await WorkflowStore(deps.redis).step(run.run_id, inst)
+    rec = run.steps.get(inst)
     if rec is None or rec.get("status") != "succeeded":
         return
     await _step_event(deps, run, inst, "succeeded", rec["attempt"], record=rec,
@@ -291,7 +298,8 @@ async def _placement(deps: Deps, items: int, parts: int) -> list[int]:
 
 async def enqueue(deps: Deps, run: RunState, wf: Workflow, instances: list[str]) -> None:
     parts = deps.catalogue.get(SOURCE).partitions
-    placement = await _placement(deps, run.items, parts) if run.items else []
+    per_item = run.items and any(wf.step(inst)[1] is not None for inst in instances)
+    placement = await _placement(deps, run.items, parts) if per_item and run.items else []
 
     def partition(inst: str) -> int | None:
         _, item = wf.step(inst)
