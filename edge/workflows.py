@@ -109,7 +109,9 @@ def view(run: RunState, wf: Workflow, detail: bool = True) -> dict[str, Any]:
                       "progress": _progress(wf, inst, status, run.progress.get(inst, 0)),
                       "worker": rec.get("worker"), "started_at": rec.get("started"), "ended_at": rec.get("ended"),
                       "latency_ms": rec.get("latency_ms"), "model": rec.get("model"),
-                      "cost_usd": (rec.get("cost_micros") or 0) / 1e6, "error": rec.get("error")})
+                      "cost_usd": (rec.get("cost_micros") or 0) / 1e6, "error": rec.get("error"),
+                      # Why a step's output was not used as is (an edit that broke the article: the draft stands).
+                      "note": (rec.get("output") or {}).get("why")})
     result = run.result or {}
     return {**out, "steps": steps, "article": result.get("article"), "sections": result.get("sections"),
             "citations": result.get("citations", [])}

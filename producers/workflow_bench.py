@@ -189,6 +189,8 @@ async def series(http: httpx.AsyncClient, settings: Settings, wf: Workflow, mode
         "sections_fan_out": {"runs_on_two_workers": sum(len(f["workers"]) >= 2 for f in fans),
                              "runs_with_sections_side_by_side": sum(f["max_side_by_side"] >= 2 for f in fans),
                              "example": fans[-1]},
+        # SmolLM2's edit pass often breaks the article's shape; the draft then stands (streams/workflow/steps.py).
+        "edits_discarded_for_the_draft": sum(bool(r["steps"][-1]["note"]) for r, _ in results),
         "cost_usd_per_article": round(statistics.mean(r["cost_usd"] for r, _ in results), 6),
         "article_chars_p50": int(statistics.median(len(r["article"] or "") for r, _ in results)),
     }

@@ -190,10 +190,20 @@ async def _generate(deps: Deps, si: StepInput) -> StepResult:
     if fan_in:
         variables["draft"] = draft
     result = await _complete(deps, si, si.spec.prompt.format_map(variables), si.spec.max_tokens)
-    text = result.output["text"].strip()
+    cut = bool(result.output.get("cut"))
+    text = _whole_sentences(result.output["text"].strip()) if cut else result.output["text"].strip()
     why = _failed_edit(draft, text, si.spec.min_share_of_draft) if draft else None
-    result.output = {"text": draft, "kept_draft": True, "why": why} if why else {"text": text}
+    result.output = {"text": draft, "kept_draft": True, "why": why} if why else {"text": text, "cut": cut}
     return result
+
+
+def _whole_sentences(text: str) -> str:
+    """A text cut off by max_tokens, up to its last full sentence (kept whole when that would drop over half):
+    an article should not stop mid-sentence between two sections."""
+    end = max(text.rfind(". "), text.rfind(".\n"), text.rfind("! "), text.rfind("? "), text.rfind(".["))
+    if text.endswith((".", "!", "?")) or end < len(text) // 2:
+        return text
+    return text[:end + 1].rstrip()
 
 
 def _failed_edit(draft: str, text: str, min_share: float) -> str | None:
@@ -229,5 +239,7 @@ async def _complete(deps: Deps, si: StepInput, prompt: str, max_tokens: int,
             await si.progress(len(pieces))
     text = "".join(pieces)
     completion = deps.tokenizer.count(text)
-    return StepResult({"text": text}, model=model.id, prompt_tokens=prompt_tokens, completion_tokens=completion,
+    # Cut by max_tokens (each streamed piece is a token for the llama.cpp models): _generate trims it.
+    return StepResult({"text": text, "cut": len(pieces) >= max_tokens}, model=model.id, prompt_tokens=prompt_tokens,
+                      completion_tokens=completion,
                       cost_micros=model.cost_micros(prompt_tokens, completion))

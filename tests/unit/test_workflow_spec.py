@@ -12,7 +12,7 @@ from conflux.models import load_models
 from conflux.workflow_spec import Workflow, WorkflowSpecError, load_workflow
 from edge.errors import ApiError
 from edge.workflows import article_input
-from streams.workflow.steps import _failed_edit, _headings
+from streams.workflow.steps import _failed_edit, _headings, _whole_sentences
 
 ARTICLE = load_workflow("article")
 
@@ -150,3 +150,17 @@ def test_article_input_trims_and_fills_defaults() -> None:
     got = article_input({"topic": "  tides ", "sections": [" A ", "B"], "audience": " "}, ARTICLE, MODELS, "free")
     assert got == {"topic": "tides", "audience": None, "sections": ["A", "B"], "model": "smollm2-135m-instruct"}
     assert article_input({"topic": "t"}, ARTICLE, MODELS, "free")["sections"] == 4
+
+
+CUT = "Short. Then a long sentence that the limit cut off somewhere in its middle"
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Tides rise twice a day. The Moon pulls the sea [1]. Spring tides are the",
+     "Tides rise twice a day. The Moon pulls the sea [1]."),
+    ("One whole sentence.", "One whole sentence."),
+    (CUT, CUT),  # the last full sentence is under half of it: kept whole
+    ("It is the Moon and the Sun together, is it not? And the", "It is the Moon and the Sun together, is it not?"),
+])
+def test_a_section_cut_by_max_tokens_ends_at_its_last_sentence(text: str, expected: str) -> None:
+    assert _whole_sentences(text) == expected
