@@ -110,9 +110,10 @@ async def test_an_article_survives_kill_9_during_a_section_and_during_the_edit(s
     assert [e[2] for e in ends if e[2] != "requested"] == ["succeeded"], ends
     killed_workers = {w for _, w in killed}
     for step, worker in killed:
-        # The killed attempt started on the killed worker; the run resumed elsewhere from there.
+        # The killed attempt started on the killed worker; the run resumed elsewhere from there (on any other
+        # worker: the one killed later, during the edit, may well be the one that took this step over).
         assert started[step][0][4] == worker, started[step]
-        assert succeeded[step][0][4] not in killed_workers and succeeded[step][0][3] >= 2, succeeded[step]
+        assert succeeded[step][0][4] != worker and succeeded[step][0][3] >= 2, (worker, succeeded[step])
     for step, attempts in started.items():
         # No step that had succeeded ran again: every start came before the step's one success, and a step
         # started more than once only because a killed worker was running it.

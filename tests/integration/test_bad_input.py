@@ -57,7 +57,8 @@ def consumers_of(topic: str) -> set[str]:
     """Who must dead-letter a bad message on `topic`: the chain stage reading it, the sink, the edge."""
     if topic == REPLY_TOPIC:
         return {"edge-1"}
-    stages = {m.SOURCE: m.__name__.rsplit(".", 1)[-1] for m, _ in chain.STAGES}
+    # The consumer a dead letter names is the agent: the module's STAGE where it has one (streams/app.py).
+    stages = {m.SOURCE: getattr(m, "STAGE", m.__name__.rsplit(".", 1)[-1]) for m, _ in chain.STAGES}
     return {"clickhouse-sink", *([stages[topic]] if topic in stages else [])}
 
 
