@@ -56,9 +56,9 @@ def _reference_vocab() -> Any:
     not depend on which. The Llama object is kept so that its vocabulary stays alive."""
     from llama_cpp import Llama
 
-    from model_runtime.llama import smollm2_gguf_path
+    from model_runtime.gguf_files import gguf_path
 
-    return Llama(str(smollm2_gguf_path()), vocab_only=True, verbose=False)._model
+    return Llama(str(gguf_path("smollm2")), vocab_only=True, verbose=False)._model
 
 
 def _check(schema: Any, where: str, depth: int) -> None:

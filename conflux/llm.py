@@ -1,5 +1,5 @@
-"""SmolLM2-135M-Instruct on the platform side: its chat template and its tokenizer (the GGUF is located by
-model_runtime.llama, which the Triton models use).
+"""The llama.cpp models on the platform side: their chat templates and their tokenizers (the GGUFs are located by
+model_runtime.gguf_files, which the Triton models use too).
 
 The prompt-build stage renders the chat template and counts tokens itself (as with TensorRT-LLM, whose
 ensemble takes rendered text), so Triton models only ever see `text_input`.
@@ -12,10 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model_runtime.llama import smollm2_gguf_path
+from model_runtime.gguf_files import gguf_path
 
-# SmolLM2's own template adds this system turn when the conversation has none.
-DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+# The system turn each model's own template adds when the conversation has none (catalogue `template`).
+DEFAULT_SYSTEM = {
+    "chatml": "You are a helpful AI assistant named SmolLM, trained by Hugging Face",  # SmolLM2
+    "chatml-qwen": "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",  # Qwen2.5
+}
+DEFAULT_TOKENIZER = "smollm2"  # what counts the prompt before `auto` has chosen a model
 
 
 @dataclass(frozen=True)
@@ -24,11 +28,12 @@ class Message:
     content: str
 
 
-def render_chatml(messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
-    """SmolLM2's chat template (ChatML), identical to the one in the GGUF's metadata."""
+def render_chatml(messages: Sequence[Message], add_generation_prompt: bool = True, template: str = "chatml") -> str:
+    """ChatML as the model's own template writes it for a chat without tools (checked against the template
+    inside each GGUF: tests/unit/test_llm.py); they differ only in the default system turn."""
     parts = []
     if not messages or messages[0].role != "system":
-        parts.append(f"<|im_start|>system\n{DEFAULT_SYSTEM}<|im_end|>\n")
+        parts.append(f"<|im_start|>system\n{DEFAULT_SYSTEM[template]}<|im_end|>\n")
     parts += [f"<|im_start|>{m.role}\n{m.content}<|im_end|>\n" for m in messages]
     if add_generation_prompt:
         parts.append("<|im_start|>assistant\n")
@@ -36,12 +41,24 @@ def render_chatml(messages: Sequence[Message], add_generation_prompt: bool = Tru
 
 
 class Tokenizer:
-    """The model's own tokenizer, loaded without weights (llama.cpp vocab_only: 0.1 s, a few MB)."""
+    """A model's own tokenizer, loaded without weights (llama.cpp vocab_only: 0.1 s, a few MB)."""
 
     def __init__(self, gguf: Path | None = None) -> None:
         from llama_cpp import Llama
 
-        self._vocab: Any = Llama(str(gguf or smollm2_gguf_path()), vocab_only=True, verbose=False)
+        self._vocab: Any = Llama(str(gguf or gguf_path(DEFAULT_TOKENIZER)), vocab_only=True, verbose=False)
 
     def count(self, text: str) -> int:
         return len(self._vocab.tokenize(text.encode(), add_bos=False, special=True))
+
+
+class Tokenizers:
+    """Each model's tokenizer by its catalogue `tokenizer` (a packaged GGUF's name), loaded on first use."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Tokenizer] = {}
+
+    def get(self, name: str = DEFAULT_TOKENIZER) -> Tokenizer:
+        if name not in self._loaded:
+            self._loaded[name] = Tokenizer(gguf_path(name))
+        return self._loaded[name]

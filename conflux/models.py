@@ -41,6 +41,9 @@ class ModelSpec:
     fallbacks: tuple[str, ...] = ()
     # Bumped by an operator who changes the weights behind it: cached answers of the old ones stop being served.
     version: str = "1"
+    # The packaged GGUF whose vocabulary counts its tokens (model_runtime.gguf_files; echo models count with
+    # SmolLM2's).
+    tokenizer: str = "smollm2"
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.price_prompt_per_1k + completion_tokens * self.price_completion_per_1k) / 1000

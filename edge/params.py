@@ -22,8 +22,9 @@ from streams.tools import MAX_PARALLEL as MAX_PARALLEL_CALLS
 
 MAX_STOP = 4  # OpenAI's limit
 MAX_N = 8  # choices per request: each is a whole generation, so the bound keeps one request's cost in reach
-LOGPROB_MODELS = "supported for `smollm2-135m-instruct` (and `auto`, which then picks it)"
-SAMPLING_MODELS = "supported for `smollm2-135m-instruct` (and `auto` when it picks it); echo models do not sample"
+LLAMA_CPP = "`smollm2-135m-instruct` and `qwen2.5-coder-0.5b-instruct`"
+LOGPROB_MODELS = f"supported for {LLAMA_CPP} (and `auto`, which then picks one)"
+SAMPLING_MODELS = f"supported for {LLAMA_CPP} (and `auto` when it picks one); echo models do not sample"
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def _stream_options(value: Any) -> str | None:
 
 
 NO_TOOLS = "the deprecated functions API is not supported; use tools"
-GUIDED = "supported for `smollm2-135m-instruct` (and `auto`, which then picks it)"
+GUIDED = f"supported for {LLAMA_CPP} (and `auto`, which then picks one)"
 FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
 

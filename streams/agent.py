@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -62,8 +63,9 @@ async def run_step(deps: Deps, rc: RequestContext, built: Built, generated: Gene
             "name": c.name, "ok": out.ok, "error_kind": out.error_kind, "latency_ms": out.latency_ms}, key=rc.key)
     outcomes = [await _screened(deps, rc, c, out) for c, out in zip(calls, outcomes, strict=True)]
     seq = await _show(deps, rc, generated.chunks_sent, epoch, step, calls, outcomes)
-    messages = _turns(deps, built, calls, outcomes, window)
-    tokens = sum(deps.tokenizer.count(m["content"]) + TURN_OVERHEAD for m in messages[len(built.messages):])
+    count = deps.tokenizer(generated.model).count
+    messages = _turns(count, built, calls, outcomes, window)
+    tokens = sum(count(m["content"]) + TURN_OVERHEAD for m in messages[len(built.messages):])
     return Built(messages, built.prompt_tokens + tokens), seq
 
 
@@ -102,16 +104,16 @@ async def _show(deps: Deps, rc: RequestContext, seq: int, epoch: int, step: int,
     return seq + 1
 
 
-def _turns(deps: Deps, built: Built, calls: list[Call], outcomes: list[ToolOutcome],
+def _turns(count: Callable[[str], int], built: Built, calls: list[Call], outcomes: list[ToolOutcome],
            window: int) -> list[dict[str, Any]]:
     """The conversation with the model's calls and their results appended, each result cut (evenly) so that
     the prompt fits `window` tokens."""
     said_text = said_calls([(c.name, c.arguments) for c in calls])
     said = {"role": "assistant", "name": None, "content": said_text}
-    room = window - built.prompt_tokens - deps.tokenizer.count(said_text) - TURN_OVERHEAD * (len(calls) + 1)
+    room = window - built.prompt_tokens - count(said_text) - TURN_OVERHEAD * (len(calls) + 1)
     share = max(room // max(len(calls), 1), 0)
     results = [{"role": "tool", "name": None,
-                "content": fit(deps.tokenizer.count, result_text(c.id, out.content), share)}
+                "content": fit(count, result_text(c.id, out.content), share)}
                for c, out in zip(calls, outcomes, strict=True)]
     return [*built.messages, said, *results]
 

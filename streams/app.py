@@ -25,7 +25,7 @@ from conflux.config import Settings
 from conflux.errors import ConfluxError, PublishError
 from conflux.inference import TritonClient
 from conflux.kafka import EventPublisher, ManagedProducer
-from conflux.llm import Tokenizer
+from conflux.llm import Tokenizers
 from conflux.models import load_models
 from conflux.promserve import Metrics, serve_metrics
 from conflux.redis_client import redis_client
@@ -87,7 +87,7 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
     vectors.ensure_collection("documents", 384)
     return Deps(settings=settings, serde=serde, catalogue=catalogue, models=load_models(),
                 publisher=EventPublisher(producer, serde, catalogue, tracer), producer=producer,
-                ctx=ContextStore(redis), redis=redis, vectors=vectors, tokenizer=Tokenizer(),
+                ctx=ContextStore(redis), redis=redis, vectors=vectors, tokenizers=Tokenizers(),
                 once=Once(redis, worker_id, done_ttl_s(settings.inference_timeout_s)),
                 triton=TritonClient(settings.triton_grpc_url), tracer=tracer, ready_models=ReadyModels(),
                 model_load=TritonLoad(settings.triton_metrics_url),

@@ -17,8 +17,8 @@ from conflux.config import Settings
 from conflux.errors import ConfluxError
 from conflux.inference import TritonClient
 from conflux.kafka import EventPublisher, ManagedProducer, PendingEvents
-from conflux.llm import Tokenizer
-from conflux.models import ModelCatalogue
+from conflux.llm import DEFAULT_TOKENIZER, Tokenizer, Tokenizers
+from conflux.models import ModelCatalogue, ModelSpec
 from conflux.promserve import Metrics
 from conflux.safety_model import SafetyHead
 from conflux.serde import AvroSerde, new_envelope
@@ -46,7 +46,7 @@ class Deps:
     ctx: ContextStore
     redis: Any
     vectors: VectorStore | None
-    tokenizer: Tokenizer
+    tokenizers: Tokenizers
     triton: TritonClient
     tracer: trace.Tracer
     worker_id: str
@@ -69,6 +69,10 @@ class Deps:
         from conflux.clickhouse import clickhouse_client
 
         return clickhouse_client(self.settings)
+
+    def tokenizer(self, model: ModelSpec | None = None) -> Tokenizer:
+        """What counts `model`'s tokens; without one (a prompt built before `auto` chose), the default's."""
+        return self.tokenizers.get(model.tokenizer if model else DEFAULT_TOKENIZER)
 
     def envelope(self, src: dict[str, Any]) -> dict[str, Any]:
         """A new event's envelope, continuing the chain of the event `src` came from."""

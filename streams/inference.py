@@ -67,8 +67,8 @@ def requested(deps: Deps, rc: RequestContext, model: ModelSpec, prompt: str, tem
 
 
 def render(template: str, messages: list[dict[str, Any]]) -> str:
-    if template == "chatml":
-        return render_chatml([Message(m["role"], m["content"]) for m in messages])
+    if template.startswith("chatml"):
+        return render_chatml([Message(m["role"], m["content"]) for m in messages], template=template)
     return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
 

@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from conflux.errors import ConfluxError
 from conflux.llm import Message, render_chatml
+from conflux.models import ModelSpec
 from streams import tools
 from streams.deps import Deps
 from streams.request import RequestContext
@@ -30,7 +31,8 @@ class PromptTooLong(ConfluxError):
 
 
 def build_messages(system_prompt: str, memory: list[dict[str, str]], chunks: list[dict[str, Any]],
-                   conversation: list[dict[str, Any]], budget: int, count: Any) -> tuple[list[Message], bool, int]:
+                   conversation: list[dict[str, Any]], budget: int, count: Any,
+                   template: str = "chatml") -> tuple[list[Message], bool, int]:
     """The message list, oldest memory and lowest-ranked context dropped first until it fits `budget`, whether
     anything was dropped, and its size in tokens; PromptTooLong when even the least that can be sent does not."""
     def assemble(mem: list[dict[str, str]], ctx: list[dict[str, Any]]) -> list[Message]:
@@ -44,7 +46,7 @@ def build_messages(system_prompt: str, memory: list[dict[str, str]], chunks: lis
     truncated = False
     while True:
         msgs = assemble(mem, ctx)
-        tokens = count(render_chatml(msgs))
+        tokens = count(render_chatml(msgs, template=template))
         if tokens <= budget:
             return msgs, truncated, tokens
         truncated = True
@@ -83,20 +85,28 @@ async def recall(deps: Deps, rc: RequestContext) -> list[dict[str, str]]:
         return []
 
 
+def _chatml(model: ModelSpec | None) -> str:
+    """The ChatML variant to count the prompt in: the model's own; the echo models' (plain) and a prompt built
+    before `auto` chose are counted as SmolLM2 would read them."""
+    return model.template if model and model.template.startswith("chatml") else "chatml"
+
+
 async def build(deps: Deps, rc: RequestContext, memory: list[dict[str, str]], chunks: list[dict[str, Any]]) -> Built:
     """The prompt for the model, recorded on prompt.built."""
     request = rc.request
     plan = deps.models.plan(rc.plan)
-    if request["model"] != "auto":
-        window = deps.models.get(request["model"]).context_length
-    else:  # routing comes next: fit the smallest window the plan could be routed to
+    model = None if request["model"] == "auto" else deps.models.get(request["model"])
+    if model is not None:
+        window = model.context_length
+    else:  # routing comes next: fit the smallest window the plan could be routed to, counted by the default model
         window = min(m.context_length for m in deps.models.models if m.quality > 0 and deps.models.allowed(m, plan))
     guide = rc.guide
     system_prompt = "\n\n".join(p for p in (rc.system_prompt, guide.instructions if guide else "") if p)
     conversation = [dict(zip(("role", "content"), tools.render_message(m), strict=True)) for m in request["messages"]]
     try:
         msgs, truncated, prompt_tokens = build_messages(system_prompt, memory, chunks, conversation,
-                                                        window - rc.max_tokens, deps.tokenizer.count)
+                                                        window - rc.max_tokens, deps.tokenizer(model).count,
+                                                        _chatml(model))
     except PromptTooLong as exc:
         return Built([], 0, str(exc))
     built = [{"role": m.role, "content": m.content, "name": None} for m in msgs]

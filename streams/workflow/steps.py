@@ -223,7 +223,7 @@ async def _complete(deps: Deps, si: StepInput, prompt: str, max_tokens: int,
                     guide: tuple[str, str] | None = None) -> StepResult:
     model = si.model
     rendered = render(model.template, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}])
-    prompt_tokens = deps.tokenizer.count(rendered)
+    prompt_tokens = deps.tokenizer(model).count(rendered)
     max_tokens = min(max_tokens, model.max_output_tokens)
     if prompt_tokens + max_tokens > model.context_length:
         raise StepFailed(f"the step's prompt is {prompt_tokens} tokens; with {max_tokens} to write it does not fit "
@@ -238,7 +238,7 @@ async def _complete(deps: Deps, si: StepInput, prompt: str, max_tokens: int,
             reported = time.monotonic()
             await si.progress(len(pieces))
     text = "".join(pieces)
-    completion = deps.tokenizer.count(text)
+    completion = deps.tokenizer(model).count(text)
     # Cut by max_tokens (each streamed piece is a token for the llama.cpp models): _generate trims it.
     return StepResult({"text": text, "cut": len(pieces) >= max_tokens}, model=model.id, prompt_tokens=prompt_tokens,
                       completion_tokens=completion,

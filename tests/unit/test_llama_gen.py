@@ -10,7 +10,8 @@ import pytest
 
 from conflux.llm import Message, render_chatml
 from model_runtime import llama_gen
-from model_runtime.llama import Sampling, smollm2_gguf_path
+from model_runtime.gguf_files import gguf_path
+from model_runtime.llama import Sampling
 from streams.logprobs import AlignedLogprobs
 
 PROMPT = render_chatml([Message("user", "Name three colours, with an emoji for each.")])
@@ -20,7 +21,7 @@ PROMPT = render_chatml([Message("user", "Name three colours, with an emoji for e
 def llm() -> Any:
     from llama_cpp import Llama
 
-    return Llama(str(smollm2_gguf_path()), n_ctx=2048, n_threads=1, n_threads_batch=1, verbose=False)
+    return Llama(str(gguf_path("smollm2")), n_ctx=2048, n_threads=1, n_threads_batch=1, verbose=False)
 
 
 def _reference(llm: Any, temperature: float, seed: int | None) -> str:

@@ -10,7 +10,8 @@ import pytest
 from conflux.models import CatalogueModelError, ModelCatalogue, load_models
 from conflux.routing import Features, RoutingError, complexity, route
 
-CPU_SERVED = {"smollm2", "smollm2_generate", "echo"}
+SMOL, QWEN = "smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"
+CPU_SERVED = {"smollm2", "smollm2_generate", "qwen25_coder", "qwen25_coder_generate", "echo"}
 ALL_SERVED = CPU_SERVED | {"ensemble"}
 
 
@@ -73,11 +74,11 @@ def test_auto_on_a_small_plan_takes_the_strongest_it_may_use(cat: ModelCatalogue
 
 def test_an_unserved_model_falls_back_to_the_next_usable_one(cat: ModelCatalogue) -> None:
     d = route("llama-3.1-8b-instruct", cat, cat.plan("pro"), feats(), CPU_SERVED)  # no GPU deployment
-    assert d.model.id == "smollm2-135m-instruct" and d.reason == "fallback from llama-3.1-8b-instruct: not being served"
-    assert d.candidates == ("llama-3.1-8b-instruct",) and d.fallbacks == ()
+    assert d.model.id == QWEN and d.reason == "fallback from llama-3.1-8b-instruct: not being served"
+    assert d.candidates == ("llama-3.1-8b-instruct",) and [m.id for m in d.fallbacks] == [SMOL]
     # Served: it answers itself, with its fallback ready for a failure before the first token.
     served = route("llama-3.1-8b-instruct", cat, cat.plan("pro"), feats(), ALL_SERVED)
-    assert served.model.id == "llama-3.1-8b-instruct" and [m.id for m in served.fallbacks] == ["smollm2-135m-instruct"]
+    assert served.model.id == "llama-3.1-8b-instruct" and [m.id for m in served.fallbacks] == [QWEN, SMOL]
     # A fallback that is down is not offered.
     paced = route("echo-paced", cat, cat.plan("free"), feats(), {"echo_paced", "echo"})
     assert [m.id for m in paced.fallbacks] == ["echo"]
@@ -86,7 +87,16 @@ def test_an_unserved_model_falls_back_to_the_next_usable_one(cat: ModelCatalogue
 
 def test_auto_says_which_stronger_models_were_down(cat: ModelCatalogue) -> None:
     d = route("auto", cat, cat.plan("pro"), feats("Prove that the algorithm terminates"), CPU_SERVED)
-    assert d.model.id == "smollm2-135m-instruct" and "not served now: llama-3.1-8b-instruct" in d.reason
+    assert d.model.id == QWEN and "not served now: llama-3.1-8b-instruct" in d.reason
+
+
+def test_auto_sends_longer_requests_to_the_stronger_cpu_model_the_plan_allows(cat: ModelCatalogue) -> None:
+    long_chat = feats("and what about the next one?", turns=8)  # complexity 1: quality 2 or more
+    assert route("auto", cat, cat.plan("pro"), long_chat, CPU_SERVED).model.id == QWEN
+    assert route("auto", cat, cat.plan("free"), long_chat, CPU_SERVED).model.id == SMOL  # not on its plan
+    assert route("auto", cat, cat.plan("pro"), feats("hello"), CPU_SERVED).model.id == SMOL  # easy: the small one
+    down = route("auto", cat, cat.plan("pro"), long_chat, CPU_SERVED - {"qwen25_coder"})
+    assert down.model.id == SMOL and f"not served now: {QWEN}" in down.reason
 
 
 def test_a_fallback_must_name_another_known_model(tmp_path: Path) -> None:
