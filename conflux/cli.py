@@ -517,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sections", type=int, default=4, help="how many sections the outline step plans (1 to 8)")
     p.add_argument("--heading", action="append", metavar="TEXT",
                    help="a section heading of your own (repeat it; replaces --sections and the model's outline)")
-    p.add_argument("--model", default=None, help="the model id (default: the API's, smollm2-135m-instruct)")
+    p.add_argument("--model", default=None, help="the model id (default: the workflow file's first "
+                   "that the plan allows: qwen2.5-coder-0.5b-instruct from pro, else smollm2-135m-instruct)")
     p.add_argument("--follow", metavar="RUN_ID", help="follow a run already started instead of starting one")
     p.add_argument("--idempotency-key", default=None, help="sent as Idempotency-Key: a retry returns the same run")
     p.add_argument("--url", default=None, help="the edge (default: http://127.0.0.1:CONFLUX_EDGE_PORT)")

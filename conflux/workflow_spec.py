@@ -55,6 +55,8 @@ class Workflow:
     max_attempts: int = 3
     step_timeout_s: float = 180.0
     max_items: int = 8
+    # The model a run uses when its request names none: the first of these the tenant's plan allows.
+    models: tuple[str, ...] = ()
     by_id: dict[str, StepSpec] = field(default_factory=dict, compare=False, repr=False)
 
     def step(self, instance: str) -> tuple[StepSpec, int | None]:
@@ -118,7 +120,8 @@ def load_workflow(name: str, directory: Path = WORKFLOWS_DIR) -> Workflow:
         wf = Workflow(name=doc["name"], description=doc.get("description", ""), steps=steps,
                       items_from=doc["items_from"], max_attempts=int(doc.get("max_attempts", 3)),
                       step_timeout_s=float(doc.get("step_timeout_s", 180.0)),
-                      max_items=int(doc.get("max_items", 8)), by_id={s.id: s for s in steps})
+                      max_items=int(doc.get("max_items", 8)), models=tuple(doc.get("models", ())),
+                      by_id={s.id: s for s in steps})
     except (KeyError, TypeError, ValueError) as exc:
         raise WorkflowSpecError(f"{path}: {exc!r}") from exc
     _check(wf, path)
@@ -135,6 +138,8 @@ def _check(wf: Workflow, path: Path) -> None:
         raise bad("steps must be at least one, with unique ids")
     if wf.max_attempts < 1 or wf.step_timeout_s <= 0 or wf.max_items < 1:
         raise bad("max_attempts, step_timeout_s and max_items must be positive")
+    if not all(isinstance(m, str) and m for m in wf.models):
+        raise bad("models must be a list of model ids")
     seen: set[str] = set()
     for s in wf.steps:
         if not s.id.isidentifier():

@@ -44,6 +44,15 @@ def _bad(param: str, message: str, code: str = "invalid_value") -> ApiError:
     return ApiError(400, f"{param}: {message}", param=param, code=code)
 
 
+def default_model(wf: Workflow, models: ModelCatalogue, plan: str) -> str:
+    """The first of the workflow's models the plan allows (those the catalogue lacks are skipped)."""
+    ids = {m.id for m in models.models}
+    for model_id in wf.models:
+        if model_id in ids and models.allowed(models.get(model_id), models.plan(plan)):
+            return model_id
+    return DEFAULT_MODEL
+
+
 def article_input(body: dict[str, Any], wf: Workflow, models: ModelCatalogue, plan: str) -> dict[str, Any]:
     """The checked input of an article run, or ApiError(400/404) naming the field at fault."""
     if unknown := sorted(set(body) - ARTICLE_FIELDS):
@@ -67,7 +76,7 @@ def article_input(body: dict[str, Any], wf: Workflow, models: ModelCatalogue, pl
         sections = [s.strip() for s in sections]
     elif isinstance(sections, bool) or not isinstance(sections, int) or not 1 <= sections <= wf.max_items:
         raise _bad("sections", f"a count from 1 to {wf.max_items}, or a list of headings")
-    model_id = body.get("model", DEFAULT_MODEL)
+    model_id = body["model"] if "model" in body else default_model(wf, models, plan)
     try:
         model = models.get(model_id) if isinstance(model_id, str) else None
     except CatalogueModelError:

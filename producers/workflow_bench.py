@@ -1,12 +1,12 @@
 """`make bench-workflow`: the article workflow on this machine, with two workers.
 
-1. Articles of `--sections` sections on SmolLM2 (the default model), one after another: the wall time from the
-   POST to the end of the run (goal: under 3 minutes for 4 sections), each step's latency, and whether the
-   sections ran side by side on two workers (the write steps' producers and overlapping times, from the
-   workflow.steps events in ClickHouse).
+1. Articles of `--sections` sections on each of `--models` (Qwen2.5-Coder-0.5B, the default from the pro plan,
+   and SmolLM2, the free plan's), one after another: the wall time from the POST to the end of the run (goal:
+   under 3 minutes for 4 sections), each step's latency, and whether the sections ran side by side on two
+   workers (the write steps' producers and overlapping times, from the workflow.steps events in ClickHouse).
 2. Articles on the echo model, to measure what the platform adds per step with the model out of the way:
    step overhead = a step's `succeeded` event -> the `started` event of a step it unblocked (for the first
-   step: the run's `requested` event -> its start). Goal: p50 <= 20 ms. The SmolLM2 runs' overhead is shown
+   step: the run's `requested` event -> its start). Goal: p50 <= 20 ms. The model runs' overhead is shown
    too (the model then competes with the platform for the two cores).
 
 Starts a second worker (`bench-wf-2`, log in .conflux/logs) beside the stack's own and stops it after.
@@ -189,7 +189,8 @@ async def series(http: httpx.AsyncClient, settings: Settings, wf: Workflow, mode
         "sections_fan_out": {"runs_on_two_workers": sum(len(f["workers"]) >= 2 for f in fans),
                              "runs_with_sections_side_by_side": sum(f["max_side_by_side"] >= 2 for f in fans),
                              "example": fans[-1]},
-        # SmolLM2's edit pass often breaks the article's shape; the draft then stands (streams/workflow/steps.py).
+        # An edit pass that breaks the article's shape (SmolLM2's, often) is discarded: the draft stands
+        # (streams/workflow/steps.py).
         "edits_discarded_for_the_draft": sum(bool(r["steps"][-1]["note"]) for r, _ in results),
         "cost_usd_per_article": round(statistics.mean(r["cost_usd"] for r, _ in results), 6),
         "article_chars_p50": int(statistics.median(len(r["article"] or "") for r, _ in results)),
@@ -207,7 +208,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                      headers={"Authorization": f"Bearer {key}"}) as http:
             await article(http, {"topic": "warm-up", "sections": 1, "model": "echo"})
             echo = await series(http, settings, wf, "echo", args.echo_runs, args.sections, True)
-            smol = await series(http, settings, wf, "smollm2-135m-instruct", args.runs, args.sections, True)
+            by_model = {m: await series(http, settings, wf, m, args.runs, args.sections, True) for m in args.models}
     finally:
         for p in extra:
             stop_worker(p)
@@ -216,7 +217,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "workers": {w: len(p) for w, p in held.items()},
         "max_tokens": {s.id: s.max_tokens for s in wf.steps if s.max_tokens},
         "goals": {"article_4_sections_s": 180, "step_overhead_p50_ms": 20},
-        "smollm2": smol, "echo": echo,
+        **by_model, "echo": echo,
         "measures": "article_s: POST -> run ended as seen by polling every 0.1 s; step overhead: step succeeded "
                     "event -> started event of a step it unblocked (first_step: run requested -> outline started), "
                     "event times from the envelopes in ClickHouse",
@@ -225,7 +226,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--runs", type=int, default=3, help="SmolLM2 articles")
+    ap.add_argument("--runs", type=int, default=3, help="articles per model")
+    ap.add_argument("--models", nargs="+", default=["qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"])
     ap.add_argument("--echo-runs", type=int, default=10, help="echo articles (step overhead)")
     ap.add_argument("--sections", type=int, default=4)
     ap.add_argument("--workers", type=int, default=2)

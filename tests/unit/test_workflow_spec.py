@@ -3,6 +3,7 @@ parts of the article steps and API (headings from a model's outline, a failed ed
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,8 @@ def test_a_valid_file_loads(tmp_path: Path) -> None:
                  'prompt = "{{topic}}"\nmax_tokens = 5\n'), "step each runs per item, so it must come after plan"),
     (GOOD.format(name="flow", extra="").replace('items_from = "plan"', 'items_from = "plan"\nmax_attempts = 0'),
      "must be positive"),
+    (GOOD.format(name="flow", extra="").replace('items_from = "plan"', 'items_from = "plan"\nmodels = [3]'),
+     "models must be a list of model ids"),
 ])
 def test_an_invalid_file_is_refused_saying_why(tmp_path: Path, text: str, why: str) -> None:
     with pytest.raises(WorkflowSpecError, match=why.replace("[", r"\[").replace("]", r"\]")):
@@ -150,6 +153,14 @@ def test_article_input_trims_and_fills_defaults() -> None:
     got = article_input({"topic": "  tides ", "sections": [" A ", "B"], "audience": " "}, ARTICLE, MODELS, "free")
     assert got == {"topic": "tides", "audience": None, "sections": ["A", "B"], "model": "smollm2-135m-instruct"}
     assert article_input({"topic": "t"}, ARTICLE, MODELS, "free")["sections"] == 4
+
+
+def test_the_default_model_is_the_workflows_first_the_plan_allows() -> None:
+    assert article_input({"topic": "t"}, ARTICLE, MODELS, "pro")["model"] == "qwen2.5-coder-0.5b-instruct"
+    assert article_input({"topic": "t"}, ARTICLE, MODELS, "free")["model"] == "smollm2-135m-instruct"
+    assert article_input({"topic": "t", "model": "echo"}, ARTICLE, MODELS, "pro")["model"] == "echo"
+    bare = dataclasses.replace(ARTICLE, models=("gpt-17",))  # none known: the platform's default
+    assert article_input({"topic": "t"}, bare, MODELS, "pro")["model"] == "smollm2-135m-instruct"
 
 
 CUT = "Short. Then a long sentence that the limit cut off somewhere in its middle"
