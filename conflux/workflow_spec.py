@@ -41,9 +41,15 @@ class StepSpec:
     prompt: str = ""
     max_tokens: int = 0
     top_k: int = 3
+    # retrieve: passages less similar than this to the query (MiniLM cosine) are not offered for citing: top_k
+    # always returns something, and a section that cites an unrelated document is worse than one citing none.
+    min_score: float = 0.0
     # generate: keep the fan-in's draft when the model returns less than this share of it (a small model's
     # edit pass can collapse an article to a sentence; that is a failed edit, not a shorter article).
     min_share_of_draft: float = 0.0
+    # generate: OpenAI's frequency_penalty (-2 to 2). Greedy decoding lets a small model loop on one sentence;
+    # a penalty on tokens already written breaks the loop (not for an edit, which must repeat the draft).
+    frequency_penalty: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,10 @@ def _check(wf: Workflow, path: Path) -> None:
             # Declared order is run order: it also rules out cycles.
             raise bad(f"step {s.id}: after {unknown} must name steps declared before it")
         seen.add(s.id)
+        if not -1.0 <= s.min_score <= 1.0:
+            raise bad(f"step {s.id}: min_score is a cosine similarity, from -1 to 1")
+        if not -2.0 <= s.frequency_penalty <= 2.0:
+            raise bad(f"step {s.id}: frequency_penalty is from -2 to 2, as in OpenAI's API")
         if s.kind == "generate" and (not s.prompt or s.max_tokens < 1):
             raise bad(f"step {s.id}: a generate step needs a prompt and max_tokens")
         fan_in = not s.foreach and any(wf.by_id[d].foreach for d in s.after)

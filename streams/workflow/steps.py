@@ -25,6 +25,7 @@ from conflux.safety import check_rules
 from conflux.safety_model import assess
 from conflux.workflow_spec import StepSpec, Workflow
 from conflux.workflow_store import RunState
+from model_runtime.llama import Sampling
 from streams.deps import Deps
 from streams.inference import render
 
@@ -158,7 +159,7 @@ async def _retrieve(deps: Deps, si: StepInput) -> StepResult:
     heads = sections_of(si.run, si.wf)
     query = f"{si.run.input['topic']}: {heads[si.item]}"
     passages: list[dict[str, Any]] = []
-    left_out = 0
+    left_out = unrelated = 0
     if deps.vectors is not None:
         vector = [float(x) for x in (await deps.triton.embed([query]))[0]]
         try:
@@ -171,9 +172,13 @@ async def _retrieve(deps: Deps, si: StepInput) -> StepResult:
             if check_rules(h.text).attack:  # retrieved text is data, never instructions
                 left_out += 1
                 continue
+            if h.score < si.spec.min_score:
+                unrelated += 1
+                continue
             passages.append({"document_id": h.document_id, "chunk_id": h.chunk_id, "text": h.text[:1000],
                              "score": round(float(h.score), 4), "source": h.source or None})
-    return StepResult({"query": query, "passages": passages, "left_out_as_injection": left_out})
+    return StepResult({"query": query, "passages": passages, "left_out_as_injection": left_out,
+                       "left_out_as_unrelated": unrelated})
 
 
 def draft_of(run: RunState, wf: Workflow, spec: StepSpec) -> str:
@@ -231,8 +236,9 @@ async def _complete(deps: Deps, si: StepInput, prompt: str, max_tokens: int,
     await si.hold(model.cost_micros(prompt_tokens, max_tokens), prompt_tokens + max_tokens)
     pieces: list[str] = []
     reported = time.monotonic()
+    sampling = Sampling(frequency_penalty=si.spec.frequency_penalty) if si.spec.frequency_penalty else None
     async for piece in deps.triton.stream(model.triton_stream, rendered, max_tokens, 0.0,
-                                          timeout_s=si.wf.step_timeout_s, guide=guide):
+                                          timeout_s=si.wf.step_timeout_s, sampling=sampling, guide=guide):
         pieces.append(piece.text)
         if time.monotonic() - reported >= PROGRESS_EVERY_S:  # a Redis write per piece would cost more than it shows
             reported = time.monotonic()

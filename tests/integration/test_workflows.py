@@ -42,6 +42,8 @@ async def test_an_article_runs_every_step_and_cites_the_tenants_documents(stack:
     _, key = await new_tenant_key(stack)
     marker = uuid.uuid4().hex[:8]
     ingest_document(stack, key, f"Tidal range {marker}: the Bay of Fundy has the highest tides on Earth.")
+    # The tenant's only other document is unrelated: top_k still finds it, and min_score keeps it uncited.
+    ingest_document(stack, key, f"Sourdough bread {marker} rises because a starter of wild yeast ferments the dough.")
     async with _http(stack, key) as http:
         for _ in range(30):  # the document is indexed asynchronously
             created = await http.post("/workflows/article", json={
@@ -57,6 +59,7 @@ async def test_an_article_runs_every_step_and_cites_the_tenants_documents(stack:
         assert all(s["status"] == "succeeded" and s["attempts"] == 1 for s in run["steps"]), run["steps"]
         assert run["sections"] == ["Fundy", "Moon"] and run["article"]
         assert any(marker in c["text"] and c["section"] in (0, 1) for c in run["citations"]), run["citations"]
+        assert not any("Sourdough" in c["text"] for c in run["citations"]), run["citations"]
         listed = (await http.get("/workflows")).json()["data"]
         assert run["id"] in [r["id"] for r in listed]
 

@@ -92,6 +92,10 @@ def test_a_valid_file_loads(tmp_path: Path) -> None:
      "must be positive"),
     (GOOD.format(name="flow", extra="").replace('items_from = "plan"', 'items_from = "plan"\nmodels = [3]'),
      "models must be a list of model ids"),
+    (GOOD.format(name="flow", extra='[[step]]\nid = "r"\nkind = "retrieve"\nafter = ["plan"]\nforeach = true\n'
+                 'min_score = 2.0\n'), "min_score is a cosine similarity"),
+    (GOOD.format(name="flow", extra="").replace("max_tokens = 10", "max_tokens = 10\nfrequency_penalty = 3.0"),
+     "frequency_penalty is from -2 to 2"),
 ])
 def test_an_invalid_file_is_refused_saying_why(tmp_path: Path, text: str, why: str) -> None:
     with pytest.raises(WorkflowSpecError, match=why.replace("[", r"\[").replace("]", r"\]")):
