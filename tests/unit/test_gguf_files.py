@@ -42,6 +42,7 @@ def test_pieces_are_joined_once_and_checked(packaged: tuple[bytes, tuple[tuple[s
                                         len(whole)))
     path = gguf_path("fake")
     assert path.read_bytes() == whole and path.parent == gguf_files.cache_dir()
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by the services' user, whoever joined it
     mtime = path.stat().st_mtime_ns
     assert gguf_path("fake") == path and path.stat().st_mtime_ns == mtime  # joined once
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left

@@ -83,6 +83,8 @@ def gguf_path(name: str) -> Path:
         if digest.hexdigest() != model.sha256:
             raise GGUFMissing(f"{name}: the joined pieces' SHA-256 is {digest.hexdigest()}, not the pinned "
                               f"{model.sha256}; reinstall {model.pip}")
+        # mkstemp's file is private (0600): the image joins as root for services that run as another user.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
