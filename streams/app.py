@@ -85,9 +85,13 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
     tracer = setup_tracing(f"conflux-worker/{worker_id}").get_tracer("conflux.streams")
     vectors = open_vector_store(settings)
     vectors.ensure_collection("documents", 384)
-    return Deps(settings=settings, serde=serde, catalogue=catalogue, models=load_models(),
+    models = load_models()
+    tokenizers = Tokenizers()
+    for m in models.models:  # loaded (and a split GGUF joined) now, not on a request's path in the event loop
+        tokenizers.get(m.tokenizer)
+    return Deps(settings=settings, serde=serde, catalogue=catalogue, models=models,
                 publisher=EventPublisher(producer, serde, catalogue, tracer), producer=producer,
-                ctx=ContextStore(redis), redis=redis, vectors=vectors, tokenizers=Tokenizers(),
+                ctx=ContextStore(redis), redis=redis, vectors=vectors, tokenizers=tokenizers,
                 once=Once(redis, worker_id, done_ttl_s(settings.inference_timeout_s)),
                 triton=TritonClient(settings.triton_grpc_url), tracer=tracer, ready_models=ReadyModels(),
                 model_load=TritonLoad(settings.triton_metrics_url),
