@@ -82,6 +82,8 @@ async def handle(deps: Deps, request: dict[str, Any]) -> None:
     decision = await _stage(deps, "routing", routing_stage.choose(deps, rc, built))
     if decision is None:
         return  # refused, and answered with the refusal's code
+    if request["model"] == "auto":
+        built = prompt_build.counted_for(deps, built, decision.model)
     generated = await _stage(deps, "inference", inference.generate(deps, rc, decision, built))
     if generated is None:
         return  # ended by inference (an error), or a replay of a generation that is not this worker's

@@ -4,13 +4,13 @@ truncated to fit the model's context window as counted by the model's own tokeni
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from conflux.errors import ConfluxError
-from conflux.llm import Message, render_chatml
+from conflux.llm import DEFAULT_TOKENIZER, Message, render_chatml
 from conflux.models import ModelSpec
 from streams import tools
 from streams.deps import Deps
@@ -89,6 +89,15 @@ def _chatml(model: ModelSpec | None) -> str:
     """The ChatML variant to count the prompt in: the model's own; the echo models' (plain) and a prompt built
     before `auto` chose are counted as SmolLM2 would read them."""
     return model.template if model and model.template.startswith("chatml") else "chatml"
+
+
+def counted_for(deps: Deps, built: Built, model: ModelSpec) -> Built:
+    """`built` with its size as `model` reads it. A prompt built for `auto` was counted as the default model reads
+    it (routing had not chosen yet); usage and cost must be the chosen model's."""
+    if model.tokenizer == DEFAULT_TOKENIZER and _chatml(model) == "chatml":
+        return built
+    msgs = [Message(m["role"], m["content"]) for m in built.messages]
+    return replace(built, prompt_tokens=deps.tokenizer(model).count(render_chatml(msgs, template=_chatml(model))))
 
 
 async def build(deps: Deps, rc: RequestContext, memory: list[dict[str, str]], chunks: list[dict[str, Any]]) -> Built:

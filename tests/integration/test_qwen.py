@@ -56,3 +56,15 @@ def test_the_free_plan_may_not_ask_for_it(stack: Settings) -> None:
     with pytest.raises(openai.APIStatusError) as info:
         _client(stack, "free").chat.completions.create(model=QWEN, messages=ASK, max_tokens=4)
     assert info.value.status_code == 403 and "needs plan 'pro'" in str(info.value.body)
+
+
+def test_auto_sends_a_long_conversation_to_it_and_bills_its_own_count(client: openai.OpenAI) -> None:
+    """Seven turns make complexity 1: Qwen on the pro plan. The prompt was built before routing chose, counted as
+    SmolLM2 reads it; usage must be Qwen's own count of what Qwen read."""
+    turns: Any = [{"role": "user" if i % 2 == 0 else "assistant", "content": text} for i, text in enumerate([
+        "Let us plan a trip.", "Sure, where to?", "Somewhere by the sea.", "Lisbon or Porto?", "Porto.",
+        "Good choice: when?", "In May. What should I pack?"])]
+    r = client.chat.completions.create(model="auto", messages=turns, max_tokens=8, temperature=0)
+    assert r.model == QWEN, r.model
+    prompt = render_chatml([Message(m["role"], m["content"]) for m in turns], template="chatml-qwen")
+    assert r.usage is not None and r.usage.prompt_tokens == Tokenizers().get("qwen2.5-coder-0.5b").count(prompt)
