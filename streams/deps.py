@@ -61,7 +61,6 @@ class Deps:
     retrieval_k: int = 4
     collection: str = "documents"
     workflows: dict[str, Any] = field(default_factory=dict)  # loaded workflow files by name (streams/workflow)
-    running_steps: set[str] = field(default_factory=set)  # "<run>/<step>" this process runs now (its claims)
 
     @functools.cached_property
     def clickhouse(self) -> Any:

@@ -6,9 +6,9 @@ Per task (run R, step S):
 2. S already succeeded (a replay: this worker or another died after the step, before committing its offset):
    S is not run again. Its announcement is repeated under the same event id (the sink keeps one) and the run
    advances, since the death may have come before the next steps were queued.
-3. Otherwise S is claimed across workers (an atomic compare-and-set in Redis: a claim held by a worker whose
-   heartbeat stopped is taken over by one of the workers that find it; one held by a live worker is waited
-   for), tried (attempt N of the workflow's max_attempts, a death counting as one), and its output stored in
+3. Otherwise S is claimed across workers (an atomic compare-and-set in Redis, held by a worker process: a
+   claim whose process is gone is taken over by one of the workers that find it; one held by a live process,
+   this one included, is waited for), tried (attempt N of the workflow's max_attempts, a death counting as one), and its output stored in
    Redis. Then its success is announced and the next steps are queued, side by side.
 A step that fails is retried after a pause, as a new task; one that cannot succeed (refused by safety, over
 budget, a prompt that cannot fit) or has used its attempts ends the run with an explicit error.
@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
@@ -103,22 +104,37 @@ return cur
 """
 
 
+def claimant(deps: Deps) -> str:
+    """Who holds a claim: this worker and this process's pid, which the worker's heartbeat carries. A claim left
+    by an earlier process with the same worker id (a restart) is then told from this process's own."""
+    return f"{deps.worker_id}/{os.getpid()}"
+
+
+async def _alive(deps: Deps, holder: str) -> bool:
+    """Whether the process holding a claim still runs: this process's own claims are live (one of its actors
+    holds the step, and releases or completes it in a `finally`); another's while its worker's heartbeat carries
+    that pid. Checking the process, not a set of running steps, matters: two actors of one process that take
+    the same step's duplicate tasks at once would otherwise each find the other's fresh claim "not running"."""
+    if holder == claimant(deps):
+        return True
+    worker_id, _, pid = holder.rpartition("/")
+    beat = await deps.redis.get(f"conflux:worker:{worker_id}:heartbeat")
+    return beat is not None and (beat.decode() if isinstance(beat, bytes) else str(beat)) == pid
+
+
 async def _claim(deps: Deps, what: str, ttl_s: int) -> Claim:
-    """MINE, DONE, or BUSY while a live worker holds it. A holder whose heartbeat has stopped (or this worker's
-    own id from before a restart, not running it now) is dead: its claim is taken over atomically."""
+    """MINE, DONE, or BUSY while a live process holds it. A holder whose process is gone (its worker's heartbeat
+    stopped, or carries another pid after a restart) is dead: its claim is taken over atomically."""
     key = f"conflux:wf:claim:{what}"
-    dead = ""
+    me, dead = claimant(deps), ""
     while True:
-        holder = await deps.redis.eval(_CLAIM, 1, key, deps.worker_id, ttl_s, dead)
+        holder = await deps.redis.eval(_CLAIM, 1, key, me, ttl_s, dead)
         holder = holder.decode() if isinstance(holder, bytes) else holder
         if holder == "":
-            deps.running_steps.add(what)
             return Claim.MINE
         if holder == "done":
             return Claim.DONE
-        alive = what in deps.running_steps if holder == deps.worker_id else \
-            bool(await deps.redis.exists(f"conflux:worker:{holder}:heartbeat"))
-        if alive:
+        if await _alive(deps, holder):
             return Claim.BUSY
         dead = holder
 
@@ -141,11 +157,10 @@ async def _claim_and_run(deps: Deps, store: WorkflowStore, wf: Workflow, run: Ru
     try:
         ok = await _attempt(deps, store, wf, run, inst)
     finally:
-        deps.running_steps.discard(what)
         if ok:
             await deps.redis.set(key, "done", ex=ttl)
         else:  # free for a retry (a new task) or a replay; a death leaves it to be taken over
-            await deps.redis.eval(_RELEASE, 1, key, deps.worker_id)
+            await deps.redis.eval(_RELEASE, 1, key, claimant(deps))
     return ok
 
 
