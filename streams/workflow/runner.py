@@ -8,8 +8,9 @@ Per task (run R, step S):
    advances, since the death may have come before the next steps were queued.
 3. Otherwise S is claimed across workers (an atomic compare-and-set in Redis, held by a worker process: a
    claim whose process is gone is taken over by one of the workers that find it; one held by a live process,
-   this one included, is waited for), tried (attempt N of the workflow's max_attempts, a death counting as one), and its output stored in
-   Redis. Then its success is announced and the next steps are queued, side by side.
+   this one included, is waited for), tried (attempt N of the workflow's max_attempts, a death counting as
+   one), and its output stored in Redis. Then its success is announced and the next steps are queued, side by
+   side.
 A step that fails is retried after a pause, as a new task; one that cannot succeed (refused by safety, over
 budget, a prompt that cannot fit) or has used its attempts ends the run with an explicit error.
 
