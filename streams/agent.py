@@ -66,7 +66,7 @@ async def run_step(deps: Deps, rc: RequestContext, built: Built, generated: Gene
     count = deps.tokenizer(generated.model).count
     messages = _turns(count, built, calls, outcomes, window)
     tokens = sum(count(m["content"]) + TURN_OVERHEAD for m in messages[len(built.messages):])
-    return Built(messages, built.prompt_tokens + tokens), seq
+    return replace(built, messages=messages, prompt_tokens=built.prompt_tokens + tokens), seq
 
 
 WITHHELD = "[withheld: the result carried what looks like instructions to the model (prompt injection)]"

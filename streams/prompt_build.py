@@ -9,6 +9,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from conflux import grounding
 from conflux.errors import ConfluxError
 from conflux.llm import DEFAULT_TOKENIZER, Message, render_chatml
 from conflux.models import ModelSpec
@@ -20,9 +21,15 @@ MEMORY_TURNS = 12
 log = logging.getLogger("conflux.streams")
 
 
-def _context_block(chunks: list[dict[str, Any]]) -> str:
-    lines = [f"[{i + 1}] ({c['source'] or c['document_id']}) {c['text']}" for i, c in enumerate(chunks)]
-    return "Use these documents when they help, citing them as [n]:\n" + "\n".join(lines)
+def _with_sources(conversation: list[dict[str, Any]], chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conversation with its newest user turn laid out over the sources (conflux/grounding.py): the sources
+    sit next to the question they serve, numbered, with the question last."""
+    last = next((i for i in range(len(conversation) - 1, -1, -1) if conversation[i]["role"] == "user"), None)
+    if not chunks or last is None:
+        return conversation
+    turn = conversation[last]
+    return [*conversation[:last], {**turn, "content": grounding.layout(chunks, turn["content"])},
+            *conversation[last + 1:]]
 
 
 class PromptTooLong(ConfluxError):
@@ -32,14 +39,15 @@ class PromptTooLong(ConfluxError):
 
 def build_messages(system_prompt: str, memory: list[dict[str, str]], chunks: list[dict[str, Any]],
                    conversation: list[dict[str, Any]], budget: int, count: Any,
-                   template: str = "chatml") -> tuple[list[Message], bool, int]:
+                   template: str = "chatml") -> tuple[list[Message], bool, int, list[dict[str, Any]]]:
     """The message list, oldest memory and lowest-ranked context dropped first until it fits `budget`, whether
-    anything was dropped, and its size in tokens; PromptTooLong when even the least that can be sent does not."""
+    anything was dropped, and its size in tokens; PromptTooLong when even the least that can be sent does not.
+    The sources kept are the first ones of `chunks` (the lowest-ranked go first), so their numbers [n] in the
+    prompt are their positions in `chunks`."""
     def assemble(mem: list[dict[str, str]], ctx: list[dict[str, Any]]) -> list[Message]:
-        system = [p for p in (system_prompt, _context_block(ctx) if ctx else "") if p]
-        msgs = [Message("system", "\n\n".join(system))] if system else []
+        msgs = [Message("system", system_prompt)] if system_prompt else []
         msgs += [Message(t["role"], t["content"]) for t in mem]
-        msgs += [Message(m["role"], m["content"]) for m in conversation]
+        msgs += [Message(m["role"], m["content"]) for m in _with_sources(conversation, ctx)]
         return msgs
 
     mem, ctx = list(memory), list(chunks)
@@ -48,7 +56,7 @@ def build_messages(system_prompt: str, memory: list[dict[str, str]], chunks: lis
         msgs = assemble(mem, ctx)
         tokens = count(render_chatml(msgs, template=template))
         if tokens <= budget:
-            return msgs, truncated, tokens
+            return msgs, truncated, tokens, ctx
         truncated = True
         if mem:
             mem.pop(0)
@@ -70,6 +78,7 @@ class Built:
     messages: list[dict[str, Any]]
     prompt_tokens: int
     too_long: str | None = None  # why no prompt fits (the request then ends with this error)
+    sources: tuple[dict[str, Any], ...] = ()  # the retrieved chunks in the prompt, numbered [1], [2]... in order
 
 
 async def recall(deps: Deps, rc: RequestContext) -> list[dict[str, str]]:
@@ -113,7 +122,7 @@ async def build(deps: Deps, rc: RequestContext, memory: list[dict[str, str]], ch
     system_prompt = "\n\n".join(p for p in (rc.system_prompt, guide.instructions if guide else "") if p)
     conversation = [dict(zip(("role", "content"), tools.render_message(m), strict=True)) for m in request["messages"]]
     try:
-        msgs, truncated, prompt_tokens = build_messages(system_prompt, memory, chunks, conversation,
+        msgs, truncated, prompt_tokens, kept = build_messages(system_prompt, memory, chunks, conversation,
                                                         window - rc.max_tokens, deps.tokenizer(model).count,
                                                         _chatml(model))
     except PromptTooLong as exc:
@@ -124,5 +133,5 @@ async def build(deps: Deps, rc: RequestContext, memory: list[dict[str, str]], ch
                                              "content": m["content"]}, key=rc.key)
     await rc.events.add("prompt.built", {
         "envelope": deps.envelope(rc.env), "messages": built, "prompt_tokens": prompt_tokens, "truncated": truncated,
-        "memory_turns": len(memory), "context_chunk_ids": [c["chunk_id"] for c in chunks]}, key=rc.key)
-    return Built(built, prompt_tokens)
+        "memory_turns": len(memory), "context_chunk_ids": [c["chunk_id"] for c in kept]}, key=rc.key)
+    return Built(built, prompt_tokens, sources=tuple(kept))

@@ -13,7 +13,8 @@ from streams.request import RequestContext
 
 
 async def retrieve(deps: Deps, rc: RequestContext) -> list[dict[str, Any]]:
-    """The chunks that go into the prompt, recorded on retrieval.completed."""
+    """The chunks that go into the prompt, recorded on retrieval.completed: the top k of the tenant's documents
+    that are related to the question (deps.retrieval_min_score)."""
     t0 = time.perf_counter()
     query = rc.newest_user_message
     chunks: list[dict[str, Any]] = []
@@ -26,7 +27,10 @@ async def retrieve(deps: Deps, rc: RequestContext) -> list[dict[str, Any]]:
         except VectorStoreError:
             hits = []  # the tenant has no documents yet (no collection): answer without context
         chunks = [{"document_id": h.document_id, "chunk_id": h.chunk_id, "text": h.text, "score": h.score,
-                   "source": h.source or None} for h in hits]
+                   "source": h.source or None} for h in hits if h.score >= deps.retrieval_min_score]
+        if unrelated := len(hits) - len(chunks):
+            deps.metrics.inc("retrieval_unrelated_total", unrelated,
+                             help_text="retrieved chunks left out as unrelated to the question")
         chunks = await _drop_injected(deps, rc, chunks)
     await rc.events.add("retrieval.completed", {
         "envelope": deps.envelope(rc.env), "query": query, "collection": deps.collection, "chunks": chunks,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from conflux import grounding
 from conflux.safety import check_rules, find_pii, scrub_pii
 from streams.inference import render
 from streams.ingest import chunk_text
@@ -26,17 +29,33 @@ def test_prompt_fits_the_budget_dropping_oldest_memory_then_context() -> None:
     memory = [{"role": "user", "content": "old " * 50}, {"role": "assistant", "content": "reply " * 50}]
     chunks = [{"source": "a.md", "document_id": "a", "chunk_id": "a#0", "text": "fact " * 40}]
     convo = [{"role": "user", "content": "the question"}]
-    msgs, truncated, _ = build_messages("Be brief.", memory, chunks, convo, budget=10_000, count=_count)
-    assert not truncated and [m.role for m in msgs] == ["system", "user", "assistant", "user"]
-    assert "fact" in msgs[0].content and "Be brief." in msgs[0].content
-    msgs, truncated, _ = build_messages("Be brief.", memory, chunks, convo, budget=70, count=_count)
-    assert truncated and msgs[-1].content == "the question"
-    assert all("old" not in m.content for m in msgs)  # memory goes first
+    msgs, truncated, _, kept = build_messages("Be brief.", memory, chunks, convo, budget=10_000, count=_count)
+    assert not truncated and [m.role for m in msgs] == ["system", "user", "assistant", "user"] and kept == chunks
+    assert msgs[0].content == "Be brief."
+    # The sources sit in the newest user turn, numbered, under the instruction, with the question last.
+    assert msgs[-1].content.startswith(grounding.INSTRUCTION) and "[1] (a.md) fact" in msgs[-1].content
+    assert msgs[-1].content.endswith("Question: the question") and "old" not in msgs[-1].content
+    msgs, truncated, _, kept = build_messages("Be brief.", memory, chunks, convo, budget=120, count=_count)
+    assert truncated and all("old" not in m.content for m in msgs)  # memory goes first
+    assert kept == chunks and "fact" in msgs[-1].content
+    msgs, truncated, _, kept = build_messages("Be brief.", memory, chunks, convo, budget=20, count=_count)
+    assert truncated and kept == [] and msgs[-1].content == "the question"  # then the context
+
+
+def test_sources_go_into_the_newest_user_turn_only() -> None:
+    chunks: list[dict[str, Any]] = [{"source": None, "document_id": "d1", "chunk_id": "d1#0", "text": "alpha"},
+              {"source": "b.md", "document_id": "d2", "chunk_id": "d2#0", "text": "beta"}]
+    convo = [{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"},
+             {"role": "user", "content": "second"}, {"role": "tool", "content": "42"}]
+    msgs, _, _, _ = build_messages("", [], chunks, convo, budget=10_000, count=_count)
+    assert [m.content for m in msgs[:2]] == ["first", "ok"] and msgs[3].content == "42"
+    assert msgs[2].content.endswith("Question: second")
+    assert "[1] (d1) alpha\n[2] (b.md) beta" in msgs[2].content  # a chunk without a source is named by its document
 
 
 def test_a_single_huge_message_is_cut_to_fit() -> None:
     convo = [{"role": "user", "content": "blah " * 5000 + "final question?"}]
-    msgs, truncated, _ = build_messages("", [], [], convo, budget=300, count=_count)
+    msgs, truncated, _, _ = build_messages("", [], [], convo, budget=300, count=_count)
     assert truncated and msgs[-1].content.endswith("final question?")
 
 

@@ -125,7 +125,7 @@ def test_a_prompt_that_cannot_fit_is_refused_instead_of_cut_forever() -> None:
 
     with pytest.raises(PromptTooLong, match="tools and response format stay whole"):
         build_messages("x" * 8000, [], [], [{"role": "user", "content": "question " * 500}], 1000, count)
-    msgs, truncated, _ = build_messages("short", [], [], [{"role": "user", "content": "q " * 5000}], 1000, count)
+    msgs, truncated, _, _ = build_messages("short", [], [], [{"role": "user", "content": "q " * 5000}], 1000, count)
     assert truncated and msgs[-1].content.endswith("q ")
 
 
