@@ -39,6 +39,7 @@ class Features:
     text: str  # the latest user message
     guided: bool = False  # tools or response_format: only a model that takes a grammar can serve it
     logprobs: bool = False  # only a model that returns logprobs can serve it
+    sources: int = 0  # retrieved chunks in the prompt: the answer must be read out of them
 
 
 def capable(model: ModelSpec, features: Features) -> str | None:
@@ -62,13 +63,45 @@ class Decision:
     load: tuple[tuple[str, ModelLoad], ...] = ()  # (model id, its load) as seen for the candidates
 
 
+_QUESTION = re.compile(r"\?")
+_LIST_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*])\s+\S", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    """How strong a model a request needs, and the signals that said so (recorded in the routing reason).
+
+    0 = chit-chat the smallest model answers as well as any;
+    1 = work a small model gets wrong: answering from retrieved sources (it must find and copy the fact, where
+        the 135M model invents one: issue 14 measured 3 of 25 facts right), several questions at once,
+        a tool call or JSON answer, a long conversation, prompt or answer;
+    2 = reasoning, code or analysis, or a very long prompt.
+    """
+
+    level: int
+    signals: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"complexity {self.level}" + (f" ({', '.join(self.signals)})" if self.signals else "")
+
+
+def difficulty(f: Features) -> Difficulty:
+    hard = [s for s, hit in (("reasoning or code", bool(_HARD.search(f.text))),
+                             (f"prompt {f.prompt_tokens} > 1500 tokens", f.prompt_tokens > 1500)) if hit]
+    if hard:
+        return Difficulty(2, tuple(hard))
+    parts = max(len(_QUESTION.findall(f.text)), len(_LIST_ITEM.findall(f.text)))
+    medium = [s for s, hit in ((f"grounded in {f.sources} source(s)", f.sources > 0),
+                               (f"{parts} questions", parts > 1),
+                               ("tools or JSON", f.guided),
+                               (f"{f.turns} turns", f.turns > 6),
+                               (f"prompt {f.prompt_tokens} > 500 tokens", f.prompt_tokens > 500),
+                               (f"max_tokens {f.max_output_tokens} > 512", f.max_output_tokens > 512)) if hit]
+    return Difficulty(1 if medium else 0, tuple(medium))
+
+
 def complexity(f: Features) -> int:
-    """0 = simple chat, 1 = long or multi-turn, 2 = reasoning, code or analysis."""
-    if _HARD.search(f.text) or f.prompt_tokens > 1500:
-        return 2
-    if f.turns > 6 or f.prompt_tokens > 500 or f.max_output_tokens > 512:
-        return 1
-    return 0
+    return difficulty(f).level
 
 
 IDLE = ModelLoad(0, 0.0)
@@ -116,7 +149,8 @@ def route(requested: str, catalogue: ModelCatalogue, plan: Plan, features: Featu
                             cost(backups[0]), backups[1:], loads([backups[0]]))
         return Decision(model, "explicit request, allowed by plan", (model.id,), cost(model), backups, loads([model]))
 
-    level = complexity(features)
+    need = difficulty(features)
+    level = need.level
     # The echo model is a measuring tool, never an automatic choice.
     pool = [m for m in catalogue.models if m.quality > 0 and catalogue.allowed(m, plan)
             and capable(m, features) is None]
@@ -130,15 +164,15 @@ def route(requested: str, catalogue: ModelCatalogue, plan: Plan, features: Featu
         prompt = [m for m in strong if not target or wait(m) <= target]
         if prompt:
             chosen = min(prompt, key=lambda m: (cost(m), wait(m), -m.quality))
-            why = f"auto: complexity {level}, cheapest of {len(prompt)} model(s) with quality >= {level + 1}"
+            why = f"auto: {need}, cheapest of {len(prompt)} model(s) with quality >= {level + 1}"
         else:
             chosen = min(strong, key=lambda m: (wait(m), cost(m)))
-            why = f"auto: complexity {level}, least loaded of {len(strong)} model(s) with quality >= {level + 1}"
+            why = f"auto: {need}, least loaded of {len(strong)} model(s) with quality >= {level + 1}"
         if slow := [f"{m.id} ({wait(m):.0f} ms)" for m in strong if m not in prompt]:
             why += f"; expected wait over plan {plan.name}'s {target:.0f} ms target: {', '.join(slow)}"
     else:
         chosen = max(usable_now, key=lambda m: (m.quality, -cost(m), -wait(m)))
-        why = f"auto: complexity {level}, strongest model plan {plan.name} can use now (quality {chosen.quality})"
+        why = f"auto: {need}, strongest model plan {plan.name} can use now (quality {chosen.quality})"
     if down := [m.id for m in pool if fits(m) and m.triton_stream not in served]:
         why += f"; not served now: {', '.join(down)}"
     backups = tuple(m for m in map(catalogue.get, chosen.fallbacks) if usable(m))

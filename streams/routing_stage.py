@@ -81,7 +81,8 @@ async def choose(deps: Deps, rc: RequestContext, built: Built) -> Decision | Non
     plan = deps.models.plan(rc.plan)
     features = Features(prompt_tokens=built.prompt_tokens, max_output_tokens=rc.max_tokens,
                         turns=len(built.messages), text=rc.newest_user_message,
-                        guided=rc.guide is not None, logprobs=request.get("top_logprobs") is not None)
+                        guided=rc.guide is not None, logprobs=request.get("top_logprobs") is not None,
+                        sources=len(built.sources))
     try:
         decision = route(request["model"], deps.models, plan, features, await deps.ready_models.get(deps),
                          await deps.model_load.get())

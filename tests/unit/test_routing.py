@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from conflux.models import CatalogueModelError, ModelCatalogue, load_models
-from conflux.routing import Features, RoutingError, complexity, route
+from conflux.routing import Features, RoutingError, complexity, difficulty, route
 
 SMOL, QWEN = "smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"
 CPU_SERVED = {"smollm2", "smollm2_generate", "qwen25_coder", "qwen25_coder_generate", "echo"}
@@ -57,6 +57,30 @@ def test_complexity_levels() -> None:
     assert complexity(feats("hello", turns=8)) == 1
     assert complexity(feats("Please explain why this algorithm is O(n log n)")) == 2
     assert complexity(feats("fix this\n```python\nx=1\n```")) == 2
+
+
+@pytest.mark.parametrize(("f", "level", "signal"), [
+    (Features(30, 64, 1, "What is the refund window?", sources=3), 1, "grounded in 3 source(s)"),
+    (feats("What is the refund window? And who approves it?"), 1, "2 questions"),
+    (feats("Check these:\n1. the window\n2. the approver"), 1, "2 questions"),
+    (Features(30, 64, 1, "Weather in Paris", guided=True), 1, "tools or JSON"),
+    (feats("hi", out=1024), 1, "max_tokens 1024 > 512"),
+    (feats("hi", prompt_tokens=2000), 2, "prompt 2000 > 1500 tokens"),
+])
+def test_difficulty_names_its_signals(f: Features, level: int, signal: str) -> None:
+    need = difficulty(f)
+    assert need.level == level and signal in need.signals and signal in str(need)
+
+
+def test_a_greeting_stays_on_the_small_model_and_a_grounded_question_goes_to_the_stronger(
+        cat: ModelCatalogue) -> None:
+    hi = route("auto", cat, cat.plan("pro"), feats("Hello! How are you today?"), CPU_SERVED)
+    assert hi.model.id == SMOL and hi.reason.startswith("auto: complexity 0,")
+    grounded = Features(600, 64, 1, "How long do I have to ask for a refund?", sources=4)
+    d = route("auto", cat, cat.plan("pro"), grounded, CPU_SERVED)
+    assert d.model.id == QWEN and "grounded in 4 source(s)" in d.reason
+    # Within the plan: a free tenant's grounded question gets the strongest model its plan allows.
+    assert route("auto", cat, cat.plan("free"), grounded, CPU_SERVED).model.id == SMOL
 
 
 def test_auto_never_picks_echo_and_prefers_the_cheapest_sufficient_model(cat: ModelCatalogue) -> None:
