@@ -10,6 +10,7 @@ import time
 
 from redis.exceptions import RedisError
 
+from conflux import grounding
 from streams.deps import Deps
 from streams.inference import Generated
 from streams.prompt_build import Built
@@ -18,17 +19,18 @@ from streams.request import RequestContext
 log = logging.getLogger("conflux.streams")
 
 
-async def finish(deps: Deps, rc: RequestContext, built: Built, gen: Generated,
-                 chunks: list[dict[str, str]]) -> None:
+async def finish(deps: Deps, rc: RequestContext, built: Built, gen: Generated) -> str | None:
+    """The finish reason the caller was sent, or None when another worker ends this request (a takeover or a
+    replay) or the answer was blocked: then there is no delivered answer of this worker's to score."""
     t0 = time.perf_counter()
     env = rc.env
     if not await deps.once.is_live_epoch(rc.request_id, gen.epoch):
         log.warning("generation %d of %s was taken over while this worker stalled; leaving its end to the new "
                     "holder", gen.epoch, rc.request_id)
-        return
+        return None
     async with deps.ending(rc.request_id) as mine:
         if not mine:
-            return  # a replay: this request was already ended
+            return None  # a replay: this request was already ended
         out = gen.output
         verdict = out.verdict
         await rc.events.add("safety.verdicts", {
@@ -37,7 +39,8 @@ async def finish(deps: Deps, rc: RequestContext, built: Built, gen: Generated,
             "checker": "rules+safety_head/minilm_embed (stream)",
             "latency_ms": (time.perf_counter() - t0) * 1000}, key=rc.key)
         finish_reason = "content_filter" if verdict == "BLOCK" else gen.finish_reason
-        citations = [c["chunk_id"] for c in chunks]
+        # The sources the answer used (cited as [n], or supporting it uncited), not all it was given.
+        citations = [built.sources[i]["chunk_id"] for i in grounding.used(gen.text, built.sources)]
         # Generated tokens are charged however the answer ended: whole, cut by the token limit, cancelled by
         # the caller, or blocked by the output check (the model did the work the request asked for).
         cost = gen.model.cost_micros(gen.prompt_tokens, gen.completion_tokens)
@@ -65,3 +68,4 @@ async def finish(deps: Deps, rc: RequestContext, built: Built, gen: Generated,
         except RedisError as exc:  # memory fails open: the answer is already delivered, only the turn is lost
             deps.metrics.inc("memory_unavailable_total", help_text="memory reads or writes skipped")
             log.warning("turn of %s not remembered: %r", rc.request_id, exc)
+    return None if verdict == "BLOCK" else finish_reason

@@ -4,7 +4,7 @@ The order of the chain, in one place:
 
     input safety  ─┐ side by side; no token leaves before the input verdict allows it
     retrieval ─► prompt build (+ session memory) ─┘
-    ─► routing ─► inference (streams to the caller) ─► output safety (ends the request)
+    ─► routing ─► inference (streams to the caller) ─► output safety (ends the request) ─► quality (scores it)
                    └ with `server_tools`: the agent loop (streams/agent.py) runs the built-in tools the model
                      calls and generates again, inside the inference stage
 
@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 from conflux import taxonomy
 from conflux.kafka import PendingEvents
-from streams import inference, input_safety, output_safety, prompt_build, retrieval, routing_stage
+from streams import inference, input_safety, output_safety, prompt_build, quality, retrieval, routing_stage
 from streams.deps import Deps
 from streams.request import RequestContext, gated
 
@@ -55,10 +55,10 @@ async def handle(deps: Deps, request: dict[str, Any]) -> None:
     rc.embedding(deps.triton)  # started once, before the branches that share it
     early, gate = gated(rc)
 
-    async def prepare() -> tuple[prompt_build.Built, list[dict[str, Any]]]:
+    async def prepare() -> prompt_build.Built:
         chunks, memory = await asyncio.gather(_stage(deps, "retrieval", retrieval.retrieve(deps, early)),
                                               prompt_build.recall(deps, early))
-        return await _stage(deps, "prompt_build", prompt_build.build(deps, early, memory, chunks)), chunks
+        return await _stage(deps, "prompt_build", prompt_build.build(deps, early, memory, chunks))
 
     # A TaskGroup cancels the other branch when one fails, so nothing of a failed request runs on. Its error
     # is re-raised as itself (not a group) so that the agent's retry and dead-letter policy sees its type.
@@ -74,7 +74,7 @@ async def handle(deps: Deps, request: dict[str, Any]) -> None:
                                events=rc.events)
         return
     await gate.release()  # allowed: retrieval's and prompt build's events join the request's
-    built, chunks = prepared.result()
+    built = prepared.result()
     if built.too_long:
         await deps.finish_with_error(request, built.too_long, finish_reason="context_length_exceeded",
                                      events=rc.events)
@@ -87,7 +87,9 @@ async def handle(deps: Deps, request: dict[str, Any]) -> None:
     generated = await _stage(deps, "inference", inference.generate(deps, rc, decision, built))
     if generated is None:
         return  # ended by inference (an error), or a replay of a generation that is not this worker's
-    await _stage(deps, "output_safety", output_safety.finish(deps, rc, built, generated, chunks))
+    delivered = await _stage(deps, "output_safety", output_safety.finish(deps, rc, built, generated))
+    if delivered is not None:  # the caller has its answer: scoring it adds nothing to its wait
+        await _stage(deps, "quality", quality.record(deps, rc, built, generated, delivered))
     await rc.events.settle()
 
 
