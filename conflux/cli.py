@@ -334,7 +334,10 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from conflux.clickhouse import clickhouse_client
-    from consumers.export import run_export
+    from consumers.export import QualityFilter, run_export
+
+    if not 0.0 <= args.min_grounded <= 1.0:
+        raise ConfluxError(f"--min-grounded is a share of an answer's sentences, 0 to 1; got {args.min_grounded}")
 
     def when(text: str | None, default: datetime) -> datetime:
         if not text:
@@ -349,7 +352,8 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     client = clickhouse_client(settings)
     try:
         report = run_export(client, Path(args.out), when(args.since, now - timedelta(days=30)),
-                            when(args.until, now + timedelta(minutes=1)), args.tenant, _progress)
+                            when(args.until, now + timedelta(minutes=1)), args.tenant, _progress,
+                            QualityFilter(keep_hallucinated=args.keep_hallucinated, min_grounded=args.min_grounded))
     finally:
         client.close()
     print(json.dumps(report, indent=2))
@@ -509,6 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", help="ISO start (default: 30 days ago)")
     p.add_argument("--until", help="ISO end (default: now)")
     p.add_argument("--tenant", help="only this tenant (default: all)")
+    p.add_argument("--min-grounded", type=float, default=0.0,
+                   help="drop SFT answers given sources whose grounded score (quality.scores) is below this, 0..1")
+    p.add_argument("--keep-hallucinated", action="store_true",
+                   help="keep SFT answers the quality stage found hallucinated (dropped by default)")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("article", help="write an article with the article workflow on a running edge, a progress "
                        "bar per step on stderr, the article (Markdown, with its sources) on stdout")

@@ -2,7 +2,8 @@
 
 Supervised fine-tuning records (OpenAI chat JSONL) come from answers with positive feedback, or from human
 corrections; preference pairs (OpenAI DPO JSONL) come from corrections (correction over original) and from
-ratings of answers to the same prompt. Blocked and errored exchanges are dropped, personal data is scrubbed,
+ratings of answers to the same prompt. Blocked and errored exchanges are dropped, answers the quality stage found
+hallucinated (or less grounded than --min-grounded) never become SFT records, personal data is scrubbed,
 exact and near duplicates are removed. Parquet twins of both files carry each record's lineage (the event
 ids it was built from); summary.json states how many records passed each filter.
 """
@@ -43,6 +44,9 @@ class Exchange:
     rating: int | None = None
     correction: str | None = None
     feedback_ids: list[str] = field(default_factory=list)
+    # The quality stage's scores (quality.scores); None for an answer it did not score (older than the stage).
+    grounded: float | None = None
+    hallucinated: bool | None = None
 
     @property
     def positive(self) -> bool:
@@ -55,7 +59,7 @@ class Exchange:
 
 QUERY = """
 SELECT r.request_id, r.tenant_id, p.body AS prompt, r.body AS response, r.event_id AS response_event,
-       p.event_id AS prompt_event, f.bodies AS feedback, f.ids AS feedback_ids
+       p.event_id AS prompt_event, f.bodies AS feedback, f.ids AS feedback_ids, q.body AS quality
 FROM (SELECT request_id, tenant_id, body, event_id FROM events FINAL
       WHERE event_type = 'response_delivered' AND event_time >= {since:DateTime64(6)}
         AND event_time < {until:DateTime64(6)} AND ({tenant:String} = '' OR tenant_id = {tenant:String})) AS r
@@ -65,6 +69,9 @@ LEFT JOIN (SELECT JSONExtractString(body, 'response_id') AS rid, groupArray(body
                   groupArray(event_id) AS ids
            FROM events FINAL WHERE event_type = 'feedback_given' GROUP BY rid) AS f
   ON f.rid = r.request_id
+LEFT JOIN (SELECT request_id AS qrid, any(body) AS body FROM events FINAL WHERE event_type = 'quality_scored'
+           GROUP BY qrid) AS q
+  ON q.qrid = r.request_id
 ORDER BY r.request_id
 """
 
@@ -72,13 +79,17 @@ ORDER BY r.request_id
 def load_exchanges(client: Any, since: datetime, until: datetime, tenant: str | None) -> list[Exchange]:
     result = client.query(QUERY, parameters={"since": since, "until": until, "tenant": tenant or ""})
     out = []
-    for rid, tid, prompt_raw, response_raw, response_event, prompt_event, feedback, feedback_ids in \
+    for rid, tid, prompt_raw, response_raw, response_event, prompt_event, feedback, feedback_ids, quality in \
             result.result_rows:
         prompt, response = json.loads(prompt_raw), json.loads(response_raw)
         ex = Exchange(request_id=rid, tenant_id=tid, answer=response.get("content") or "",
                       messages=[{"role": m["role"], "content": m["content"]} for m in prompt["messages"]],
                       model=response.get("model") or "", blocked=bool(response.get("blocked")),
                       error=response.get("error") or "", event_ids=[prompt_event, response_event])
+        if quality:  # a LEFT JOIN without a match gives ''
+            scores = json.loads(quality)
+            if scores["envelope"]["tenant_id"] == tid:
+                ex.grounded, ex.hallucinated = scores.get("grounded"), bool(scores.get("hallucinated"))
         # Later feedback overrides earlier feedback of the same kind.
         for raw, fid in sorted(zip(feedback or [], feedback_ids or [], strict=True),
                                key=lambda x: json.loads(x[0])["envelope"]["event_time"]):
@@ -133,14 +144,38 @@ def _scrub_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": scrub_pii(m["content"])} for m in messages]
 
 
-def build(exchanges: list[Exchange], progress: Progress) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
-                                                                  dict[str, Any]]:
+@dataclass(frozen=True)
+class QualityFilter:
+    """Which answers may teach the next model as they are (SFT from positive feedback), by the quality stage's
+    scores. A human correction replaces the answer, so it is never filtered; nor is an answer the stage did not
+    score, nor one without sources (grounded is then None)."""
+
+    keep_hallucinated: bool = False
+    min_grounded: float = 0.0
+
+    def rejects(self, e: Exchange) -> str | None:
+        if e.correction:
+            return None
+        if e.hallucinated and not self.keep_hallucinated:
+            return "hallucinated"
+        if e.grounded is not None and e.grounded < self.min_grounded:
+            return "below_min_grounded"
+        return None
+
+
+def build(exchanges: list[Exchange], progress: Progress, quality: QualityFilter | None = None,
+          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     report: dict[str, Any] = {"selected": len(exchanges)}
     kept = [e for e in exchanges if not e.blocked and not e.error and e.answer]
     report["after_blocked_or_errored_removed"] = len(kept)
 
+    rules = quality or QualityFilter()
     sft_candidates = [e for e in kept if e.correction or e.positive]
     report["sft_with_positive_feedback_or_correction"] = len(sft_candidates)
+    why = [rules.rejects(e) for e in sft_candidates]
+    report["sft_hallucinated_removed"] = why.count("hallucinated")
+    report["sft_below_min_grounded_removed"] = why.count("below_min_grounded")
+    sft_candidates = [e for e, w in zip(sft_candidates, why, strict=True) if w is None]
     sft: list[dict[str, Any]] = []
     exact: set[str] = set()
     near = NearDuplicates()
@@ -217,14 +252,14 @@ def write(out_dir: Path, sft: list[dict[str, Any]], prefs: list[dict[str, Any]],
 
 
 def run_export(client: Any, out_dir: Path, since: datetime, until: datetime, tenant: str | None,
-               progress: Progress | None = None) -> dict[str, Any]:
+               progress: Progress | None = None, quality: QualityFilter | None = None) -> dict[str, Any]:
     say = progress or (lambda m: print(m, file=sys.stderr))
     if since >= until:
         raise ExportError(f"--since ({since}) must be before --until ({until})")
     say(f"reading exchanges {since:%Y-%m-%d %H:%M} .. {until:%Y-%m-%d %H:%M} (tenant {tenant or 'all'})")
     exchanges = load_exchanges(client, since, until, tenant)
     say(f"{len(exchanges)} exchanges; filtering, scrubbing, deduplicating")
-    sft, prefs, report = build(exchanges, say)
+    sft, prefs, report = build(exchanges, say, quality)
     report.update(since=since.isoformat(), until=until.isoformat(), tenant=tenant or "all")
     write(out_dir, sft, prefs, report)
     say(f"wrote {len(sft)} SFT records and {len(prefs)} preference pairs to {out_dir}")

@@ -112,3 +112,18 @@ def cache_by_model(client: Any, tenant: str, minutes: int) -> list[dict[str, Any
                  "round(hits / lookups, 4) AS hit_rate, "
                  "sum(JSONExtractInt(body, 'saved_micros')) AS saved_usd_micros "
                  f"{_from(event_type='cache_lookup')} GROUP BY model ORDER BY model", tenant, minutes)
+
+
+def quality_by_model_day(client: Any, tenant: str, minutes: int) -> list[dict[str, Any]]:
+    """Answer quality per model and day (quality.scores): of the answers given sources, how many were grounded
+    and how many hallucinated; of all, how many declined, were empty or looped."""
+    return _rows(client, "SELECT toDate(event_time) AS day, JSONExtractString(body, 'model') AS model, "
+                 "count() AS answers, countIf(JSONExtractInt(body, 'sources') > 0) AS with_sources, "
+                 "countIf(JSONExtractBool(body, 'hallucinated')) AS hallucinated, "
+                 "round(if(with_sources > 0, hallucinated / with_sources, 0), 4) AS hallucination_rate, "
+                 "round(avgIf(JSONExtractFloat(body, 'grounded'), "
+                 "JSONExtract(body, 'grounded', 'Nullable(Float64)') IS NOT NULL), 4) AS mean_grounded, "
+                 "round(countIf(JSONExtractBool(body, 'refusal')) / answers, 4) AS refusal_rate, "
+                 "round(countIf(JSONExtractBool(body, 'empty')) / answers, 4) AS empty_rate, "
+                 "round(countIf(JSONExtractFloat(body, 'repetition') > 0.5) / answers, 4) AS repetitive_rate "
+                 f"{_from(event_type='quality_scored')} GROUP BY day, model ORDER BY day, model", tenant, minutes)

@@ -42,6 +42,7 @@ _VIEWS: dict[str, Callable[..., Any]] = {
     "feedback": metrics.feedback_by_model,
     "hops": metrics.per_hop_latency,
     "cache": metrics.cache_by_model,
+    "quality": metrics.quality_by_model_day,
 }
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from consumers.export import Exchange, NearDuplicates, build, write
+from consumers.export import Exchange, NearDuplicates, QualityFilter, build, write
 
 
 def ex(i: int, prompt: str, answer: str, **kw: object) -> Exchange:
@@ -54,6 +54,27 @@ def test_rating_pairs_for_the_same_prompt() -> None:
     _, prefs, _ = build([good, bad], lambda m: None)
     assert len(prefs) == 1 and prefs[0]["lineage"]["source"] == "rating"
     assert "fish" in prefs[0]["non_preferred_output"][0]["content"]
+
+
+def test_quality_scores_filter_what_may_teach_as_it_is() -> None:
+    exchanges = [
+        ex(1, "Refund window?", "Refunds are possible for 12 months.", thumbs_up=True, grounded=0.0, hallucinated=True),
+        ex(2, "Rate limit?", "The API allows 600 calls per minute [1].", thumbs_up=True, grounded=1.0,
+           hallucinated=False),
+        ex(3, "Office hours?", "Open nine to five. Closed on Sundays.", thumbs_up=True, grounded=0.5,
+           hallucinated=False),
+        ex(4, "Say hi", "Hi!", thumbs_up=True),  # not scored, or no sources: never filtered
+        ex(5, "Refund window again?", "Refunds are possible for a year.", grounded=0.0, hallucinated=True,
+           correction="Within 45 days of purchase."),  # a correction replaces the answer: kept
+    ]
+    sft, _, report = build(exchanges, lambda m: None)
+    assert [r["lineage"]["request_id"] for r in sft] == ["r2", "r3", "r4", "r5"]
+    assert report["sft_hallucinated_removed"] == 1 and report["sft_below_min_grounded_removed"] == 0
+    sft, _, report = build(exchanges, lambda m: None, QualityFilter(min_grounded=0.75))
+    assert [r["lineage"]["request_id"] for r in sft] == ["r2", "r4", "r5"]
+    assert report["sft_below_min_grounded_removed"] == 1
+    sft, _, _ = build(exchanges, lambda m: None, QualityFilter(keep_hallucinated=True))
+    assert [r["lineage"]["request_id"] for r in sft] == ["r1", "r2", "r3", "r4", "r5"]
 
 
 def test_near_duplicate_detection() -> None:
