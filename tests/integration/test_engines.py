@@ -146,6 +146,16 @@ def test_vector_store_search_upsert_and_tenant_isolation(vector_store: VectorSto
         assert vector_store.search(col, "acme", _vec(1, 0), 1)[0].text == "kafka keeps every event"
         vector_store.delete_document(col, "acme", "d1")
         assert vector_store.count(col, "acme") == 0 and vector_store.count(col, "globex") == 1
+        # Ids are compared whole: "acme" is a word of "acme-corp", "d1" of "d1-v2" (Weaviate's default `word`
+        # tokenization matched them, so one tenant read and deleted another's chunks).
+        vector_store.upsert(col, [Chunk("c1", "d1-v2", "acme-corp", "corp secret", _vec(1, 0), "s.md"),
+                                  Chunk("c1", "d1", "acme", "acme note", _vec(0, 1), "n.md")])
+        assert [h.text for h in vector_store.search(col, "acme", _vec(1, 0), 5)] == ["acme note"]
+        assert vector_store.count(col, "acme") == 1 and vector_store.count(col, "acme-corp") == 1
+        vector_store.delete_document(col, "acme-corp", "d1")  # a document acme-corp does not have
+        assert vector_store.count(col, "acme-corp") == 1
+        vector_store.delete_document(col, "acme", "d1")
+        assert vector_store.count(col, "acme") == 0 and vector_store.count(col, "acme-corp") == 1
     finally:
         vector_store.drop_collection(col)
 
