@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml triton_models/requirements-no-deps.txt | sha1sum | cut -c1-12)
 
 .PHONY: install install-node install-agents models-env tool-eval up down status demo test test-unit test-integration test-faults lint clean bench bench-cache bench-sink bench-workflow \
-	bench-freshness soak safety-eval safety-model paraphrase-data semantic-eval
+	bench-freshness soak safety-eval safety-model paraphrase-data semantic-eval eval
 
 $(STAMP): pyproject.toml triton_models/requirements-no-deps.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -104,6 +104,13 @@ paraphrase-data: install
 # Precision and recall of the semantic cache's threshold on those pairs (tuned on one split, reported on both).
 semantic-eval: install
 	$(BIN)/python -m producers.semantic_eval
+
+# Answer quality on public reading-comprehension data (the SQuAD, TriviaQA and DROP fixtures inside the allennlp
+# 0.9.0 wheel, data only), asked through the chat API of each model and `auto`: retrieval recall@k, answer accuracy,
+# groundedness, hallucination rate, tokens/s. About 15 minutes; writes .conflux/bench/eval.json. CI never runs it.
+eval: install
+	$(BIN)/conflux up
+	$(BIN)/python -m producers.qa_eval
 
 install-node:  # the official openai npm package, for tests/integration/test_node_client.py
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error

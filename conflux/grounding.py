@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 # Small models follow an instruction best when it sits next to the question, not in a system prompt far above it;
-# the question comes last so that it is what the model read most recently.
-INSTRUCTION = ("Answer the question using only the numbered sources below, and cite the sources you use as [n]. "
-               "If the sources do not contain the answer, say that they do not contain it.")
+# the question comes last so that it is what the model read most recently. Tuned on the dev split of `make eval`
+# only: asking Qwen2.5-0.5B to cite its sources as [n] made it answer with the mark alone ("[1]", 0 of 15 right);
+# without that request it answers in words (4 of 15), and the citations are found from the answer instead (`used`).
+INSTRUCTION = ("Answer the question using only the numbered sources below. If the sources do not contain the answer, "
+               "say that they do not contain it.")
 
 _MARK = re.compile(r"\[(\d{1,2}(?:\s*,\s*\d{1,2})*)\]")
 _WORD = re.compile(r"[a-z0-9]+(?:[.,'][a-z0-9]+)*")
