@@ -5,9 +5,10 @@ Kafka or touching a model.
 The key is a SHA-256 over everything that decides the prompt as built and the answer: the tenant, its system
 prompt, safety policy and documents version (bumped by every ingest, so a retrieval answer never outlives its
 sources), the model asked for and the catalogue's fingerprint (model versions), the safety classifier's
-version, the messages, and every field that shapes the answer (tools, response_format, stop, n, seed,
-sampling, max_tokens, logprobs). A change of any of them is a different key: nothing needs to be deleted,
-old entries age out with their TTL. The tenant id is in the Redis key too: never across tenants.
+version, the grounded prompt's instruction, the messages, and every field that shapes the answer (tools,
+response_format, stop, n, seed, sampling, max_tokens, logprobs). A change of any of them is a different key:
+nothing needs to be deleted, old entries age out with their TTL. The tenant id is in the Redis key too: never
+across tenants.
 
 Not cached: sampled requests (temperature > 0 without a seed), n > 1, requests that continue a conversation
 from session memory (X-Conversation-Id), `Cache-Control: no-store` (neither read nor written) and tenants that
@@ -27,6 +28,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from conflux import grounding
 from conflux.models import ModelCatalogue
 from conflux.tenants import Tenant
 from edge.params import logprobs_asked
@@ -62,12 +64,13 @@ class Entry:
 
 
 def fingerprint(models: ModelCatalogue, safety_head: Path) -> str:
-    """The catalogue (every model's id, Triton model, template and version) and the safety classifier's
-    weights: a change of either is a different cache."""
+    """The catalogue (every model's id, Triton model, template and version), the safety classifier's weights and
+    the grounded prompt's instruction: a change of any is a different cache (a new instruction is a new prompt)."""
     h = hashlib.sha256()
     for m in models.models:
         h.update(f"{m.id}|{m.triton_stream}|{m.template}|{m.version}\n".encode())
     h.update(safety_head.read_bytes())
+    h.update(grounding.INSTRUCTION.encode())
     return h.hexdigest()[:16]
 
 

@@ -135,6 +135,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
         base = {"id": adm.request_id, "object": "chat.completion.chunk", "created": created, "model": body.model}
         finished = False
         prompt_tokens, completion_tokens = 0, 0
+        served = body.model  # the model that answered (routing's choice for `auto`), as the chunks say
 
         def delta(i: int, model: str, d: dict[str, Any], extra: dict[str, Any] | None = None) -> str:
             return sse({**base, "model": model, "choices": [{"index": i, "delta": d, "finish_reason": None,
@@ -144,7 +145,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
             for i in range(len(choices)):
                 yield delta(i, body.model, {"role": "assistant", "content": ""})
             async for i, chunk in svc.merged(choices):
-                model = chunk.get("model") or body.model
+                model = served = chunk.get("model") or body.model
                 if chunk.get("error"):
                     yield sse(chain_error(chunk).body())
                     finished = True
@@ -163,7 +164,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request,
                     prompt_tokens = chunk.get("prompt_tokens") or prompt_tokens
                     completion_tokens += chunk.get("completion_tokens") or 0
             if include_usage:  # after every choice has ended; the prompt counted once
-                yield sse({**base, "choices": [], "usage": {
+                yield sse({**base, "model": served, "choices": [], "usage": {
                     "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                     "total_tokens": prompt_tokens + completion_tokens}})
             finished = True

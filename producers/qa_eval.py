@@ -20,8 +20,9 @@ Per model it reports, as JSON (also written to .conflux/bench/eval.json):
 - retrieval recall@k: the share of questions with an accepted answer string in a retrieved chunk (DPR's "top-k
   accuracy"), read from the request's retrieval.completed event in ClickHouse; over the questions whose answer
   occurs in their documents word for word (DROP's counts mostly do not);
-- answer accuracy: an accepted answer (SQuAD-normalised: lower case, no punctuation or articles; a number also
-  as a word) occurs in the answer; per dataset too, since DROP's arithmetic is a different task from lookup;
+- answer accuracy: an accepted answer (SQuAD-normalised: lower case, no punctuation or articles) occurs in the
+  answer as whole words; for a count, the first number the answer states (digits or a word, leaving out those
+  the question states) is the count; per dataset too, since DROP's arithmetic is a different task from lookup;
 - groundedness and hallucination rate by conflux/grounding.py's scores, the same the quality stage records;
 - decode tokens/s (completion tokens after the first over the time from first to last chunk) and TTFT;
 - where `auto` went, and why (its routing reasons).
@@ -172,6 +173,22 @@ def contains(text: str, answers: tuple[str, ...]) -> bool:
     return any(f" {form} " in padded for a in answers for form in accepted(a))
 
 
+def _numbers(text: str) -> list[str]:
+    words = normalise(_CITATION.sub(" ", text)).split()
+    return [str(_NUMBERS.index(w)) if w in _NUMBERS else w for w in words if w.isdigit() or w in _NUMBERS]
+
+
+def correct(answer: str, q: Question) -> bool:
+    """Whether an answer is right. A count is right when the first number the answer states (other than those
+    the question states, such as its year) is the count: "14 contenders ... 1. ... 2." is not the answer 2.
+    Anything else is right when an accepted answer occurs in it as whole words."""
+    if all(a.isdigit() for a in q.answers):
+        given = set(_numbers(q.question))
+        stated = [n for n in _numbers(answer) if n not in given]
+        return bool(stated) and stated[0] in {str(int(a)) for a in q.answers}
+    return contains(answer, q.answers)
+
+
 async def eval_keys(settings: Settings, tenants: set[str]) -> dict[str, str]:
     """A fresh key for each eval tenant (plan pro: the plan `auto` can route to the stronger model on)."""
     from conflux.redis_client import redis_client
@@ -238,11 +255,13 @@ class Answer:
 def ask(http: httpx.Client, key: str, model: str, q: Question, max_tokens: int) -> Answer:
     body = {"model": model, "messages": [{"role": "user", "content": q.question}], "max_tokens": max_tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    # no-store: the model answers every time (a cached answer would measure an earlier run, not this one).
+    headers = {"Authorization": f"Bearer {key}", "Cache-Control": "no-store"}
     t0 = time.perf_counter()
     first = last = None
     parts: list[str] = []
     final: dict[str, Any] = {}
-    with http.stream("POST", "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}) as r:
+    with http.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
         if r.status_code != 200:
             raise SystemExit(f"{model}: HTTP {r.status_code}: {r.read().decode()[:300]}")
         rid = r.headers.get("x-request-id", "")
@@ -292,7 +311,7 @@ def report(model: str, answers: list[Answer]) -> dict[str, Any]:
         pick = [i for i, a in enumerate(answers) if split == "all" or a.question.split == split]
         out[split] = {
             "n": len(pick),
-            "answer_accuracy": share([contains(answers[i].text, answers[i].question.answers) for i in pick]),
+            "answer_accuracy": share([correct(answers[i].text, answers[i].question) for i in pick]),
             # Over the questions whose answer is in their documents word for word (a count is not).
             "retrieval_recall_at_k": share([any(contains(c["text"], answers[i].question.answers)
                                                 for c in answers[i].retrieved) for i in pick
@@ -302,7 +321,7 @@ def report(model: str, answers: list[Answer]) -> dict[str, Any]:
             "hallucination_rate": share([scores[i].hallucinated for i in pick]),
             "refusal_rate": share([scores[i].refusal for i in pick]),
         }
-    out["accuracy_by_dataset"] = {ds: share([contains(a.text, a.question.answers) for a in answers
+    out["accuracy_by_dataset"] = {ds: share([correct(a.text, a.question) for a in answers
                                              if a.question.dataset == ds])
                                   for ds in sorted({a.question.dataset for a in answers})}
     tps = [a.decode_tps for a in answers if a.decode_tps]
@@ -341,7 +360,7 @@ def main() -> None:
             for n, q in enumerate(questions, 1):
                 a = ask(http, keys[q.tenant], model, q, args.max_tokens)
                 answers.append(a)
-                ok = contains(a.text, q.answers)
+                ok = correct(a.text, q)
                 print(f"[eval] {model} {n}/{len(questions)} {'OK ' if ok else 'no '} {q.question[:60]!r} -> "
                       f"{a.text[:80]!r}", file=sys.stderr)
             attach_events(settings, answers)
@@ -353,7 +372,7 @@ def main() -> None:
                 f.write(json.dumps({"model": a.model, "chosen": a.chosen, "dataset": a.question.dataset,
                                     "split": a.question.split, "question": a.question.question,
                                     "answers": a.question.answers, "text": a.text, "citations": a.citations,
-                                    "reason": a.reason, "correct": contains(a.text, a.question.answers),
+                                    "reason": a.reason, "correct": correct(a.text, a.question),
                                     "retrieved": [(c["source"], round(c["score"], 3),
                                                    contains(c["text"], a.question.answers)) for c in a.retrieved]})
                         + "\n")

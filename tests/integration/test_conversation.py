@@ -235,13 +235,20 @@ async def test_ingested_documents_are_retrieved_and_cited_for_their_tenant_only(
         store.close()
     question = {"model": "echo", "max_tokens": 3,
                 "messages": [{"role": "user", "content": "Who keeps the Conflux lighthouse?"}]}
+    since = int(time.time() * 1000) - 1000
     async with httpx.AsyncClient(timeout=60) as http:
         mine = (await http.post(f"{base}/chat/completions", json=question,
                                 headers={"Authorization": f"Bearer {key}"})).json()
         theirs = (await http.post(f"{base}/chat/completions", json=question,
                                   headers={"Authorization": f"Bearer {other_key}"})).json()
-    assert mine["citations"] and all(c.startswith("doc-") for c in mine["citations"])
-    assert theirs["citations"] == []  # another tenant's documents are never retrieved
+    topics = ("retrieval.completed", "prompt.built")
+    built = (await events_of(stack, mine["id"], since, topics, want=2))["prompt.built"][0]
+    assert built["context_chunk_ids"] and all(c.startswith("doc-") for c in built["context_chunk_ids"])
+    assert "Ottoline Brackwater" in built["messages"][-1]["content"]  # the source is in the prompt
+    # Another tenant's documents are never retrieved.
+    assert (await events_of(stack, theirs["id"], since, topics, want=2))["retrieval.completed"][0]["chunks"] == []
+    # The echo model's three words are the instruction's, none of the source's: the answer used no source.
+    assert mine["citations"] == []
 
 
 async def test_an_injection_in_a_retrieved_document_is_flagged_and_left_out(
@@ -268,9 +275,10 @@ async def test_an_injection_in_a_retrieved_document_is_flagged_and_left_out(
         answer = (await http.post(f"{base}/chat/completions", headers={"Authorization": f"Bearer {key}"}, json={
             "model": "echo", "max_tokens": 3,
             "messages": [{"role": "user", "content": "When does the Gull Rock ferry leave?"}]})).json()
-    events = await events_of(stack, answer["id"], since, ("safety.verdicts",), want=1)
+    events = await events_of(stack, answer["id"], since, ("safety.verdicts", "prompt.built"), want=2)
     retrieval = [v for v in events["safety.verdicts"] if v["stage"] == "RETRIEVAL"]
     assert len(retrieval) == 1 and retrieval[0]["verdict"] == "FLAG"
     assert retrieval[0]["categories"] == ["prompt_injection"] and "ignore_instructions" in retrieval[0]["reasons"][0]
     flagged_chunk = retrieval[0]["reasons"][0].split(":")[0]
-    assert answer["citations"] and flagged_chunk not in answer["citations"]  # the clean document is still used
+    in_prompt = events["prompt.built"][0]["context_chunk_ids"]
+    assert in_prompt and flagged_chunk not in in_prompt  # the clean document is still used

@@ -22,13 +22,15 @@ class LLMError(ModelRuntimeError):
 
 def load_llama_for_triton(model_config_json: str) -> Any:
     """The model named by config.pbtxt's `gguf` parameter (default smollm2) on llama.cpp, with its `n_ctx`: one
-    thread per instance (two instances contend on 2 cores)."""
+    thread per instance to generate (two instances contend on 2 cores), and `n_threads_batch` (default 1) to read
+    the prompt, which is where a grounded prompt's time goes."""
     from llama_cpp import Llama
 
     params = json.loads(model_config_json).get("parameters", {})
     n_ctx = int(params.get("n_ctx", {}).get("string_value", "2048"))
     name = params.get("gguf", {}).get("string_value", "smollm2")
-    return Llama(str(gguf_path(name)), n_ctx=n_ctx, n_threads=1, n_threads_batch=1, verbose=False)
+    batch_threads = int(params.get("n_threads_batch", {}).get("string_value", "1"))
+    return Llama(str(gguf_path(name)), n_ctx=n_ctx, n_threads=1, n_threads_batch=batch_threads, verbose=False)
 
 
 @dataclass(frozen=True)

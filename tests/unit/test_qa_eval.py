@@ -1,0 +1,21 @@
+"""`make eval`'s answer matching (producers/qa_eval.py): what counts as a right answer."""
+
+from __future__ import annotations
+
+from producers.qa_eval import Question, correct
+
+COUNT = Question("q1", "drop", "How many contenders were there for the Swedish throne in 1611?", ("2",))
+SPAN = Question("q2", "triviaqa", "Where in England was Dame Judi Dench born?", ("York", "York UA"))
+
+
+def test_a_count_is_the_first_number_the_answer_states_beyond_the_question() -> None:
+    assert correct("According to the sources, there were 2 contenders in 1611.", COUNT)
+    assert correct("Two contenders [1].", COUNT)  # a number word counts; a citation mark does not
+    assert not correct("There were 14 contenders. They were:\n1. Carl Filip\n2. Gustavus", COUNT)
+    assert not correct("[2]", COUNT) and not correct("1611", COUNT) and not correct("", COUNT)
+
+
+def test_a_span_is_right_as_whole_words_after_normalising() -> None:
+    assert correct("Dame Judi Dench was born in York, England.", SPAN)
+    assert correct("YORK.", SPAN)
+    assert not correct("She was born in Yorkshire.", SPAN)  # a longer word is not the answer
