@@ -23,6 +23,7 @@ Per model it reports, as JSON (also written to .conflux/bench/eval.json):
 - answer accuracy: an accepted answer (SQuAD-normalised: lower case, no punctuation or articles) occurs in the
   answer as whole words; for a count, the first number the answer states (digits or a word, leaving out those
   the question states) is the count; per dataset too, since DROP's arithmetic is a different task from lookup;
+- answer token recall: partial credit, the largest share of an accepted answer's words found in the answer;
 - groundedness and hallucination rate by conflux/grounding.py's scores, the same the quality stage records;
 - decode tokens/s (completion tokens after the first over the time from first to last chunk) and TTFT;
 - where `auto` went, and why (its routing reasons).
@@ -173,6 +174,14 @@ def contains(text: str, answers: tuple[str, ...]) -> bool:
     return any(f" {form} " in padded for a in answers for form in accepted(a))
 
 
+def token_recall(answer: str, q: Question) -> float:
+    """Partial credit, beside the strict accuracy: the largest share of an accepted answer's words that the
+    answer contains ("The Bears won" holds half of "Chicago Bears"; "Dave Seville" half of "David Seville")."""
+    words = set(normalise(_CITATION.sub(" ", answer)).split())
+    shares = [sum(w in words for w in toks) / len(toks) for a in q.answers if (toks := normalise(a).split())]
+    return max(shares, default=0.0)
+
+
 def _numbers(text: str) -> list[str]:
     words = normalise(_CITATION.sub(" ", text)).split()
     return [str(_NUMBERS.index(w)) if w in _NUMBERS else w for w in words if w.isdigit() or w in _NUMBERS]
@@ -312,6 +321,8 @@ def report(model: str, answers: list[Answer]) -> dict[str, Any]:
         out[split] = {
             "n": len(pick),
             "answer_accuracy": share([correct(answers[i].text, answers[i].question) for i in pick]),
+            "answer_token_recall": round(statistics.fmean([token_recall(answers[i].text, answers[i].question)
+                                                           for i in pick]), 3) if pick else None,
             # Over the questions whose answer is in their documents word for word (a count is not).
             "retrieval_recall_at_k": share([any(contains(c["text"], answers[i].question.answers)
                                                 for c in answers[i].retrieved) for i in pick
@@ -326,8 +337,8 @@ def report(model: str, answers: list[Answer]) -> dict[str, Any]:
                                   for ds in sorted({a.question.dataset for a in answers})}
     tps = [a.decode_tps for a in answers if a.decode_tps]
     out["decode_tokens_per_s_p50"] = round(statistics.median(tps), 1) if tps else None
-    out["ttft_ms"] = {"p50": round(pct([a.ttft_s * 1000 for a in answers], 50), 1),
-                      "p99": round(pct([a.ttft_s * 1000 for a in answers], 99), 1)}
+    out["ttft_ms"] = {"p50": round(pct([a.ttft_s * 1000 for a in answers], 0.5), 1),
+                      "p99": round(pct([a.ttft_s * 1000 for a in answers], 0.99), 1)}
     out["chosen_models"] = {m: sum(a.chosen == m for a in answers) for m in sorted({a.chosen for a in answers})}
     if model == "auto":
         out["routing_reasons"] = sorted({re.sub(r"\d+", "N", a.reason.split(",")[0]) for a in answers})

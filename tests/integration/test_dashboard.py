@@ -51,7 +51,7 @@ def test_dashboard_shows_the_values_in_clickhouse(stack: Settings) -> None:
             rows = ch.query("SELECT event_type, count() FROM events FINAL WHERE tenant_id = {t:String} "
                             "GROUP BY event_type", parameters={"t": tenant}).result_rows
             stored = {str(k): int(v) for k, v in rows}
-            if stored.get("response_delivered") == 3:
+            if stored.get("response_delivered") == 3 and stored.get("quality_scored") == 3:
                 break
             time.sleep(0.25)
         timeline = [r[0] for r in ch.query(
@@ -74,11 +74,13 @@ def test_dashboard_shows_the_values_in_clickhouse(stack: Settings) -> None:
     # Totals: every event type with the count ClickHouse holds.
     for event_type, n in stored.items():
         assert re.search(rf'data-event="{event_type}">{event_type} <b>{n}</b>', dom), (event_type, n)
-    # Six charts drawn by the charting library (Plotly renders into svg.main-svg).
-    for chart in ("requests", "latency", "hops", "safety", "feedback", "cost"):
+    # Seven charts drawn by the charting library (Plotly renders into svg.main-svg).
+    for chart in ("requests", "latency", "hops", "safety", "feedback", "cost", "quality"):
         section = dom.split(f'id="{chart}"', 1)[1].split('class="card"', 1)[0]
         assert "main-svg" in section, f"chart {chart} not drawn"
     assert all(rid in dom for rid in ids)  # the recent-requests table
+    quality = httpx.get(f"{base}/api/metrics/quality", headers={"Authorization": f"Bearer {key}"}).json()["rows"]
+    assert [(r["model"], r["answers"], r["with_sources"]) for r in quality] == [("echo", 3, 0)], quality
     budget = dom.split('data-budget="tenant-day">', 1)[1].split("</span>", 1)[0]
     assert "of 100000 tokens" in budget and "left" in budget, budget  # used versus left
     assert 'data-testid="range"' in dom

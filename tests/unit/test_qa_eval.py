@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from producers.qa_eval import Question, correct
+from producers.qa_eval import Question, correct, token_recall
 
 COUNT = Question("q1", "drop", "How many contenders were there for the Swedish throne in 1611?", ("2",))
 SPAN = Question("q2", "triviaqa", "Where in England was Dame Judi Dench born?", ("York", "York UA"))
@@ -19,3 +19,9 @@ def test_a_span_is_right_as_whole_words_after_normalising() -> None:
     assert correct("Dame Judi Dench was born in York, England.", SPAN)
     assert correct("YORK.", SPAN)
     assert not correct("She was born in Yorkshire.", SPAN)  # a longer word is not the answer
+
+
+def test_token_recall_gives_partial_credit() -> None:
+    bowl = Question("q3", "triviaqa", "Who won Super Bowl XX?", ("Chicago Bears", "Chicago Staleys"))
+    assert token_recall("The Bears won Super Bowl XX.", bowl) == 0.5
+    assert token_recall("The Chicago Bears.", bowl) == 1.0 and token_recall("New England", bowl) == 0.0
