@@ -23,12 +23,14 @@ INSTRUCTION = ("Answer the question using only the numbered sources below. If th
 _MARK = re.compile(r"\[(\d{1,2}(?:\s*,\s*\d{1,2})*)\]")
 _WORD = re.compile(r"[a-z0-9]+(?:[.,'][a-z0-9]+)*")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
-# Function words carry no claim: an answer is not "supported" because its "the" and "of" occur in a source.
+# Function words carry no claim: an answer is not "supported" because its "the" and "of" occur in a source; nor is
+# it unsupported for a preamble about the sources ("according to the information provided in the sources").
 _FUNCTION_WORDS = """
 a an and are as at be been but by can could did do does for from had has have he her his how i if in into is it
 its may might more most no not of on or our she so such than that the their them then there these they this
 those to was we were what when where which who whom why will with would you your also about after all any before
 being both each few here just only other over same should some still through under until very while yes
+according based information provided source sources context document documents text answer question mentioned
 """
 _STOP = frozenset(_FUNCTION_WORDS.split())
 # An answer that declines, or says its sources do not hold the answer: neither grounded nor a hallucination.

@@ -57,3 +57,9 @@ def test_layout_numbers_sources_under_the_instruction_with_the_question_last() -
     assert text.startswith(grounding.INSTRUCTION)
     assert "[1] (refunds.md) Customers may" in text and "\n[2] (limits.md) The API" in text
     assert text.endswith("Question: How long do I have?")
+
+
+def test_a_preamble_about_the_sources_is_neither_support_nor_claim() -> None:
+    s = grounding.score("According to the information provided in the sources, refunds are paid to the original "
+                        "card.", SOURCES)
+    assert s.grounded == 1.0 and not s.hallucinated
