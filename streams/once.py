@@ -42,6 +42,18 @@ end
 return {0, 0, 0}
 """
 
+# Take a claim over from the holder seen dead, only if it still holds it (or the claim has just expired): a
+# compare-and-set, so that of two workers who both saw the same dead holder exactly one takes over.
+# KEYS: claim. ARGV: the holder seen, the new holder, TTL.
+_TAKE_OVER = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] or not holder then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
 
 class Claim(enum.Enum):
     MINE = "mine"  # first to claim: go ahead
@@ -66,16 +78,18 @@ class Once:
         if await self._r.set(key, self.worker_id, nx=True, ex=CTX_TTL_S):
             self._active.add(f"{what}:{request_id}")
             return Claim.MINE
-        raw = await self._r.get(key)
-        holder = raw.decode() if isinstance(raw, bytes) else raw
-        if holder == "done":
-            return Claim.DONE
-        if holder is not None and await self._alive(holder, f"{what}:{request_id}"):
-            return Claim.BUSY
-        # The holder is gone (or the claim expired between the two calls): take it over.
-        await self._r.set(key, self.worker_id, ex=CTX_TTL_S)
-        self._active.add(f"{what}:{request_id}")
-        return Claim.ORPHANED
+        while True:
+            raw = await self._r.get(key)
+            holder = raw.decode() if isinstance(raw, bytes) else raw
+            if holder == "done":
+                return Claim.DONE
+            if holder is not None and await self._alive(holder, f"{what}:{request_id}"):
+                return Claim.BUSY
+            # The holder is gone (or the claim expired between the two calls): take it over, unless another
+            # worker did so first, in which case look again at who holds it now.
+            if await self._r.eval(_TAKE_OVER, 1, key, holder or "", self.worker_id, CTX_TTL_S):
+                self._active.add(f"{what}:{request_id}")
+                return Claim.ORPHANED
 
     async def claim_generation(self, request_id: str, streamed_key: str) -> tuple[Claim, int, bool]:
         """(claim, epoch, streamed) of a request's generation in one round trip when the claim is free (the

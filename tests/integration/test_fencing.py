@@ -3,6 +3,7 @@ edge's view of which epoch is live (streams/once.py, edge/replies.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from conflux.config import Settings
@@ -35,4 +36,25 @@ async def test_a_takeover_bumps_the_epoch_and_sees_the_streamed_mark(stack: Sett
         assert not await r.exists(ctx.key(rid), f"conflux:epoch:{rid}", f"conflux:once:gen:{rid}")
     finally:
         await r.delete(f"conflux:epoch:{rid}", f"conflux:once:gen:{rid}", f"conflux:once:end:{rid}", ctx.key(rid))
+        await r.aclose()
+
+
+async def test_of_workers_that_race_for_a_dead_holders_claim_exactly_one_takes_over(stack: Settings) -> None:
+    """Three workers see the same dead holder at once, 30 times over: each time exactly one takes the generation
+    over (a GET-then-SET let two of them stream one answer)."""
+    r = redis_client(stack.redis_url)
+    workers = [f"race-w{n}-{uuid.uuid4().hex[:6]}" for n in range(3)]
+    rids = [f"race-{uuid.uuid4().hex}" for _ in range(30)]
+    try:
+        for w in workers:
+            await r.set(f"conflux:worker:{w}:heartbeat", "1", ex=60)
+        for rid in rids:
+            await r.set(f"conflux:once:gen:{rid}", "race-dead-worker", ex=60)  # held by a worker with no heartbeat
+            claims = await asyncio.gather(*(Once(r, w).claim("gen", rid) for w in workers))
+            assert sorted(c.value for c in claims) == ["busy", "busy", "orphaned"], rid
+            winner = workers[claims.index(Claim.ORPHANED)]
+            assert await r.get(f"conflux:once:gen:{rid}") == winner.encode()
+    finally:
+        await r.delete(*(f"conflux:once:gen:{rid}" for rid in rids),
+                       *(f"conflux:worker:{w}:heartbeat" for w in workers))
         await r.aclose()

@@ -13,6 +13,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from conflux import taxonomy
 from conflux.promserve import Metrics
 from conflux.safety_model import Judgement
+from streams import once as once_module
 from streams.deps import Deps
 from streams.once import Claim, Once
 from streams.prompt_build import Built, recall
@@ -20,7 +21,8 @@ from streams.request import RequestContext
 
 
 class FakeRedis:
-    """The few commands Once uses, with NX semantics; expiry is not modelled."""
+    """The few commands Once uses, with NX semantics; expiry is not modelled. A read yields to the event loop
+    after reading, as a round trip to Redis does, so that concurrent claims interleave."""
 
     def __init__(self) -> None:
         self.data: dict[str, bytes] = {}
@@ -32,7 +34,17 @@ class FakeRedis:
         return True
 
     async def get(self, key: str) -> bytes | None:
-        return self.data.get(key)
+        value = self.data.get(key)
+        await asyncio.sleep(0)  # the reply is on its way back while other clients' commands run
+        return value
+
+    async def eval(self, script: str, numkeys: int, *args: Any) -> int:
+        assert script == once_module._TAKE_OVER  # the one script `claim` runs: a compare-and-set, atomic here too
+        key, seen, holder, _ttl = args
+        if (current := self.data.get(key)) is None or current.decode() == seen:
+            self.data[key] = holder.encode()
+            return 1
+        return 0
 
     async def exists(self, key: str) -> int:
         return int(key in self.data)
@@ -59,6 +71,17 @@ async def test_a_dead_holders_claim_is_taken_over() -> None:
     assert r.data["conflux:once:gen:r2"] == b"w2"
     # A restarted process with the same id is a new incarnation: its predecessor's claim is orphaned too.
     assert await Once(r, "w2").claim("gen", "r2") is Claim.ORPHANED
+
+
+async def test_of_two_workers_that_see_the_same_dead_holder_one_takes_over() -> None:
+    r = FakeRedis()
+    assert await Once(r, "w1").claim("gen", "r4") is Claim.MINE  # w1 dies holding it
+    for w in ("w2", "w3"):
+        await r.set(f"conflux:worker:{w}:heartbeat", "1")
+    # Both read w1 as the holder before either writes; only one may take over, the other finds it busy.
+    claims = await asyncio.gather(Once(r, "w2").claim("gen", "r4"), Once(r, "w3").claim("gen", "r4"))
+    assert sorted(c.value for c in claims) == ["busy", "orphaned"]
+    assert r.data["conflux:once:gen:r4"] == (b"w2" if claims[0] is Claim.ORPHANED else b"w3")
 
 
 async def test_release_lets_a_replay_start_again() -> None:
