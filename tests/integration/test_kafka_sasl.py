@@ -166,6 +166,18 @@ async def test_each_service_can_do_what_it_does(granted: str) -> None:
     assert await _read_one(access(granted, "conflux-sink"), "conflux-clickhouse-sink", "chat.requests") == marker
 
 
+async def test_workflows_run_on_the_grants(granted: str) -> None:
+    """An edge starts a run on workflow.runs; a worker reads it, queues steps on workflow.tasks, reads them, records
+    them on workflow.steps and ends the run on workflow.runs (streams/workflow/)."""
+    marker = uuid.uuid4().hex.encode()
+    await _produce(access(granted, "conflux-edge"), "workflow.runs", marker)
+    worker = access(granted, "conflux-worker")
+    for topic in ("workflow.tasks", "workflow.steps", "workflow.runs"):
+        await _produce(worker, topic, marker)
+    assert await _read_one(worker, "conflux-chain", "workflow.runs") == marker
+    assert await _read_one(worker, "conflux-chain", "workflow.tasks") == marker
+
+
 async def test_what_a_service_does_not_do_is_refused(granted: str) -> None:
     with pytest.raises(TopicAuthorizationFailedError):
         await _produce(access(granted, "conflux-edge"), "safety.verdicts")  # a worker's topic
