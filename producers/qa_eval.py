@@ -111,7 +111,8 @@ def load(wheel: Path) -> Corpus:
                                                  para["context"]))
                 # One of the fixture's answers is its whole paragraph (a reader test), which is no answer.
                 corpus.questions += [Question(q["id"], "squad", q["question"], tuple(dict.fromkeys(
-                    a["text"] for a in q["answers"] if len(a["text"]) < 200))) for q in para["qas"]]
+                    whole_words(para["context"], a["answer_start"], a["text"]) for a in q["answers"]
+                    if len(a["text"]) < 200))) for q in para["qas"]]
         drop = json.loads(z.read(FIXTURES + "drop.json"))
         for n, (pid, item) in enumerate(drop.items()):
             tenant = f"{TENANT}-drop-{n}"
@@ -142,6 +143,17 @@ def load(wheel: Path) -> Corpus:
                                                   if d.tenant == q.tenant))
                         for q in corpus.questions if unique[q.question] is q]
     return corpus
+
+
+def whole_words(context: str, start: int, text: str) -> str:
+    """A SQuAD answer span widened to the end of its last word in the passage: the fixture cuts one answer
+    mid-word ("Father Julius Nieuwl" for "Father Julius Nieuwland"), which no right answer contains as words."""
+    end = start + len(text)
+    if context[start:end] != text:
+        return text
+    while end < len(context) and context[end].isalnum():
+        end += 1
+    return context[start:end]
 
 
 def normalise(text: str) -> str:

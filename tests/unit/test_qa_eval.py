@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from producers import qa_eval
 from producers.qa_eval import Question, correct, token_recall
 
 COUNT = Question("q1", "drop", "How many contenders were there for the Swedish throne in 1611?", ("2",))
@@ -25,3 +26,10 @@ def test_token_recall_gives_partial_credit() -> None:
     bowl = Question("q3", "triviaqa", "Who won Super Bowl XX?", ("Chicago Bears", "Chicago Staleys"))
     assert token_recall("The Bears won Super Bowl XX.", bowl) == 0.5
     assert token_recall("The Chicago Bears.", bowl) == 1.0 and token_recall("New England", bowl) == 0.0
+
+
+def test_a_span_cut_mid_word_is_widened_to_the_whole_word() -> None:
+    context = "In 1931, Father Julius Nieuwland performed early work."
+    assert qa_eval.whole_words(context, 9, "Father Julius Nieuwl") == "Father Julius Nieuwland"
+    assert qa_eval.whole_words(context, 3, "1931") == "1931"  # already whole
+    assert qa_eval.whole_words(context, 0, "not in the passage") == "not in the passage"
