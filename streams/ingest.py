@@ -13,31 +13,52 @@ from streams.deps import Deps
 SOURCE = "documents.ingest"
 EVENT = "document_ingested"
 CHUNK_CHARS = 800
-OVERLAP_CHARS = 120
+# The last sentence of a chunk is repeated at the start of the next when it is at most this long, so that a fact
+# stated across the boundary is whole in one of them.
+OVERLAP_CHARS = 250
 EMBED_BATCH = 32
+# A sentence ends at . ! or ? followed by space and a capital, a digit or an opening quote or bracket ("e.g. the"
+# and "3.5 m" do not end one).
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
+
+
+def _sentences(paragraph: str, size: int) -> list[str]:
+    """A paragraph's sentences; one longer than `size` is cut at spaces."""
+    out = []
+    for sentence in (s.strip() for s in _SENTENCE_END.split(paragraph) if s.strip()):
+        while len(sentence) > size:
+            cut = sentence.rfind(" ", 0, size)
+            cut = cut if cut > size // 2 else size
+            out.append(sentence[:cut].strip())
+            sentence = sentence[cut:].strip()
+        out.append(sentence)
+    return out
 
 
 def chunk_text(text: str, size: int = CHUNK_CHARS, overlap: int = OVERLAP_CHARS) -> list[str]:
-    """Paragraph-aware chunks of about `size` characters; long paragraphs are split with overlap."""
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    """Chunks of whole sentences, at most `size` characters each, paragraphs kept apart by a blank line.
+
+    A chunk never starts or ends inside a word ("he steam engine") or, unless one sentence is longer than `size`,
+    inside a sentence. A short paragraph such as a heading joins the text after it instead of becoming a chunk of
+    its own. On the `make eval` corpus this put the passage holding the answer among the top 4 for all 19
+    questions whose answer is in their documents, against 17 with fixed-size cuts (see the README's figures).
+    """
+    units = [(n == 0, s) for p in re.split(r"\n\s*\n", text) if p.strip()
+             for n, s in enumerate(_sentences(p.strip(), size))]
     chunks: list[str] = []
-    current = ""
-    for para in paragraphs:
-        while len(para) > size:
-            cut = para.rfind(" ", 0, size)
-            cut = cut if cut > size // 2 else size
-            if current:
-                chunks.append(current)
-                current = ""
-            chunks.append(para[:cut].strip())
-            para = para[max(0, cut - overlap):].strip()
-        if current and len(current) + len(para) + 2 > size:
-            chunks.append(current)
-            current = para
-        else:
-            current = f"{current}\n\n{para}" if current else para
+    current: list[tuple[bool, str]] = []
+
+    def joined(parts: list[tuple[bool, str]]) -> str:
+        return "".join(("\n\n" if starts and i else " " if i else "") + s for i, (starts, s) in enumerate(parts))
+
+    for unit in units:
+        if current and len(joined([*current, unit])) > size:
+            chunks.append(joined(current))
+            last = current[-1]
+            current = [last] if len(last[1]) <= overlap and len(joined([last, unit])) <= size else []
+        current.append(unit)
     if current:
-        chunks.append(current)
+        chunks.append(joined(current))
     return chunks
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -19,6 +20,19 @@ def test_chunks_respect_size_and_keep_every_word() -> None:
     assert all(len(c) <= 400 for c in chunks)
     assert all(f"Paragraph {i}." in "".join(chunks) for i in range(10))
     assert chunk_text("") == [] and chunk_text("short") == ["short"]
+
+
+def test_chunks_are_whole_sentences_and_a_heading_joins_its_text() -> None:
+    body = " ".join(f"Sentence number {i} says that fact {i} is true." for i in range(40))
+    text = f"Late Modern and contemporary\n\n{body}\n\nA last paragraph, e.g. about 3.5 m of rain."
+    chunks = chunk_text(text, size=300, overlap=80)
+    assert chunks[0].startswith("Late Modern and contemporary\n\nSentence number 0 ")  # not a chunk of its own
+    assert all(c.startswith(("Sentence number", "A last")) for c in chunks[1:])  # never mid-word or mid-sentence
+    assert all(c.endswith(".") and len(c) <= 300 for c in chunks)
+    assert chunks[-1].endswith("A last paragraph, e.g. about 3.5 m of rain.")  # "e.g." and "3.5" end no sentence
+    # The last sentence of a chunk opens the next one, so a fact at the boundary is whole in one of them.
+    assert all(b.startswith(a.rsplit("\n\n", 1)[-1].split(". ")[-1]) for a, b in pairwise(chunks[1:-1]))
+    assert all(f"fact {i} is true" in "".join(chunks) for i in range(40))
 
 
 def _count(text: str) -> int:
