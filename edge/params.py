@@ -22,7 +22,7 @@ from streams.tools import MAX_PARALLEL as MAX_PARALLEL_CALLS
 
 MAX_STOP = 4  # OpenAI's limit
 MAX_N = 8  # choices per request: each is a whole generation, so the bound keeps one request's cost in reach
-LLAMA_CPP = "`smollm2-135m-instruct` and `qwen2.5-coder-0.5b-instruct`"
+LLAMA_CPP = "`smollm2-135m-instruct`, `qwen2.5-coder-0.5b-instruct` and `qwen2.5-coder-1.5b-instruct`"
 LOGPROB_MODELS = f"supported for {LLAMA_CPP} (and `auto`, which then picks one)"
 SAMPLING_MODELS = f"supported for {LLAMA_CPP} (and `auto` when it picks one); echo models do not sample"
 

@@ -1,6 +1,6 @@
 """`make eval`: answer quality on public reading-comprehension data, asked through the chat API, per model.
 
-    python -m producers.qa_eval [--models auto qwen2.5-coder-0.5b-instruct smollm2-135m-instruct] [--split all]
+    python -m producers.qa_eval [--models auto qwen2.5-coder-1.5b-instruct ...] [--split all] [--max-tokens 48]
 
 The data is not this team's: the reading-comprehension fixtures inside the allennlp 0.9.0 wheel (Apache-2.0),
 downloaded once with --no-deps and read as a zip file, never installed:
@@ -62,7 +62,7 @@ WHEEL = ("allennlp", "0.9.0", "353752e7b78e48c450e27889d80a3000c4a9af34f70ff9091
 FIXTURES = "allennlp/tests/fixtures/data/"
 TENANT = "eval-qa"
 CACHE = Path(".conflux/cache/qa-wheels")
-MODELS = ("auto", "qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct")
+MODELS = ("auto", "qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct")
 _CITATION = re.compile(r"\[\d+(?:\s*,\s*\d+)*\]")
 _NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
 

@@ -31,7 +31,7 @@ async def _ask(stack: Settings, key: str, text: str) -> tuple[dict[str, Any], di
     return body, await events_of(stack, body["id"], since, TOPICS, want=len(TOPICS))
 
 
-async def test_a_grounded_question_goes_to_qwen_cites_its_chunk_and_is_scored(stack: Settings, tmp_path: Any) -> None:
+async def test_a_grounded_question_goes_to_the_stronger_qwen_cites_its_chunk_and_is_scored(stack: Settings, tmp_path: Any) -> None:
     tenant, key = await new_tenant_key(stack, "pro")
     (tmp_path / "returns.md").write_text("Returns policy. Returns are accepted within 45 days of delivery. "
                                          "Refunds go back to the original card.")
@@ -48,7 +48,7 @@ async def test_a_grounded_question_goes_to_qwen_cites_its_chunk_and_is_scored(st
     body, events = await _ask(stack, key, "Within how many days of delivery are returns accepted?")
     answer = body["choices"][0]["message"]["content"]
     routed, = events["routing.decisions"]
-    assert body["model"] == "qwen2.5-coder-0.5b-instruct" and "grounded in 1 source(s)" in routed["reason"], routed
+    assert body["model"] == "qwen2.5-coder-1.5b-instruct" and "grounded in 1 source(s)" in routed["reason"], routed
     built, = events["prompt.built"]
     assert built["messages"][-1]["content"].endswith("Question: Within how many days of delivery are returns accepted?")
     assert "45" in answer, answer

@@ -64,14 +64,14 @@ def test_a_model_absent_from_this_deployment_falls_back(stack: Settings, client:
     """llama-3.1-8b-instruct runs only on GPU deployments; here its Triton model does not exist."""
     since = int(time.time() * 1000)
     r = client.chat.completions.create(model="llama-3.1-8b-instruct", messages=HI, max_tokens=3, temperature=0)
-    assert r.model == "qwen2.5-coder-0.5b-instruct" and r.choices[0].message.content  # its first fallback
+    assert r.model == "qwen2.5-coder-1.5b-instruct" and r.choices[0].message.content  # its first fallback
     [decision] = _routing(stack, r.id, since)
     assert decision["reason"] == "fallback from llama-3.1-8b-instruct: not being served"
     # auto would take it for a hard request: it takes the next strongest, and says what was down.
     since = int(time.time() * 1000)
     hard = client.chat.completions.create(model="auto", max_tokens=3, temperature=0, messages=[
         {"role": "user", "content": "Prove that the algorithm terminates, step by step."}])
-    assert hard.model == "qwen2.5-coder-0.5b-instruct"
+    assert hard.model == "qwen2.5-coder-1.5b-instruct"
     [auto] = _routing(stack, hard.id, since)
     assert "not served now: llama-3.1-8b-instruct" in auto["reason"], auto
 

