@@ -1,7 +1,7 @@
 """Model routing: honour an explicit model when the plan allows it; for "auto", pick the cheapest model
 strong enough for the request, among those the plan allows, that fit its context, are being served and are
 expected to start it within the plan's latency target (Triton's queue, conflux/triton_load.py); when none
-is, the least loaded of them.
+is, a model one step weaker that is; when none is either, the least loaded strong-enough one.
 
 Pure functions of their inputs (catalogue, plan, request features, served models, load), so every
 decision is reproducible from its RoutingDecision event.
@@ -163,9 +163,16 @@ def route(requested: str, catalogue: ModelCatalogue, plan: Plan, features: Featu
     target = plan.latency_target_ms
     if strong:
         prompt = [m for m in strong if not target or wait(m) <= target]
+        # Every strong-enough model would keep the request waiting past the plan's target: one step down in
+        # quality, if such a model can start it in time (a grounded question on the 0.5B now, rather than on the
+        # 1.5B after a queue of seconds: a single 1.5B instance reads a grounded prompt in about 6 s here).
+        near = [m for m in usable_now if m.quality == level and wait(m) <= target] if target and level else []
         if prompt:
             chosen = min(prompt, key=lambda m: (cost(m), wait(m), -m.quality))
             why = f"auto: {need}, cheapest of {len(prompt)} model(s) with quality >= {level + 1}"
+        elif near:
+            chosen = min(near, key=lambda m: (cost(m), wait(m)))
+            why = f"auto: {need}, one step down: cheapest of {len(near)} model(s) with quality {level} within target"
         else:
             chosen = min(strong, key=lambda m: (wait(m), cost(m)))
             why = f"auto: {need}, least loaded of {len(strong)} model(s) with quality >= {level + 1}"

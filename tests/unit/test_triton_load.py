@@ -82,3 +82,18 @@ def test_a_plan_without_a_target_ignores_load_and_an_explicit_model_is_kept(cat:
     assert route("auto", cat, cat.plan("free"), HARD, SERVED, busy).model.id == "smollm2-135m-instruct"
     d = route("smollm2-135m-instruct", cat, cat.plan("enterprise"), EASY, SERVED, busy)
     assert d.model.id == "smollm2-135m-instruct" and dict(d.load) == {"smollm2-135m-instruct": busy["smollm2"]}
+
+
+def test_a_grounded_question_steps_down_one_model_when_the_strong_one_is_queued(cat: ModelCatalogue) -> None:
+    grounded = Features(prompt_tokens=600, max_output_tokens=64, turns=1, text="When was it built?", sources=4)
+    cpu = {"smollm2", "qwen25_coder", "qwen25_coder_1p5b"}
+    queued = {"qwen25_coder_1p5b": ModelLoad(2, 5000.0, 6000.0), "qwen25_coder": ModelLoad(0, 0.0),
+              "smollm2": ModelLoad(0, 0.0)}
+    assert route("auto", cat, cat.plan("pro"), grounded, cpu, {}).model.id == "qwen2.5-coder-1.5b-instruct"
+    d = route("auto", cat, cat.plan("pro"), grounded, cpu, queued)  # the 1.5B: requests wait 5 s in its queue
+    assert d.model.id == "qwen2.5-coder-0.5b-instruct" and "one step down" in d.reason
+    assert "qwen2.5-coder-1.5b-instruct (5000 ms)" in d.reason
+    # Never two steps down: with the 0.5B queued too, the least loaded strong model keeps it.
+    both = {**queued, "qwen25_coder": ModelLoad(4, 3000.0, 3000.0)}
+    d = route("auto", cat, cat.plan("pro"), grounded, cpu, both)
+    assert d.model.id == "qwen2.5-coder-1.5b-instruct" and "least loaded" in d.reason
