@@ -31,7 +31,8 @@ async def _ask(stack: Settings, key: str, text: str) -> tuple[dict[str, Any], di
     return body, await events_of(stack, body["id"], since, TOPICS, want=len(TOPICS))
 
 
-async def test_a_grounded_question_goes_to_the_stronger_qwen_cites_its_chunk_and_is_scored(stack: Settings, tmp_path: Any) -> None:
+async def test_a_grounded_question_goes_to_the_1p5b_qwen_cites_its_chunk_and_is_scored(stack: Settings,
+                                                                                     tmp_path: Any) -> None:
     tenant, key = await new_tenant_key(stack, "pro")
     (tmp_path / "returns.md").write_text("Returns policy. Returns are accepted within 45 days of delivery. "
                                          "Refunds go back to the original card.")
