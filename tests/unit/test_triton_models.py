@@ -122,7 +122,7 @@ def test_minilm_embed_batches_and_matches_the_platforms_encoder(tmp_path: Path) 
 
 def test_smollm2_streams_and_the_generate_model_agrees(tmp_path: Path) -> None:
     greedy = {"text_input": _text(PROMPT), "max_tokens": _scalar("int32", 12), "temperature": _scalar("float32", 0.0)}
-    streamed, guided, logprobs, unsupported = run_model("smollm2", [
+    streamed, guided, logprobs, unsupported, gone = run_model("smollm2", [
         {"inputs": greedy},
         {"inputs": {**greedy, "max_tokens": _scalar("int32", 24),
                     "guided_decoding_guide_type": _text("json_schema"),
@@ -130,7 +130,9 @@ def test_smollm2_streams_and_the_generate_model_agrees(tmp_path: Path) -> None:
         {"inputs": {**greedy, "max_tokens": _scalar("int32", 4), "return_log_probs": _scalar("bool", True),
                     "top_logprobs": _scalar("int32", 2)}},
         {"inputs": {**greedy, "guided_decoding_guide_type": _text("regex"), "guided_decoding_guide": _text("a+")}},
+        {"inputs": greedy, "cancelled": True},  # cancelled while it waited: not started
     ], tmp_path)
+    assert len(gone) == 1 and gone[0]["final"] and "cancelled before it started" in (gone[0]["error"] or "")
     text = "".join(_pieces(streamed))
     assert len(streamed) > 2 and text.strip()  # one response per token, then the final flag
     assert json.loads("".join(_pieces(guided))).keys() == {"city"}

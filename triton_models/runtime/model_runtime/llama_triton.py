@@ -4,7 +4,8 @@ config.pbtxt (`gguf`, `n_ctx`).
 
 - StreamingModel (decoupled): one response per piece of text, then a final flag. With return_log_probs, a
   response carries `logprobs`: a JSON list of OpenAI logprobs.content entries for the tokens behind its text
-  (a multi-byte character can span several). A cancelled request (the client went away) stops at the next token.
+  (a multi-byte character can span several). A cancelled request (the client went away) stops at the next token,
+  and one cancelled while it waited in the queue is not started.
 - GenerateModel: the whole answer in one response (with `logprobs` for all of it when asked for).
 """
 
@@ -26,6 +27,12 @@ class StreamingModel:
     def execute(self, requests: list[Any]) -> None:
         for request in requests:
             sender = request.get_response_sender()
+            if request.is_cancelled():
+                # Cancelled while it waited in the queue (the worker gave up and handed it to a fallback): reading
+                # its prompt would cost seconds of the CPU that the fallback now needs.
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError("cancelled before it started")),
+                            flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                continue
             try:
                 g = generation_inputs(request, pb_utils)
                 pending = []  # logprobs of tokens whose text is not out yet
