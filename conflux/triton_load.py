@@ -57,15 +57,22 @@ def parse(text: str) -> dict[str, Counters]:
             for model, f in raw.items()}
 
 
-def load(before: dict[str, Counters], now: dict[str, Counters]) -> dict[str, ModelLoad]:
-    """Each model's load between two samples; a model with no finished request in between keeps a queue time
-    of 0 (nothing waited long enough to finish), its pending count still shows a backlog."""
+def load(before: dict[str, Counters], now: dict[str, Counters],
+         last: dict[str, ModelLoad] | None = None) -> dict[str, ModelLoad]:
+    """Each model's load between two samples. A model with no finished request in between keeps a queue time
+    of 0 (nothing waited long enough to finish), and its request time from `last` (the previous load): while a
+    slow model works through its first requests nothing finishes for seconds, yet its pending count times its
+    known pace is the backlog a new request would wait behind."""
     out = {}
     for model, c in now.items():
         prev = before.get(model, Counters())
         done = c.done - prev.done
-        if done <= 0 or c.queue_us < prev.queue_us:  # nothing finished, or Triton restarted (counters reset)
+        if c.queue_us < prev.queue_us:  # Triton restarted (counters reset): nothing known
             out[model] = ModelLoad(c.pending, 0.0)
+            continue
+        if done <= 0:
+            known = (last or {}).get(model, ModelLoad(0, 0.0))
+            out[model] = ModelLoad(c.pending, 0.0, max(0.0, known.request_ms - known.queue_ms))  # its service time
             continue
         out[model] = ModelLoad(c.pending, (c.queue_us - prev.queue_us) / done / 1000,
                                (c.busy_us - prev.busy_us) / done / 1000)

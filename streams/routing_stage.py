@@ -68,7 +68,7 @@ class TritonLoad:
             self._load = {}
             return
         now = parse(resp.text)
-        self._load, self._counters = load(self._counters, now), now
+        self._load, self._counters = load(self._counters, now, self._load), now
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -37,6 +37,16 @@ def test_queue_time_is_the_mean_over_the_requests_done_since_the_last_sample() -
     assert load(before, now)["echo"] == ModelLoad(0, 0.0)
 
 
+def test_a_backlog_is_priced_at_the_models_last_known_pace_while_nothing_finishes() -> None:
+    """A slow model working through its queue finishes nothing for seconds; its backlog must still show."""
+    before = parse(_text(8, 1_000_000, 9_000_000, 0))
+    paced = load(before, parse(_text(18, 3_000_000, 19_000_000, 1)))["smollm2"]  # 800 ms of service each
+    busy = parse(_text(18, 3_000_000, 19_000_000, 3))  # nothing finished since; three now wait
+    assert load(busy, busy)["smollm2"].wait_ms == 0.0  # no history: blind, as before
+    seen = load(busy, busy, {"smollm2": paced})["smollm2"]
+    assert seen.queue_ms == 0.0 and seen.wait_ms == pytest.approx(2400.0)
+
+
 def test_no_request_done_or_a_restarted_triton_reads_as_no_queue_time() -> None:
     a = parse(_text(8, 1_000_000, 9_000_000, 2))
     assert load(a, a)["smollm2"] == ModelLoad(2, 0.0)
