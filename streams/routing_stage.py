@@ -18,6 +18,9 @@ from streams.request import RequestContext
 
 READY_TTL_S = 5.0
 LOAD_TTL_S = 1.0
+# A sample older than this is not used (routing goes on without load until the next one): after a quiet spell the
+# last sample still shows the queue of the burst before it, and a model long idle would read as busy.
+LOAD_STALE_S = 5.0
 log = logging.getLogger("conflux.streams")
 
 
@@ -42,22 +45,25 @@ class TritonLoad:
     """Each Triton model's queue, from Triton's metrics, sampled at most every LOAD_TTL_S by this worker: in
     the background, so that no request waits for a scrape (routing reads the latest sample; an idle worker does
     not scrape). Unknown (empty) until the first sample and while the metrics cannot be read: routing then goes
-    on without load, as before, rather than failing the request."""
+    on without load, as before, rather than failing the request; so does a sample older than LOAD_STALE_S."""
 
-    def __init__(self, metrics_url: str, ttl_s: float = LOAD_TTL_S) -> None:
+    def __init__(self, metrics_url: str, ttl_s: float = LOAD_TTL_S, stale_s: float = LOAD_STALE_S) -> None:
         self._url = metrics_url
         self._ttl_s = ttl_s
+        self._stale_s = stale_s
         self._http = httpx.AsyncClient(timeout=0.5)
         self._counters: dict[str, Counters] = {}
-        self._load: dict[str, ModelLoad] = {}
+        self._load: dict[str, ModelLoad] = {}  # the latest sample; also each model's pace for the next one
         self._at = float("-inf")
+        self._sampled_at = float("-inf")
         self._refreshing: asyncio.Task[None] | None = None
 
     async def get(self) -> dict[str, ModelLoad]:
-        if time.monotonic() - self._at > self._ttl_s and (self._refreshing is None or self._refreshing.done()):
-            self._at = time.monotonic()  # one scrape per interval, also when it fails
+        now = time.monotonic()
+        if now - self._at > self._ttl_s and (self._refreshing is None or self._refreshing.done()):
+            self._at = now  # one scrape per interval, also when it fails
             self._refreshing = asyncio.create_task(self._refresh())
-        return self._load
+        return self._load if now - self._sampled_at <= self._stale_s else {}
 
     async def _refresh(self) -> None:
         try:
@@ -69,6 +75,7 @@ class TritonLoad:
             return
         now = parse(resp.text)
         self._load, self._counters = load(self._counters, now, self._load), now
+        self._sampled_at = time.monotonic()
 
     async def close(self) -> None:
         await self._http.aclose()

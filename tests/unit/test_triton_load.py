@@ -107,3 +107,21 @@ def test_a_grounded_question_steps_down_one_model_when_the_strong_one_is_queued(
     both = {**queued, "qwen25_coder": ModelLoad(4, 3000.0, 3000.0)}
     d = route("auto", cat, cat.plan("pro"), grounded, cpu, both)
     assert d.model.id == "qwen2.5-coder-1.5b-instruct" and "least loaded" in d.reason
+
+
+async def test_the_worker_routes_without_a_sample_older_than_the_stale_limit() -> None:
+    """After a quiet spell the last sample still shows the burst before it: it must not steer routing."""
+    import httpx
+
+    from streams.routing_stage import TritonLoad
+
+    sampler = TritonLoad("http://triton/metrics", ttl_s=3600.0, stale_s=60.0)  # one scrape in this test
+    sampler._http = httpx.AsyncClient(transport=httpx.MockTransport(
+        lambda _: httpx.Response(200, text=_text(8, 1_000_000, 9_000_000, 4))))
+    assert await sampler.get() == {}  # nothing sampled yet: routing without load
+    assert sampler._refreshing is not None
+    await sampler._refreshing
+    assert (await sampler.get())["smollm2"].pending == 4
+    sampler._sampled_at -= 61  # a minute without a sample
+    assert await sampler.get() == {}
+    await sampler.close()
