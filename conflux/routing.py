@@ -163,14 +163,13 @@ def route(requested: str, catalogue: ModelCatalogue, plan: Plan, features: Featu
     target = plan.latency_target_ms
     if strong:
         prompt = [m for m in strong if not target or wait(m) <= target]
-        # Every strong-enough model would keep the request waiting past the plan's target: one step down in
-        # quality, if such a model can start it in time (a grounded question on the 0.5B now, rather than on the
-        # 1.5B after a queue of seconds: a single 1.5B instance reads a grounded prompt in about 6 s here).
-        near = [m for m in usable_now if m.quality == level and wait(m) <= target] if target and level else []
         if prompt:
             chosen = min(prompt, key=lambda m: (cost(m), wait(m), -m.quality))
             why = f"auto: {need}, cheapest of {len(prompt)} model(s) with quality >= {level + 1}"
-        elif near:
+        # Every strong-enough model would keep the request waiting past the plan's target (so there is one): one
+        # step down in quality, if such a model can start it in time (a grounded question on the 0.5B now, rather
+        # than on the 1.5B after a queue of seconds: a single 1.5B instance reads a grounded prompt in ~6 s here).
+        elif level and (near := [m for m in usable_now if m.quality == level and wait(m) <= target]):
             chosen = min(near, key=lambda m: (cost(m), wait(m)))
             why = f"auto: {need}, one step down: cheapest of {len(near)} model(s) with quality {level} within target"
         else:
