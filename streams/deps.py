@@ -25,7 +25,7 @@ from conflux.serde import AvroSerde, new_envelope
 from conflux.topics import Catalogue
 from conflux.vectorstore import VectorStore
 from streams.context import ContextStore
-from streams.once import Claim, Once
+from streams.once import Claim, Once, expires_at
 
 log = logging.getLogger("conflux.streams")
 REPLY_TIMEOUT_S = 5.0
@@ -125,10 +125,11 @@ class Deps:
                         request["envelope"]["request_id"])
 
     @contextlib.asynccontextmanager
-    async def ending(self, request_id: str) -> AsyncIterator[bool]:
+    async def ending(self, request_id: str, wait_until: float = 0.0) -> AsyncIterator[bool]:
         """Yields True to the one caller that should end the request (final chunk + chat.responses); False
-        to a replay of a request that is already ended or being ended by a live worker."""
-        if await self.once.claim("end", request_id) in (Claim.BUSY, Claim.DONE):
+        to a replay of a request that is already ended, or being ended by a live worker (waited for until
+        `wait_until`, so that if it dies meanwhile this replay ends the request)."""
+        if await self.once.claim("end", request_id, wait_until) in (Claim.BUSY, Claim.DONE):
             yield False
             return
         try:
@@ -148,7 +149,7 @@ class Deps:
         env = request["envelope"]
         usage = 0 if model else None
         events = events or PendingEvents(self.publisher)
-        async with self.ending(env["request_id"]) as mine:
+        async with self.ending(env["request_id"], expires_at(request, self.inference_timeout_s)) as mine:
             if not mine:
                 return
             await events.add("chat.responses", {

@@ -23,7 +23,7 @@ from model_runtime.llama import Sampling
 from streams import agent, output_guard, routing_stage, tools
 from streams.deps import Deps
 from streams.logprobs import AlignedLogprobs
-from streams.once import Claim
+from streams.once import Claim, expires_at
 from streams.output_guard import OutputVerdict, StreamGuard
 from streams.prompt_build import Built
 from streams.request import RequestContext
@@ -77,7 +77,8 @@ async def generate(deps: Deps, rc: RequestContext, decision: Decision, built: Bu
     worker to do: a replay of a generation that runs elsewhere or has ended, or a request ended here with an
     explicit error (the model failed, or a takeover found the caller had seen part of an earlier answer)."""
     rid = rc.request_id
-    claim, epoch, streamed = await deps.once.claim_generation(rid, deps.ctx.key(rid))
+    claim, epoch, streamed = await deps.once.claim_generation(rid, deps.ctx.key(rid),
+                                                              expires_at(rc.request, deps.inference_timeout_s))
     if claim in (Claim.BUSY, Claim.DONE):
         return None
     try:

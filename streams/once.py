@@ -4,12 +4,18 @@ its generation happen once even though Kafka delivers at least once.
 A stage is replayed when a worker dies before committing its offsets, or when partitions move. A replayed
 stage asks here first. Claims live in Redis as `conflux:once:<what>:<request id>` holding the claiming
 worker's id, then `done`. A claim held by a worker whose heartbeat has stopped is orphaned and may be taken
-over; a claim held by a live worker is left to it.
+over; a claim held by a live worker is left to it, but a replay waits for that worker to finish (or die) rather
+than walking away: the Kafka session timeout and the heartbeat's TTL are both 10 s, so a replay can arrive
+while a killed holder's heartbeat has not yet expired, and a replay that gave up then left its request with no
+answer at all (its offset committed, its holder dead).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import time
+from datetime import datetime
 from typing import Any
 
 from streams.context import CTX_TTL_S
@@ -28,12 +34,23 @@ def expiry_s(inference_timeout_s: float) -> float:
     return inference_timeout_s + EXPIRY_GRACE_S
 
 
+def expires_at(request: dict[str, Any], inference_timeout_s: float) -> float:
+    """Wall-clock time (time.time()) after which no edge waits for this request's answer any longer."""
+    sent = request["envelope"]["event_time"]
+    born = sent.timestamp() if isinstance(sent, datetime) else time.time()
+    return born + expiry_s(inference_timeout_s)
+
+
 def done_ttl_s(inference_timeout_s: float) -> int:
     return int(expiry_s(inference_timeout_s) + DONE_MARGIN_S)
 
 
-# SET NX the claim; if won, bump the epoch and read the streamed mark. KEYS: claim, epoch, context hash.
+# Unless the request has ended, SET NX the claim; if won, bump the epoch and read the streamed mark.
+# KEYS: claim, epoch, context hash, end mark.
 _CLAIM_GENERATION = """
+if redis.call('GET', KEYS[4]) == 'done' then
+  return {2, 0, 0}
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   local epoch = redis.call('INCR', KEYS[2])
   redis.call('EXPIRE', KEYS[2], ARGV[2])
@@ -55,6 +72,9 @@ return 0
 """
 
 
+BUSY_POLL_S = 0.25  # between looks at a claim another live worker holds
+
+
 class Claim(enum.Enum):
     MINE = "mine"  # first to claim: go ahead
     ORPHANED = "orphaned"  # an earlier holder died part-way; now mine, but it may have left traces
@@ -73,7 +93,11 @@ class Once:
     def key(what: str, request_id: str) -> str:
         return f"conflux:once:{what}:{request_id}"
 
-    async def claim(self, what: str, request_id: str) -> Claim:
+    async def claim(self, what: str, request_id: str, wait_until: float = 0.0) -> Claim:
+        """MINE, ORPHANED, DONE, or BUSY. While another live worker holds the claim and the wall clock is before
+        `wait_until` (the request's expiry), this waits for it to finish (DONE) or die (ORPHANED): if it died
+        after this replay gave up, nobody would end the request. Another actor of this same process is never
+        waited for: it dies with this one."""
         key = self.key(what, request_id)
         if await self._r.set(key, self.worker_id, nx=True, ex=CTX_TTL_S):
             self._active.add(f"{what}:{request_id}")
@@ -84,26 +108,37 @@ class Once:
             if holder == "done":
                 return Claim.DONE
             if holder is not None and await self._alive(holder, f"{what}:{request_id}"):
-                return Claim.BUSY
+                if holder == self.worker_id or time.time() >= wait_until:
+                    return Claim.BUSY
+                await asyncio.sleep(BUSY_POLL_S)
+                continue
             # The holder is gone (or the claim expired between the two calls): take it over, unless another
             # worker did so first, in which case look again at who holds it now.
             if await self._r.eval(_TAKE_OVER, 1, key, holder or "", self.worker_id, CTX_TTL_S):
                 self._active.add(f"{what}:{request_id}")
                 return Claim.ORPHANED
 
-    async def claim_generation(self, request_id: str, streamed_key: str) -> tuple[Claim, int, bool]:
+    async def claim_generation(self, request_id: str, streamed_key: str,
+                               wait_until: float = 0.0) -> tuple[Claim, int, bool]:
         """(claim, epoch, streamed) of a request's generation in one round trip when the claim is free (the
         common case): the claim, a new epoch if it is this worker's, and whether the caller may have seen part
-        of an answer (the hash field `streamed` of `streamed_key`). A contested claim takes the slow path."""
-        key = f"conflux:once:gen:{request_id}"
-        won, epoch, streamed = await self._r.eval(
-            _CLAIM_GENERATION, 3, key, f"conflux:epoch:{request_id}", streamed_key, self.worker_id, CTX_TTL_S)
+        of an answer (the hash field `streamed` of `streamed_key`). A contested claim takes the slow path (which
+        waits for a live holder until `wait_until`)."""
+        key = self.key("gen", request_id)
+        won, epoch, streamed = await self._r.eval(_CLAIM_GENERATION, 4, key, f"conflux:epoch:{request_id}",
+                                                  streamed_key, self.key("end", request_id), self.worker_id,
+                                                  CTX_TTL_S)
+        if won == 2:  # ended since this replay began (the end mark is set before the claim is dropped)
+            return Claim.DONE, 0, False
         if won:
             self._active.add(f"gen:{request_id}")
             return Claim.MINE, int(epoch), bool(streamed)
-        claim = await self.claim("gen", request_id)
+        claim = await self.claim("gen", request_id, wait_until)
         if claim in (Claim.BUSY, Claim.DONE):
             return claim, 0, False
+        if await self.is_done("end", request_id):  # its holder ended the request while this replay waited
+            await self.release("gen", request_id)
+            return Claim.DONE, 0, False
         epoch = await self.new_epoch(request_id)
         return claim, epoch, bool(await self._r.hget(streamed_key, "streamed"))
 

@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from conflux import grounding
 from streams.deps import Deps
 from streams.inference import Generated
+from streams.once import expires_at
 from streams.prompt_build import Built
 from streams.request import RequestContext
 
@@ -28,7 +29,7 @@ async def finish(deps: Deps, rc: RequestContext, built: Built, gen: Generated) -
         log.warning("generation %d of %s was taken over while this worker stalled; leaving its end to the new "
                     "holder", gen.epoch, rc.request_id)
         return None
-    async with deps.ending(rc.request_id) as mine:
+    async with deps.ending(rc.request_id, expires_at(rc.request, deps.inference_timeout_s)) as mine:
         if not mine:
             return None  # a replay: this request was already ended
         out = gen.output

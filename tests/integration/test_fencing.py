@@ -4,6 +4,7 @@ edge's view of which epoch is live (streams/once.py, edge/replies.py)."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 from conflux.config import Settings
@@ -57,4 +58,39 @@ async def test_of_workers_that_race_for_a_dead_holders_claim_exactly_one_takes_o
     finally:
         await r.delete(*(f"conflux:once:gen:{rid}" for rid in rids),
                        *(f"conflux:worker:{w}:heartbeat" for w in workers))
+        await r.aclose()
+
+
+async def test_a_replay_waits_out_a_killed_holders_heartbeat_and_never_regenerates_an_ended_answer(
+        stack: Settings) -> None:
+    """A worker killed mid-answer leaves a heartbeat that lives up to 10 s longer, and the replay of its request
+    may come first (the Kafka session timeout is also 10 s): the replay waits and takes over when the heartbeat
+    expires. A replay that waited for a live holder which then ended the request does not generate it again."""
+    r = redis_client(stack.redis_url)
+    rid, ended = f"wait-{uuid.uuid4().hex}", f"wait-{uuid.uuid4().hex}"
+    ctx = ContextStore(r)
+    keys = [k for x in (rid, ended) for k in (f"conflux:epoch:{x}", f"conflux:once:gen:{x}",
+                                               f"conflux:once:end:{x}", ctx.key(x))]
+    try:
+        killed, replay = Once(r, "wait-w1"), Once(r, "wait-w2")
+        await r.set("conflux:worker:wait-w1:heartbeat", "1", px=600)  # its last heartbeat, running out
+        assert await killed.claim_generation(rid, ctx.key(rid)) == (Claim.MINE, 1, False)
+        await ctx.put(rid, streamed=True)
+        t0 = time.monotonic()
+        assert await replay.claim_generation(rid, ctx.key(rid), time.time() + 10) == (Claim.ORPHANED, 2, True)
+        assert 0.3 < time.monotonic() - t0 < 5
+
+        live = Once(r, "wait-w3")
+        await r.set("conflux:worker:wait-w3:heartbeat", "1", ex=30)
+        assert (await live.claim_generation(ended, ctx.key(ended)))[0] is Claim.MINE
+        waiting = asyncio.create_task(replay.claim_generation(ended, ctx.key(ended), time.time() + 10))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()
+        await live.ended(ended, ctx.key(ended))
+        assert await asyncio.wait_for(waiting, 5) == (Claim.DONE, 0, False)
+        assert not await r.exists(f"conflux:once:gen:{ended}")  # the waiter left no claim behind
+        # A replay that arrives after the end finds it in the claim's own round trip.
+        assert await replay.claim_generation(ended, ctx.key(ended)) == (Claim.DONE, 0, False)
+    finally:
+        await r.delete(*keys, "conflux:worker:wait-w1:heartbeat", "conflux:worker:wait-w3:heartbeat")
         await r.aclose()

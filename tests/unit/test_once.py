@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import time
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -90,6 +92,54 @@ async def test_release_lets_a_replay_start_again() -> None:
     assert await once.claim("end", "r3") is Claim.MINE
     await once.release("end", "r3")
     assert await once.claim("end", "r3") is Claim.MINE
+
+
+async def test_a_replay_waits_for_a_live_holder_and_takes_over_when_it_dies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed worker's heartbeat outlives it by up to its TTL, and the replay of its request can arrive before
+    that: the replay waits, and takes the claim over once the heartbeat is gone (it used to walk away BUSY, and
+    the request never got an answer)."""
+    monkeypatch.setattr(once_module, "BUSY_POLL_S", 0.01)
+    r = FakeRedis()
+    await r.set("conflux:worker:w1:heartbeat", "1")
+    assert await Once(r, "w1").claim("gen", "r5") is Claim.MINE
+    replay = asyncio.create_task(Once(r, "w2").claim("gen", "r5", wait_until=time.time() + 10))
+    await asyncio.sleep(0.05)
+    assert not replay.done()  # w1 still looks alive
+    await r.delete("conflux:worker:w1:heartbeat")  # its TTL runs out
+    assert await asyncio.wait_for(replay, 1) is Claim.ORPHANED
+    assert r.data["conflux:once:gen:r5"] == b"w2"
+
+
+async def test_a_replay_waits_for_a_live_holder_to_finish(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(once_module, "BUSY_POLL_S", 0.01)
+    r = FakeRedis()
+    await r.set("conflux:worker:w1:heartbeat", "1")
+    holder = Once(r, "w1")
+    assert await holder.claim("end", "r6") is Claim.MINE
+    replay = asyncio.create_task(Once(r, "w2").claim("end", "r6", wait_until=time.time() + 10))
+    await asyncio.sleep(0.05)
+    await holder.done("end", "r6")
+    assert await asyncio.wait_for(replay, 1) is Claim.DONE
+
+
+async def test_a_replay_stops_waiting_when_the_request_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(once_module, "BUSY_POLL_S", 0.01)
+    r = FakeRedis()
+    await r.set("conflux:worker:w1:heartbeat", "1")
+    holder = Once(r, "w1")
+    assert await holder.claim("gen", "r7") is Claim.MINE
+    t0 = time.monotonic()
+    assert await Once(r, "w2").claim("gen", "r7", wait_until=time.time() + 0.1) is Claim.BUSY
+    assert 0.1 <= time.monotonic() - t0 < 1
+    # Another actor of the holder's own process is not waited for: it would die with the holder.
+    t0 = time.monotonic()
+    assert await holder.claim("gen", "r7", wait_until=time.time() + 10) is Claim.BUSY
+    assert time.monotonic() - t0 < 0.1
+
+
+def test_a_request_expires_when_no_edge_waits_for_it_any_longer() -> None:
+    sent = dt.datetime(2026, 12, 2, 10, 0, tzinfo=dt.UTC)
+    assert once_module.expires_at({"envelope": {"event_time": sent}}, 60.0) == sent.timestamp() + 65.0
 
 
 async def test_session_memory_fails_open() -> None:
@@ -186,7 +236,7 @@ async def test_a_retry_after_part_of_the_answer_left_ends_with_an_error_instead_
     ended: list[str] = []
 
     class Once:
-        async def claim_generation(self, rid: str, streamed_key: str) -> tuple[Claim, int, bool]:
+        async def claim_generation(self, rid: str, streamed_key: str, wait_until: float) -> tuple[Claim, int, bool]:
             return Claim.MINE, 2, True  # its own claim (released by the failed try), and the streamed mark
 
     class Ctx:
@@ -200,9 +250,10 @@ async def test_a_retry_after_part_of_the_answer_left_ends_with_an_error_instead_
     async def must_not_generate(*args: Any) -> None:
         raise AssertionError("generated again behind a partly delivered answer")
 
-    deps: Any = SimpleNamespace(once=Once(), ctx=Ctx(), finish_with_error=finish_with_error)
+    deps: Any = SimpleNamespace(once=Once(), ctx=Ctx(), finish_with_error=finish_with_error, inference_timeout_s=60.0)
     monkeypatch.setattr(inference, "_generate", must_not_generate)
-    request = {"reply_topic": "replies", "envelope": {"request_id": "r1", "conversation_id": "c1"}, "messages": []}
+    request = {"reply_topic": "replies", "messages": [],
+               "envelope": {"request_id": "r1", "conversation_id": "c1", "event_time": None}}
     rc = RequestContext(request=request, plan="free", system_prompt="", started=0.0, events=None,  # type: ignore[arg-type]
                         policy=taxonomy.load().policy())
     assert await inference.generate(deps, rc, SimpleNamespace(), Built([], 0)) is None  # type: ignore[arg-type]
