@@ -57,19 +57,31 @@ class Exchange:
         return self.thumbs_up is False or (self.rating is not None and self.rating <= 2)
 
 
+# Every side of the join is bounded in time (and by tenant), so an export reads the window it exports, not the
+# whole history: a prompt precedes its response by at most the request's expiry (about a minute) and a quality
+# score follows it by seconds, so an hour either way is a wide margin; feedback may come any time after the
+# answer, so it is bounded below only. The table is partitioned by month, and ClickHouse skips every part whose
+# event_time range falls outside a bound.
+MARGIN_S = 3600
 QUERY = """
 SELECT r.request_id, r.tenant_id, p.body AS prompt, r.body AS response, r.event_id AS response_event,
        p.event_id AS prompt_event, f.bodies AS feedback, f.ids AS feedback_ids, q.body AS quality
 FROM (SELECT request_id, tenant_id, body, event_id FROM events FINAL
       WHERE event_type = 'response_delivered' AND event_time >= {since:DateTime64(6)}
         AND event_time < {until:DateTime64(6)} AND ({tenant:String} = '' OR tenant_id = {tenant:String})) AS r
-INNER JOIN (SELECT request_id, body, event_id FROM events FINAL WHERE event_type = 'prompt_submitted') AS p
+INNER JOIN (SELECT request_id, body, event_id FROM events FINAL
+            WHERE event_type = 'prompt_submitted' AND ({tenant:String} = '' OR tenant_id = {tenant:String})
+              AND event_time >= {since:DateTime64(6)} - INTERVAL {margin:UInt32} SECOND
+              AND event_time < {until:DateTime64(6)}) AS p
   ON p.request_id = r.request_id
 LEFT JOIN (SELECT JSONExtractString(body, 'response_id') AS rid, groupArray(body) AS bodies,
                   groupArray(event_id) AS ids
-           FROM events FINAL WHERE event_type = 'feedback_given' GROUP BY rid) AS f
+           FROM events FINAL WHERE event_type = 'feedback_given' AND event_time >= {since:DateTime64(6)}
+             AND ({tenant:String} = '' OR tenant_id = {tenant:String}) GROUP BY rid) AS f
   ON f.rid = r.request_id
 LEFT JOIN (SELECT request_id AS qrid, any(body) AS body FROM events FINAL WHERE event_type = 'quality_scored'
+             AND ({tenant:String} = '' OR tenant_id = {tenant:String}) AND event_time >= {since:DateTime64(6)}
+             AND event_time < {until:DateTime64(6)} + INTERVAL {margin:UInt32} SECOND
            GROUP BY qrid) AS q
   ON q.qrid = r.request_id
 ORDER BY r.request_id
@@ -77,7 +89,8 @@ ORDER BY r.request_id
 
 
 def load_exchanges(client: Any, since: datetime, until: datetime, tenant: str | None) -> list[Exchange]:
-    result = client.query(QUERY, parameters={"since": since, "until": until, "tenant": tenant or ""})
+    result = client.query(QUERY, parameters={"since": since, "until": until, "tenant": tenant or "",
+                                             "margin": MARGIN_S})
     out = []
     for rid, tid, prompt_raw, response_raw, response_event, prompt_event, feedback, feedback_ids, quality in \
             result.result_rows:
