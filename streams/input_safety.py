@@ -5,12 +5,11 @@ request's embedding (conflux/safety_model.py), judged by the tenant's policy ove
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from conflux.safety_model import assess
 from streams.deps import Deps
-from streams.once import expiry_s
+from streams.once import expires_at
 from streams.request import RequestContext
 
 REFUSAL = "I can't help with that request."
@@ -18,9 +17,7 @@ REFUSAL = "I can't help with that request."
 
 def expired(deps: Deps, request: dict[str, Any]) -> bool:
     """Older than any edge waits for: after an outage or on a new consumer group, nobody awaits the answer."""
-    sent = request["envelope"]["event_time"]
-    age = (datetime.now(UTC) - sent).total_seconds() if isinstance(sent, datetime) else 0.0
-    return age > expiry_s(deps.inference_timeout_s)
+    return time.time() > expires_at(request, deps.inference_timeout_s)
 
 
 async def check(deps: Deps, rc: RequestContext) -> str:
