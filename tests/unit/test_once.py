@@ -94,14 +94,21 @@ async def test_release_lets_a_replay_start_again() -> None:
     assert await once.claim("end", "r3") is Claim.MINE
 
 
+async def _held(monkeypatch: pytest.MonkeyPatch, what: str, rid: str) -> tuple[FakeRedis, Once]:
+    """A claim held by w1, a worker whose heartbeat is live; replays poll it quickly."""
+    monkeypatch.setattr(once_module, "BUSY_POLL_S", 0.01)
+    r = FakeRedis()
+    await r.set("conflux:worker:w1:heartbeat", "1")
+    holder = Once(r, "w1")
+    assert await holder.claim(what, rid) is Claim.MINE
+    return r, holder
+
+
 async def test_a_replay_waits_for_a_live_holder_and_takes_over_when_it_dies(monkeypatch: pytest.MonkeyPatch) -> None:
     """A killed worker's heartbeat outlives it by up to its TTL, and the replay of its request can arrive before
     that: the replay waits, and takes the claim over once the heartbeat is gone (it used to walk away BUSY, and
     the request never got an answer)."""
-    monkeypatch.setattr(once_module, "BUSY_POLL_S", 0.01)
-    r = FakeRedis()
-    await r.set("conflux:worker:w1:heartbeat", "1")
-    assert await Once(r, "w1").claim("gen", "r5") is Claim.MINE
+    r, _ = await _held(monkeypatch, "gen", "r5")
     replay = asyncio.create_task(Once(r, "w2").claim("gen", "r5", wait_until=time.time() + 10))
     await asyncio.sleep(0.05)
     assert not replay.done()  # w1 still looks alive
@@ -111,11 +118,7 @@ async def test_a_replay_waits_for_a_live_holder_and_takes_over_when_it_dies(monk
 
 
 async def test_a_replay_waits_for_a_live_holder_to_finish(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(once_module, "BUSY_POLL_S", 0.01)
-    r = FakeRedis()
-    await r.set("conflux:worker:w1:heartbeat", "1")
-    holder = Once(r, "w1")
-    assert await holder.claim("end", "r6") is Claim.MINE
+    r, holder = await _held(monkeypatch, "end", "r6")
     replay = asyncio.create_task(Once(r, "w2").claim("end", "r6", wait_until=time.time() + 10))
     await asyncio.sleep(0.05)
     await holder.done("end", "r6")
@@ -123,11 +126,7 @@ async def test_a_replay_waits_for_a_live_holder_to_finish(monkeypatch: pytest.Mo
 
 
 async def test_a_replay_stops_waiting_when_the_request_expires(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(once_module, "BUSY_POLL_S", 0.01)
-    r = FakeRedis()
-    await r.set("conflux:worker:w1:heartbeat", "1")
-    holder = Once(r, "w1")
-    assert await holder.claim("gen", "r7") is Claim.MINE
+    r, holder = await _held(monkeypatch, "gen", "r7")
     t0 = time.monotonic()
     assert await Once(r, "w2").claim("gen", "r7", wait_until=time.time() + 0.1) is Claim.BUSY
     assert 0.1 <= time.monotonic() - t0 < 1
