@@ -39,6 +39,7 @@ from streams import ingest, pipeline
 from streams.context import ContextStore
 from streams.deadletter import dead_letter
 from streams.deps import Deps
+from streams.offsets import InOrderTransport
 from streams.once import Once, done_ttl_s
 from streams.routing_stage import ReadyModels, TritonLoad
 from streams.workflow import runner as workflow_runner
@@ -117,6 +118,8 @@ def create_worker_app(settings: Settings, worker_id: str | None = None, metrics_
         stream_wait_empty=False,
         table_standby_replicas=0,
     )
+    # Before anything reaches app.transport: Faust's own consumer can commit past a request still in flight.
+    app.transport = InOrderTransport(app.conf.broker_consumer, app)
     lazy = _LazyDeps(settings, wid)
     for module, concurrency in STAGES:
         _register(app, lazy, module, concurrency)
