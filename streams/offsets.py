@@ -21,18 +21,21 @@ from typing import Any
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 
-def held_back(tp: Any, acked: Iterable[int], unacked: Iterable[Any]) -> bool:
+def held_back(tp: Any, acked: Iterable[int], unacked: Iterable[Any], committed: int | None) -> bool:
     """True when a message of `tp` still in flight lies below every acked offset of `tp`: committing the
-    acked run would skip it."""
+    acked run would skip it. A message below the committed position does not count: it is one a rebalance
+    dropped from a stream's buffer unacked, and processed again since (were it counted, and still referenced,
+    the partition would never commit again)."""
     first_acked = min(acked, default=None)
     if first_acked is None:
         return False
-    return any(m.tp == tp and not m.acked and m.offset < first_acked for m in list(unacked))
+    floor = committed or 0
+    return any(m.tp == tp and not m.acked and floor <= m.offset < first_acked for m in list(unacked))
 
 
 class InOrderConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
     def _new_offset(self, tp: Any) -> int | None:
-        if held_back(tp, self._acked[tp], self._unacked_messages):
+        if held_back(tp, self._acked[tp], self._unacked_messages, self._committed_offset[tp]):
             return None
         return super()._new_offset(tp)  # type: ignore[no-any-return]
 

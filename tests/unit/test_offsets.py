@@ -69,11 +69,18 @@ def test_in_flight_messages_above_the_run_or_on_other_partitions_do_not_hold_it(
 
 
 def test_held_back() -> None:
-    assert not held_back(TP0, [], [Msg(TP0, 1)])
-    assert held_back(TP0, [5], [Msg(TP0, 4)])
-    assert not held_back(TP0, [5], [Msg(TP0, 4, acked=True)])
-    assert not held_back(TP0, [5], [Msg(TP1, 4)])
-    assert not held_back(TP0, [5], [Msg(TP0, 6)])
+    assert not held_back(TP0, [], [Msg(TP0, 1)], None)
+    assert held_back(TP0, [5], [Msg(TP0, 4)], None)
+    assert held_back(TP0, [5], [Msg(TP0, 4)], 4)
+    assert not held_back(TP0, [5], [Msg(TP0, 4, acked=True)], None)
+    assert not held_back(TP0, [5], [Msg(TP1, 4)], None)
+    assert not held_back(TP0, [5], [Msg(TP0, 6)], None)
+
+
+def test_a_stale_unacked_message_below_the_committed_position_does_not_stall_commits() -> None:
+    """A rebalance dropped offset 40 from a stream's buffer unacked; it was processed again and committed."""
+    c = _consumer(InOrderConsumer, 41, [41, 42], [Msg(TP0, 40)])
+    assert c._new_offset(TP0) == 43
 
 
 def test_the_worker_app_consumes_with_it() -> None:
