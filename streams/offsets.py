@@ -15,10 +15,13 @@ so they cannot open a gap below an acked offset.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+log = logging.getLogger("conflux.streams")
 
 
 def held_back(tp: Any, acked: Iterable[int], unacked: Iterable[Any], committed: int | None) -> bool:
@@ -35,7 +38,11 @@ def held_back(tp: Any, acked: Iterable[int], unacked: Iterable[Any], committed: 
 
 class InOrderConsumer(faust_aiokafka.Consumer):  # type: ignore[misc]
     def _new_offset(self, tp: Any) -> int | None:
-        if held_back(tp, self._acked[tp], self._unacked_messages, self._committed_offset[tp]):
+        committed = self._committed_offset[tp]
+        if held_back(tp, self._acked[tp], self._unacked_messages, committed):
+            if not committed or min(self._acked[tp]) - committed <= 1:  # Faust's own check would let it pass
+                log.info("commit of %s[%d] held at %s: a message below the finished offsets %s is in flight",
+                         tp.topic, tp.partition, committed, sorted(self._acked[tp])[:4])
             return None
         return super()._new_offset(tp)  # type: ignore[no-any-return]
 
