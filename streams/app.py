@@ -39,6 +39,7 @@ from streams import ingest, pipeline
 from streams.context import ContextStore
 from streams.deadletter import dead_letter
 from streams.deps import Deps
+from streams.documents import DocumentPresence
 from streams.offsets import InOrderTransport
 from streams.once import Once, done_ttl_s
 from streams.routing_stage import ReadyModels, TritonLoad
@@ -96,7 +97,7 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
                 once=Once(redis, worker_id, done_ttl_s(settings.inference_timeout_s)),
                 triton=TritonClient(settings.triton_grpc_url), tracer=tracer, ready_models=ReadyModels(),
                 model_load=TritonLoad(settings.triton_metrics_url),
-                safety=SafetyHead.load(), budgets=Budgets(redis),
+                safety=SafetyHead.load(), budgets=Budgets(redis), documents=DocumentPresence(vectors, "documents"),
                 worker_id=worker_id, metrics=Metrics("conflux_worker", {"instance": worker_id}),
                 inference_timeout_s=settings.inference_timeout_s,
                 first_token_timeout_s=settings.first_token_timeout_s)

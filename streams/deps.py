@@ -25,6 +25,7 @@ from conflux.serde import AvroSerde, new_envelope
 from conflux.topics import Catalogue
 from conflux.vectorstore import VectorStore
 from streams.context import ContextStore
+from streams.documents import DocumentPresence
 from streams.once import Claim, Once, expires_at
 
 log = logging.getLogger("conflux.streams")
@@ -56,6 +57,7 @@ class Deps:
     model_load: Any  # streams.routing_stage.TritonLoad (likewise)
     safety: SafetyHead  # the safety classifier (input check, output check on the stream)
     budgets: Budgets  # spend holds (routing stage) and their settlement (the request's end)
+    documents: DocumentPresence | None = None  # which tenants have documents (None: search for every tenant)
     inference_timeout_s: float = 60.0
     first_token_timeout_s: float = 15.0
     retrieval_k: int = 4

@@ -50,7 +50,8 @@ async def handle(deps: Deps, request: dict[str, Any]) -> None:
                         system_prompt=(tenant.get(b"system_prompt") or b"").decode(), started=time.time(),
                         events=PendingEvents(deps.publisher), policy=taxonomy.tenant_policy(env["tenant_id"],
                                                                     tenant.get(b"safety_policy")),
-                        fetch_allow=tuple(json.loads(tenant.get(b"fetch_allow") or b"[]")))
+                        fetch_allow=tuple(json.loads(tenant.get(b"fetch_allow") or b"[]")),
+                        docs_version=tenant.get(b"docs_version"))
 
     rc.embedding(deps.triton)  # started once, before the branches that share it
     early, gate = gated(rc)

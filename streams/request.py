@@ -29,6 +29,7 @@ class RequestContext:
     events: PendingEvents
     policy: Policy  # the tenant's safety policy over the taxonomy
     fetch_allow: tuple[str, ...] = ()  # the tenant's hosts for the fetch_url tool (conflux tenants set-tools)
+    docs_version: bytes | None = None  # the tenant record's field; absent while it never ingested (documents.py)
     _embedding: asyncio.Task[Any] | None = field(default=None, repr=False)
 
     @property

@@ -18,7 +18,7 @@ async def retrieve(deps: Deps, rc: RequestContext) -> list[dict[str, Any]]:
     t0 = time.perf_counter()
     query = rc.newest_user_message
     chunks: list[dict[str, Any]] = []
-    if deps.vectors is not None and query:
+    if deps.vectors is not None and query and await _has_documents(deps, rc):
         vec = [float(x) for x in await rc.embedding(deps.triton)]
         try:
             # The vector store clients are synchronous: keep them off the event loop every request shares.
@@ -36,6 +36,14 @@ async def retrieve(deps: Deps, rc: RequestContext) -> list[dict[str, Any]]:
         "envelope": deps.envelope(rc.env), "query": query, "collection": deps.collection, "chunks": chunks,
         "latency_ms": (time.perf_counter() - t0) * 1000}, key=rc.key)
     return chunks
+
+
+async def _has_documents(deps: Deps, rc: RequestContext) -> bool:
+    if deps.documents is None or await deps.documents.has_documents(rc.env["tenant_id"], rc.docs_version):
+        return True
+    deps.metrics.inc("retrieval_skipped_total", help_text="retrievals that skipped the vector store: the tenant "
+                     "has no documents")
+    return False
 
 
 async def _drop_injected(deps: Deps, rc: RequestContext, chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -132,6 +132,8 @@ class WeaviateStore:
         import weaviate.classes as wvc
 
         name = _class_name(collection)
+        if not self._client.collections.exists(name):
+            return 0  # no collection: nothing written yet
         col = self._client.collections.get(name)
         where = wvc.query.Filter.by_property("tenant_id").equal(check_tenant(tenant_id))
         if not self._exact_ids(name):
