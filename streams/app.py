@@ -79,9 +79,10 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
     registry = SchemaRegistry()
     serde = AvroSerde(registry)
     catalogue = load_catalogue(registry=registry)
-    # A 2 ms linger lets a request's events (and concurrent requests') share produce requests: fewer, larger
-    # requests cost the broker and this process less CPU than one per event.
-    producer = ManagedProducer.of(settings.kafka, linger_ms=2)
+    # No linger: with idempotence aiokafka keeps one produce request in flight per partition, so events that
+    # arrive while one is out queue and go together in the next. A linger only delayed each batch (A/B at 8
+    # streams: 2 ms linger 122-151 ms overhead p50 and 54-69 ms CPU per chat; 0 ms 94-97 ms and 43-46 ms).
+    producer = ManagedProducer.of(settings.kafka, linger_ms=0)
     await producer.start()
     redis = redis_client(settings.redis_url, settings.redis_password)
     tracer = setup_tracing(f"conflux-worker/{worker_id}").get_tracer("conflux.streams")
