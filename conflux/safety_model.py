@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from conflux.errors import ConfluxError
 from conflux.safety import check_rules, decode_hidden
+from conflux.safety_prefilter import PrefilterHead
 from conflux.taxonomy import Policy
 
 HEAD_PATH = Path(__file__).with_name("safety_head.json")
@@ -136,22 +137,33 @@ class Assessment:
     categories: list[str]
     reasons: list[str]
     model: Judgement  # the classifier's highest-scoring judgement of the text
+    embedded: bool = True  # False when the prefilter cleared all of it: no embedding was computed
 
 
 async def assess(embedder: Embedder, head: SafetyHead, policy: Policy, text: str, *, rule_text: str | None = None,
-                 head_vector: Any = None) -> Assessment:
+                 head_vector: Any = None, prefilter: PrefilterHead | None = None) -> Assessment:
     """The one judgement of a prompt, used by the chat's input stage, /v1/moderations and `make safety-eval`.
 
-    The classifier reads the head of `text` (or `head_vector`, its embedding, when the caller already has it),
-    then a long text's tail and slices between, then any text hidden in an encoding; the rules read `rule_text`
-    (default `text`): the chat passes every user turn there, since a rule hit can span turns."""
-    if head_vector is None:
-        head_vector = (await embedder.embed([text[:HEAD_CHARS]]))[0]
-    model = head.judge(head_vector)
-    if parts := slices(text):
-        model = max([model, *head.judge_many(await embedder.embed(parts))], key=lambda j: j.p_unsafe)
+    The classifier reads the head of `text` (`head_vector` is its embedding when the caller already has it, or a
+    function that returns an awaitable of it, called only if it is needed), then a long text's tail and slices
+    between, then any text hidden in an encoding; the rules read `rule_text` (default `text`): the chat passes
+    every user turn there, since a rule hit can span turns. With a `prefilter`, a head or slice it clears is
+    judged safe without an embedding (conflux/safety_prefilter.py); hidden text always goes to the classifier."""
+    parts = [text[:HEAD_CHARS], *slices(text)]
+    cleared = [prefilter.cleared(p) if prefilter is not None else None for p in parts]
+    judged = [Judgement(c, False, "", 0.0, {}) for c in cleared if c is not None]
+    if cleared[0] is None:
+        if head_vector is None:
+            head_vector = (await embedder.embed([parts[0]]))[0]
+        elif callable(head_vector):
+            head_vector = await head_vector()
+        judged.append(head.judge(head_vector))
+    if rest := [p for p, c in zip(parts[1:], cleared[1:], strict=True) if c is None]:
+        judged += head.judge_many(await embedder.embed(rest))
+    model = max(judged, key=lambda j: (j.unsafe, j.p_unsafe))
     hidden_texts = decode_hidden(text)[:MAX_HIDDEN]
     hidden = head.judge_many(await embedder.embed(hidden_texts)) if hidden_texts else []
     rules = check_rules(text if rule_text is None else rule_text)
     verdict, categories, reasons = judge(policy, list(rules.categories), list(rules.reasons), model, hidden)
-    return Assessment(verdict, categories, reasons, model)
+    return Assessment(verdict, categories, reasons, model, embedded=cleared[0] is None or bool(rest))
+

@@ -1,7 +1,7 @@
 """`make safety-eval`: how well the input-safety checks (rules + the safety classifier over embeddings served by
 Triton, exactly the stage's `assess`) separate unsafe prompts from safe ones.
 
-    python -m producers.safety_eval [--out .conflux/bench/safety.json]
+    python -m producers.safety_eval [--out .conflux/bench/safety.json] [--no-prefilter]
 
 Sets: the held-out split of external data (tests/data/external/safety_heldout.jsonl, never used for training
 or tuning), the test split, people-scored model answers (safety_answers_{heldout,test}.jsonl, through the
@@ -26,6 +26,7 @@ from conflux import taxonomy
 from conflux.config import REPO_ROOT, Settings
 from conflux.inference import TritonClient
 from conflux.safety_model import HEAD_CHARS, OUTPUT_WINDOW_CHARS, SafetyHead, assess
+from conflux.safety_prefilter import Prefilter, PrefilterHead
 from producers.safety_data import read_jsonl
 
 EXTERNAL = REPO_ROOT / "tests" / "data" / "external"
@@ -49,8 +50,8 @@ def scores(pairs: list[tuple[bool, bool]]) -> dict[str, Any]:
             "recall": round(recall, 3), "f1": round(f1, 3), "fpr": round(fp / (fp + tn), 3) if fp + tn else 0.0}
 
 
-async def judge_rows(triton: TritonClient, head: SafetyHead, rows: list[dict[str, Any]]
-                     ) -> tuple[list[dict[str, Any]], float]:
+async def judge_rows(triton: TritonClient, head: SafetyHead, rows: list[dict[str, Any]],
+                     prefilter: PrefilterHead | None) -> tuple[list[dict[str, Any]], float]:
     policy = taxonomy.load().policy()
     out: list[dict[str, Any]] = []
     cpu = 0.0
@@ -61,11 +62,12 @@ async def judge_rows(triton: TritonClient, head: SafetyHead, rows: list[dict[str
             # The stage's own judgement; CPU counted in this process (the embeddings' client side included,
             # Triton's side not).
             t0 = time.process_time()
-            a = await assess(triton, head, policy, row["text"], head_vector=vec)
+            a = await assess(triton, head, policy, row["text"], head_vector=vec, prefilter=prefilter)
             cpu += time.process_time() - t0
             verdict, cats, reasons = a.verdict, a.categories, a.reasons
             caught = any(c != "pii" for c in cats)
-            out.append({**row, "caught": caught, "verdict": verdict, "predicted": cats, "reasons": reasons})
+            out.append({**row, "caught": caught, "verdict": verdict, "predicted": cats, "reasons": reasons,
+                        "embedded": a.embedded})
     return out, cpu / max(1, len(rows)) * 1000
 
 
@@ -87,11 +89,15 @@ def report(results: list[dict[str, Any]]) -> dict[str, Any]:
     return {"overall": scores(pairs), "per_category": per_category,
             "by_source": {s: {"n": len(p), "caught": sum(f for _, f in p), "unsafe": sum(a for a, _ in p)}
                           for s, p in sorted(by_source.items())},
+            # What the prefilter cleared without an embedding (all of a text, for answers all its windows).
+            "prefilter_cleared": {label: sum(not r["embedded"] for r in results if r["label"] == label)
+                                  for label in ("safe", "unsafe")},
             "missed_sample": [r["text"][:160] for r in results if r["label"] == "unsafe" and not r["caught"]][:15],
             "false_alarm_sample": [r["text"][:160] for r in results if r["label"] == "safe" and r["caught"]][:15]}
 
 
-async def judge_answers(triton: TritonClient, head: SafetyHead, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def judge_answers(triton: TritonClient, head: SafetyHead, rows: list[dict[str, Any]],
+                        prefilter: PrefilterHead | None) -> list[dict[str, Any]]:
     """Answers as the output check sees them: each window of OUTPUT_WINDOW_CHARS characters (the check reads the
     tail at every window of the stream; here every window position, non-overlapping) by the output head."""
     out = []
@@ -101,10 +107,11 @@ async def judge_answers(triton: TritonClient, head: SafetyHead, rows: list[dict[
                    for end in range(min(len(text), OUTPUT_WINDOW_CHARS), len(text) + 1, OUTPUT_WINDOW_CHARS)]
         if not windows or windows[-1] != text[-OUTPUT_WINDOW_CHARS:]:
             windows.append(text[-OUTPUT_WINDOW_CHARS:])
-        vecs = await triton.embed(windows)
-        judged = [head.judge_output(v) for v in vecs]
+        todo = [w for w in windows if prefilter is None or prefilter.cleared(w) is None]
+        judged = [head.judge_output(v) for v in await triton.embed(todo)] if todo else []
         hit = next((j for j in judged if j.unsafe), None)
-        out.append({**row, "caught": hit is not None, "predicted": [hit.category] if hit else []})
+        out.append({**row, "caught": hit is not None, "predicted": [hit.category] if hit else [],
+                    "embedded": bool(todo)})
     return out
 
 
@@ -121,18 +128,21 @@ def default_sets() -> dict[str, list[dict[str, Any]]]:
             "answers_test": read_jsonl(EXTERNAL / "safety_answers_test.jsonl")}
 
 
-async def evaluate(settings: Settings, sets: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+async def evaluate(settings: Settings, sets: dict[str, list[dict[str, Any]]], *, prefilter: bool = True
+                   ) -> dict[str, Any]:
     triton = TritonClient(settings.triton_grpc_url)
     head = SafetyHead.load()
-    out: dict[str, Any] = {"threshold": head.threshold, "output_threshold": head.output_threshold}
+    first = Prefilter.load() if prefilter else None
+    out: dict[str, Any] = {"threshold": head.threshold, "output_threshold": head.output_threshold,
+                           "prefilter": first is not None}
     cpu_ms = []
     try:
         for name, rows in sets.items():
             t0 = time.perf_counter()
             if name.startswith("answers"):  # model answers: the output check
-                results = await judge_answers(triton, head, rows)
+                results = await judge_answers(triton, head, rows, first.answer if first else None)
             else:
-                results, cpu = await judge_rows(triton, head, rows)
+                results, cpu = await judge_rows(triton, head, rows, first.prompt if first else None)
                 cpu_ms.append(cpu)
             out[name] = {**report(results), "seconds": round(time.perf_counter() - t0, 1)}
     finally:
@@ -144,8 +154,9 @@ async def evaluate(settings: Settings, sets: dict[str, list[dict[str, Any]]]) ->
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=REPO_ROOT / ".conflux" / "bench" / "safety.json")
+    p.add_argument("--no-prefilter", action="store_true", help="every text through the classifier (the baseline)")
     args = p.parse_args(argv)
-    result = asyncio.run(evaluate(Settings.from_env(), default_sets()))
+    result = asyncio.run(evaluate(Settings.from_env(), default_sets(), prefilter=not args.no_prefilter))
     text = json.dumps(result, indent=2)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

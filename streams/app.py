@@ -30,6 +30,7 @@ from conflux.models import load_models
 from conflux.promserve import Metrics, serve_metrics
 from conflux.redis_client import redis_client
 from conflux.safety_model import SafetyHead
+from conflux.safety_prefilter import Prefilter
 from conflux.schemas import SchemaRegistry
 from conflux.serde import AvroSerde
 from conflux.telemetry import extract_context, setup_tracing
@@ -98,7 +99,8 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
                 once=Once(redis, worker_id, done_ttl_s(settings.inference_timeout_s)),
                 triton=TritonClient(settings.triton_grpc_url), tracer=tracer, ready_models=ReadyModels(),
                 model_load=TritonLoad(settings.triton_metrics_url),
-                safety=SafetyHead.load(), budgets=Budgets(redis), documents=DocumentPresence(vectors, "documents"),
+                safety=SafetyHead.load(), prefilter=Prefilter.load(), budgets=Budgets(redis),
+                documents=DocumentPresence(vectors, "documents"),
                 worker_id=worker_id, metrics=Metrics("conflux_worker", {"instance": worker_id}),
                 inference_timeout_s=settings.inference_timeout_s,
                 first_token_timeout_s=settings.first_token_timeout_s)

@@ -21,6 +21,7 @@ from conflux.llm import DEFAULT_TOKENIZER, Tokenizer, Tokenizers
 from conflux.models import ModelCatalogue, ModelSpec
 from conflux.promserve import Metrics
 from conflux.safety_model import SafetyHead
+from conflux.safety_prefilter import Prefilter
 from conflux.serde import AvroSerde, new_envelope
 from conflux.topics import Catalogue
 from conflux.vectorstore import VectorStore
@@ -58,6 +59,7 @@ class Deps:
     safety: SafetyHead  # the safety classifier (input check, output check on the stream)
     budgets: Budgets  # spend holds (routing stage) and their settlement (the request's end)
     documents: DocumentPresence | None = None  # which tenants have documents (None: search for every tenant)
+    prefilter: Prefilter | None = None  # the safety check's first pass (None: every text is embedded)
     inference_timeout_s: float = 60.0
     first_token_timeout_s: float = 15.0
     retrieval_k: int = 4

@@ -26,12 +26,15 @@ async def check(deps: Deps, rc: RequestContext) -> str:
     t0 = time.perf_counter()
     # Rules read every user turn (a hit can span turns); the classifier reads the newest user message (earlier
     # turns were checked when they were sent), starting from the request's shared embedding, which is the
-    # retrieval query too, so the request is embedded once.
+    # retrieval query too, so the request is embedded once; and not at all when the prefilter clears the message
+    # and the tenant has no documents to search.
     rule_text = "\n".join(m["content"] for m in rc.request["messages"] if m["role"] == "user")
     a = await assess(deps.triton, deps.safety, rc.policy, rc.newest_user_message, rule_text=rule_text,
-                     head_vector=await rc.embedding(deps.triton))
+                     head_vector=lambda: rc.embedding(deps.triton),
+                     prefilter=deps.prefilter.prompt if deps.prefilter is not None else None)
+    checker = "rules+safety_head/minilm_embed" if a.embedded else "rules+safety_prefilter"
     await rc.events.add("safety.verdicts", {
         "envelope": deps.envelope(rc.env), "stage": "INPUT", "verdict": a.verdict, "categories": a.categories,
-        "reasons": a.reasons, "score": a.model.p_unsafe, "checker": "rules+safety_head/minilm_embed",
+        "reasons": a.reasons, "score": a.model.p_unsafe, "checker": checker,
         "latency_ms": (time.perf_counter() - t0) * 1000}, key=rc.key)
     return a.verdict

@@ -53,7 +53,6 @@ async def handle(deps: Deps, request: dict[str, Any]) -> None:
                         fetch_allow=tuple(json.loads(tenant.get(b"fetch_allow") or b"[]")),
                         docs_version=tenant.get(b"docs_version"))
 
-    rc.embedding(deps.triton)  # started once, before the branches that share it
     early, gate = gated(rc)
 
     async def prepare() -> prompt_build.Built:
