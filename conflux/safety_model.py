@@ -166,4 +166,3 @@ async def assess(embedder: Embedder, head: SafetyHead, policy: Policy, text: str
     rules = check_rules(text if rule_text is None else rule_text)
     verdict, categories, reasons = judge(policy, list(rules.categories), list(rules.reasons), model, hidden)
     return Assessment(verdict, categories, reasons, model, embedded=cleared[0] is None or bool(rest))
-
