@@ -24,6 +24,8 @@ from conflux.errors import ConfluxError
 PREFILTER_PATH = Path(__file__).with_name("safety_prefilter.npz")
 DIM = 1 << 15  # hashed feature space: 64 KiB of float16 weights per head
 _WORD = re.compile(r"\w+")
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / the golden ratio: consecutive code points spread over the bits
+_SALT = {n: np.uint64((0x2545F4914F6CDD1D * n + 1) % 2**64) for n in (3, 4, 5)}  # each n-gram length its own hash
 F32 = npt.NDArray[np.float32]
 
 
@@ -33,20 +35,26 @@ class PrefilterError(ConfluxError):
 
 def features(text: str) -> tuple[npt.NDArray[np.int64], F32]:
     """(indices, values) of a text's hashed features: words, word pairs and character 3- to 5-grams of the
-    lower-cased words, counts scaled to unit length. crc32, not hash(): the same text must hash the same in
-    the trainer and in every worker, whatever PYTHONHASHSEED says."""
+    lower-cased words, counts scaled to unit length. Fixed hashes (crc32 for words, a multiplicative hash of the
+    code points for character n-grams, computed for all positions at once), not hash(): the same text must hash
+    the same in the trainer and in every worker, whatever PYTHONHASHSEED says."""
     words = _WORD.findall(text.lower())
-    grams = [f"w:{w}" for w in words]
-    grams += [f"b:{a} {b}" for a, b in itertools.pairwise(words)]
-    joined = f" {' '.join(words)} "
-    for n in (3, 4, 5):
-        grams += [joined[i:i + n] for i in range(len(joined) - n + 1)]
-    if not grams:
+    if not words:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    idx, counts = np.unique(np.fromiter((zlib.crc32(g.encode()) % DIM for g in grams), dtype=np.int64,
-                                        count=len(grams)), return_counts=True)
+    grams = [f"w:{w}" for w in words] + [f"b:{a} {b}" for a, b in itertools.pairwise(words)]
+    hashed = [np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint64, count=len(grams))]
+    points = np.frombuffer(f" {' '.join(words)} ".encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    h = np.zeros(0, dtype=np.uint64)
+    for n in (3, 4, 5):
+        if len(points) < n:
+            break
+        h = points[:len(points) - n + 1] * _SALT[n]  # uint64 arithmetic wraps: the hash is modulo 2^64
+        for k in range(1, n):
+            h = (h + points[k:len(points) - n + 1 + k]) * _MIX
+        hashed.append(h >> np.uint64(29))  # the high bits mix best
+    idx, counts = np.unique(np.concatenate(hashed) % np.uint64(DIM), return_counts=True)
     values = counts.astype(np.float32)
-    return idx, values / np.float32(np.linalg.norm(values))
+    return idx.astype(np.int64), values / np.float32(np.linalg.norm(values))
 
 
 @dataclass(frozen=True)

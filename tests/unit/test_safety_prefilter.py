@@ -98,9 +98,11 @@ def test_rules_and_hidden_text_are_read_whatever_the_prefilter_says() -> None:
 def test_a_long_message_embeds_only_the_slices_the_prefilter_does_not_clear() -> None:
     head = SafetyHead.load()
     pre = _head(clear_all=True)
-    idx, _ = features("payload")
-    pre.weights[idx] = 1e4  # any text with the word "payload" in it is not cleared
-    text = "The weather was mild and the trains ran on time. " * 80 + " the payload " + "x " * 200
+    benign = "The weather was mild and the trains ran on time. " * 80
+    # Any text with the word "payload" in it is not cleared (its features that the rest of the text lacks).
+    idx = np.setdiff1d(features("payload")[0], features(benign + " the x")[0])
+    pre.weights[idx] = 1e4
+    text = benign + " the payload " + "x " * 200
     emb = CountingEmbedder()
     asyncio.run(assess(emb, head, POLICY, text, prefilter=pre))
     emb_all = CountingEmbedder()
