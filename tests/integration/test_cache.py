@@ -88,7 +88,9 @@ def test_a_hit_is_recorded_like_any_answer_with_what_it_saved(stack: Settings) -
         results = [r for b in httpx.get(f"{base}/v1/usage", headers=auth, timeout=30).json()["data"]
                    for r in b["results"]]
         view = httpx.get(f"{base}/api/metrics/cache", headers=auth, timeout=30).json()["rows"]
-        if (results and results[0]["num_model_requests"] == 2 and view) or time.monotonic() > deadline:
+        # Each view fills from its own topic through the sink: wait for both lookups, not just the first.
+        if (results and results[0]["num_model_requests"] == 2 and view and view[0]["lookups"] == 2) \
+                or time.monotonic() > deadline:
             break
         time.sleep(1)
     assert results[0]["cached_requests"] == 1 and results[0]["cache_savings_usd_micros"] == lookup["saved_micros"]
