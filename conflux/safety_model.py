@@ -140,6 +140,23 @@ class Assessment:
     embedded: bool = True  # False when the prefilter cleared all of it: no embedding was computed
 
 
+def cleared_judgement(score: float) -> Judgement:
+    """A text the prefilter cleared: safe, with the prefilter's score, no category."""
+    return Judgement(score, False, "", 0.0, {})
+
+
+async def judge_answer_windows(embedder: Embedder, head: SafetyHead, prefilter: PrefilterHead | None,
+                               windows: list[str]) -> tuple[list[Judgement], bool]:
+    """Windows of an answer judged by the output head (the stream's output check and `make safety-eval`): those the
+    prefilter clears without an embedding, the rest embedded together. Also whether any was embedded."""
+    scores = [prefilter.cleared(w) if prefilter is not None else None for w in windows]
+    todo = [w for w, s in zip(windows, scores, strict=True) if s is None]
+    judged = [cleared_judgement(s) for s in scores if s is not None]
+    if todo:
+        judged += [head.judge_output(v) for v in await embedder.embed(todo)]
+    return judged, bool(todo)
+
+
 async def assess(embedder: Embedder, head: SafetyHead, policy: Policy, text: str, *, rule_text: str | None = None,
                  head_vector: Any = None, prefilter: PrefilterHead | None = None) -> Assessment:
     """The one judgement of a prompt, used by the chat's input stage, /v1/moderations and `make safety-eval`.
@@ -151,7 +168,7 @@ async def assess(embedder: Embedder, head: SafetyHead, policy: Policy, text: str
     judged safe without an embedding (conflux/safety_prefilter.py); hidden text always goes to the classifier."""
     parts = [text[:HEAD_CHARS], *slices(text)]
     cleared = [prefilter.cleared(p) if prefilter is not None else None for p in parts]
-    judged = [Judgement(c, False, "", 0.0, {}) for c in cleared if c is not None]
+    judged = [cleared_judgement(c) for c in cleared if c is not None]
     if cleared[0] is None:
         if head_vector is None:
             head_vector = (await embedder.embed([parts[0]]))[0]

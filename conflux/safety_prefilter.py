@@ -44,7 +44,6 @@ def features(text: str) -> tuple[npt.NDArray[np.int64], F32]:
     grams = [f"w:{w}" for w in words] + [f"b:{a} {b}" for a, b in itertools.pairwise(words)]
     hashed = [np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.uint64, count=len(grams))]
     points = np.frombuffer(f" {' '.join(words)} ".encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    h = np.zeros(0, dtype=np.uint64)
     for n in (3, 4, 5):
         if len(points) < n:
             break

@@ -25,7 +25,7 @@ from typing import Any
 from conflux import taxonomy
 from conflux.config import REPO_ROOT, Settings
 from conflux.inference import TritonClient
-from conflux.safety_model import HEAD_CHARS, OUTPUT_WINDOW_CHARS, SafetyHead, assess
+from conflux.safety_model import HEAD_CHARS, OUTPUT_WINDOW_CHARS, SafetyHead, assess, judge_answer_windows
 from conflux.safety_prefilter import Prefilter, PrefilterHead
 from producers.safety_data import read_jsonl
 
@@ -107,11 +107,10 @@ async def judge_answers(triton: TritonClient, head: SafetyHead, rows: list[dict[
                    for end in range(min(len(text), OUTPUT_WINDOW_CHARS), len(text) + 1, OUTPUT_WINDOW_CHARS)]
         if not windows or windows[-1] != text[-OUTPUT_WINDOW_CHARS:]:
             windows.append(text[-OUTPUT_WINDOW_CHARS:])
-        todo = [w for w in windows if prefilter is None or prefilter.cleared(w) is None]
-        judged = [head.judge_output(v) for v in await triton.embed(todo)] if todo else []
+        judged, embedded = await judge_answer_windows(triton, head, prefilter, windows)
         hit = next((j for j in judged if j.unsafe), None)
         out.append({**row, "caught": hit is not None, "predicted": [hit.category] if hit else [],
-                    "embedded": bool(todo)})
+                    "embedded": embedded})
     return out
 
 

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from conflux.safety import check_rules
-from conflux.safety_model import OUTPUT_WINDOW_CHARS, Judgement, judge
+from conflux.safety_model import OUTPUT_WINDOW_CHARS, judge, judge_answer_windows
 from streams.deps import Deps
 from streams.request import RequestContext
 
@@ -127,14 +127,9 @@ def checker(deps: Deps, rc: RequestContext) -> Check:
             verdict = rc.policy.verdict(list(rules.categories))
             return OutputVerdict(verdict, list(rules.categories), list(rules.reasons), None)
         # A window the prefilter clears is not embedded (conflux/safety_prefilter.py); the rest go to the classifier.
-        todo, judged = [], []
-        for window in windows(text, cleared):
-            if (score := deps.prefilter.answer.cleared(window) if deps.prefilter is not None else None) is None:
-                todo.append(window)
-            else:
-                judged.append(Judgement(score, False, "", 0.0, {}))
-        if todo:
-            judged += [deps.safety.judge_output(v) for v in await deps.triton.embed(todo)]
+        judged, _ = await judge_answer_windows(deps.triton, deps.safety,
+                                               deps.prefilter.answer if deps.prefilter is not None else None,
+                                               windows(text, cleared))
         model = max(judged, key=lambda j: (j.unsafe, j.p_unsafe))
         verdict, cats, reasons = judge(rc.policy, list(rules.categories), list(rules.reasons), model, [])
         return OutputVerdict(verdict, cats, reasons, model.p_unsafe)
