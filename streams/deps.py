@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +25,7 @@ from conflux.topics import Catalogue
 from conflux.vectorstore import VectorStore
 from streams.context import ContextStore
 from streams.documents import DocumentPresence
+from streams.ending import Ending
 from streams.once import Claim, Once, expires_at
 
 log = logging.getLogger("conflux.streams")
@@ -128,20 +127,40 @@ class Deps:
             log.warning("caller of %s is gone (reply topic unavailable); recording the end anyway",
                         request["envelope"]["request_id"])
 
-    @contextlib.asynccontextmanager
-    async def ending(self, request_id: str, wait_until: float = 0.0) -> AsyncIterator[bool]:
-        """Yields True to the one caller that should end the request (final chunk + chat.responses); False
-        to a replay of a request that is already ended, or being ended by a live worker (waited for until
-        `wait_until`, so that if it dies meanwhile this replay ends the request)."""
-        if await self.once.claim("end", request_id, wait_until) in (Claim.BUSY, Claim.DONE):
-            yield False
-            return
+    async def end(self, request: dict[str, Any], ending: Ending, events: PendingEvents | None = None,
+                  wait_until: float = 0.0) -> bool:
+        """Ends the request once across workers: its events, then (once every event of the request is
+        acknowledged) its budget settled and the caller's final chunk, then the end mark. True when this call
+        ended it with `ending`; False when it was ended already, or by a live worker (waited for until
+        `wait_until`, so that if that worker dies meanwhile this one ends it), or when this call completed the
+        ending an earlier holder had recorded and not finished (streams/ending.py)."""
+        request_id = request["envelope"]["request_id"]
+        events = events or PendingEvents(self.publisher)
+        ctx_key = self.ctx.key(request_id)
+        claim, left = await self.once.claim_end(request_id, ctx_key, ending.fields(self.serde, self.catalogue),
+                                                wait_until)
+        if claim in (Claim.BUSY, Claim.DONE):
+            return False
+        recorded = Ending.recorded(self.serde, left) if left else None
+        if recorded is not None:
+            log.warning("an earlier end of %s stopped part-way; publishing the ending it recorded again", request_id)
         try:
-            yield True
+            await self._publish_ending(request, recorded or ending, events)
         except BaseException:
             await self.once.release("end", request_id)
             raise
-        await self.once.ended(request_id, self.ctx.key(request_id))
+        await self.once.ended(request_id, ctx_key)
+        return recorded is None
+
+    async def _publish_ending(self, request: dict[str, Any], ending: Ending, events: PendingEvents) -> None:
+        for topic, record in ending.events:
+            await events.add(topic, record, key=ending.key)
+        await events.settle()
+        # After the events are acknowledged, so that Redis never records a spend the log does not have. A
+        # second settle of the same request (a takeover repeating an ending) finds no hold and changes nothing.
+        await self.budgets.settle(request["envelope"]["request_id"], ending.micros, ending.tokens)
+        if ending.final is not None:
+            await self.reply_final(request, ending.final)
 
     async def end_request(self, request: dict[str, Any], *, finish_reason: str, text: str = "",
                           error: str | None = None, blocked: bool = False, model: str | None = None,
@@ -149,27 +168,17 @@ class Deps:
                           epoch: int | None = None) -> None:
         """Ends a request that will get no (further) generation - a refusal or an error: its final event
         and, once every event of the request is acknowledged, the caller's final chunk. Usage is 0 when a
-        model is named."""
+        model is named. No answer it can charge for: its hold, if any, is released at no cost."""
         env = request["envelope"]
         usage = 0 if model else None
-        events = events or PendingEvents(self.publisher)
-        async with self.ending(env["request_id"], expires_at(request, self.inference_timeout_s)) as mine:
-            if not mine:
-                return
-            await events.add("chat.responses", {
-                "envelope": self.envelope(env), "model": request.get("model", ""), "content": text,
-                "finish_reason": finish_reason, "blocked": blocked, "error": error, "prompt_tokens": 0,
-                "completion_tokens": 0, "citations": [], "latency_ms": latency_ms, "cost_micros": 0,
-                "key_id": request.get("key_id") or ""}, key=env["conversation_id"])
-            await events.settle()
-            # No answer it can charge for (a refusal, an error, a block by input safety): the hold, if any,
-            # is released at no cost. After the event is acknowledged, so that Redis never records a spend the
-            # log does not have.
-            await self.budgets.settle(env["request_id"], 0, 0)
-            await self.reply_final(request, {
-                "envelope": self.envelope(env), "sequence": seq, "text": text, "is_final": True,
-                "finish_reason": finish_reason, "error": error, "model": model, "prompt_tokens": usage,
-                "completion_tokens": usage, "epoch": epoch})
+        await self.end(request, Ending(key=env["conversation_id"], events=[("chat.responses", {
+            "envelope": self.envelope(env), "model": request.get("model", ""), "content": text,
+            "finish_reason": finish_reason, "blocked": blocked, "error": error, "prompt_tokens": 0,
+            "completion_tokens": 0, "citations": [], "latency_ms": latency_ms, "cost_micros": 0,
+            "key_id": request.get("key_id") or ""})], final={
+            "envelope": self.envelope(env), "sequence": seq, "text": text, "is_final": True,
+            "finish_reason": finish_reason, "error": error, "model": model, "prompt_tokens": usage,
+            "completion_tokens": usage, "epoch": epoch}), events, expires_at(request, self.inference_timeout_s))
 
     async def finish_with_error(self, request: dict[str, Any], message: str, finish_reason: str = "error",
                                 seq: int = 0, events: PendingEvents | None = None, epoch: int | None = None) -> None:

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from streams.context import CTX_TTL_S
+from streams.ending import RECORDED
 
 # How long a request's end stays marked done. A replay can only come from offsets not yet committed (seconds,
 # or a rebalance after the 10 s session timeout), and a request older than `expiry_s` (the inference timeout
@@ -71,6 +72,21 @@ end
 return 0
 """
 
+
+# SET NX the end claim and, in the same step, record the ending its holder is about to publish (streams/ending.py)
+# in the request's context hash, unless an earlier holder recorded one (then 2: that one is to be published).
+# KEYS: claim, context hash. ARGV: holder, TTL, the field that marks a recorded ending, then field, value, ...
+_CLAIM_END = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then
+    return 2
+  end
+  redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
 
 BUSY_POLL_S = 0.25  # between looks at a claim another live worker holds
 
@@ -141,6 +157,31 @@ class Once:
             return Claim.DONE, 0, False
         epoch = await self.new_epoch(request_id)
         return claim, epoch, bool(await self._r.hget(streamed_key, "streamed"))
+
+    async def claim_end(self, request_id: str, ctx_key: str, ending: dict[str, bytes],
+                        wait_until: float = 0.0) -> tuple[Claim, dict[bytes, bytes]]:
+        """(claim, the context hash when it holds an earlier ending) of a request's end. The first ending
+        recorded for a request is the one published, whoever publishes it: `ending` (its hash fields) is
+        recorded in `ctx_key` with the claim, in one round trip when the claim is free, unless an earlier holder
+        recorded one. That holder died or failed part-way and may have published any part of it, so the caller
+        publishes it again rather than an ending of its own."""
+        key = self.key("end", request_id)
+        fields = [x for kv in ending.items() for x in kv]
+        won = await self._r.eval(_CLAIM_END, 2, key, ctx_key, self.worker_id, CTX_TTL_S, RECORDED, *fields)
+        if won:
+            self._active.add(f"end:{request_id}")
+            return Claim.MINE, (await self._r.hgetall(ctx_key) if won == 2 else {})
+        claim = await self.claim("end", request_id, wait_until)
+        if claim in (Claim.BUSY, Claim.DONE):
+            return claim, {}
+        left = await self._r.hgetall(ctx_key)
+        if RECORDED.encode() in left:
+            return claim, left
+        async with self._r.pipeline(transaction=False) as pipe:  # one round trip
+            pipe.hset(ctx_key, mapping=ending)
+            pipe.expire(ctx_key, CTX_TTL_S)
+            await pipe.execute()
+        return claim, {}
 
     async def new_epoch(self, request_id: str) -> int:
         """Fences a generation: called by whoever now holds its claim, before it sends anything. Chunks carry

@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from conflux import grounding
 from streams.deps import Deps
+from streams.ending import Ending
 from streams.inference import Generated
 from streams.once import expires_at
 from streams.prompt_build import Built
@@ -29,37 +30,34 @@ async def finish(deps: Deps, rc: RequestContext, built: Built, gen: Generated) -
         log.warning("generation %d of %s was taken over while this worker stalled; leaving its end to the new "
                     "holder", gen.epoch, rc.request_id)
         return None
-    async with deps.ending(rc.request_id, expires_at(rc.request, deps.inference_timeout_s)) as mine:
-        if not mine:
-            return None  # a replay: this request was already ended
-        out = gen.output
-        verdict = out.verdict
-        await rc.events.add("safety.verdicts", {
+    out = gen.output
+    verdict = out.verdict
+    finish_reason = "content_filter" if verdict == "BLOCK" else gen.finish_reason
+    # The sources the answer used (cited as [n], or supporting it uncited), not all it was given.
+    citations = [built.sources[i]["chunk_id"] for i in grounding.used(gen.text, built.sources)]
+    # Generated tokens are charged however the answer ended: whole, cut by the token limit, cancelled by the
+    # caller, or blocked by the output check (the model did the work the request asked for).
+    cost = gen.model.cost_micros(gen.prompt_tokens, gen.completion_tokens)
+    ending = Ending(key=rc.key, events=[
+        ("safety.verdicts", {
             "envelope": deps.envelope(env), "stage": "OUTPUT", "verdict": verdict, "categories": out.categories,
             "reasons": [*out.reasons, f"{gen.output_checks} checks on the stream"], "score": out.score,
             "checker": "rules+safety_head/minilm_embed (stream)",
-            "latency_ms": (time.perf_counter() - t0) * 1000}, key=rc.key)
-        finish_reason = "content_filter" if verdict == "BLOCK" else gen.finish_reason
-        # The sources the answer used (cited as [n], or supporting it uncited), not all it was given.
-        citations = [built.sources[i]["chunk_id"] for i in grounding.used(gen.text, built.sources)]
-        # Generated tokens are charged however the answer ended: whole, cut by the token limit, cancelled by
-        # the caller, or blocked by the output check (the model did the work the request asked for).
-        cost = gen.model.cost_micros(gen.prompt_tokens, gen.completion_tokens)
-        await rc.events.add("chat.responses", {
+            "latency_ms": (time.perf_counter() - t0) * 1000}),
+        ("chat.responses", {
             "envelope": deps.envelope(env), "model": gen.model.id,
             "content": "" if verdict == "BLOCK" else gen.text, "finish_reason": finish_reason,
             "blocked": verdict == "BLOCK", "error": None, "prompt_tokens": gen.prompt_tokens,
             "completion_tokens": gen.completion_tokens, "citations": citations,
             "latency_ms": (time.time() - rc.started) * 1000, "cost_micros": cost,
-            "key_id": rc.request.get("key_id") or ""}, key=rc.key)
-        # Every event of the request is acknowledged before the caller hears it has ended.
-        await rc.events.settle()
-        await deps.budgets.settle(rc.request_id, cost, gen.prompt_tokens + gen.completion_tokens)
-        await deps.reply_final(rc.request, {
-            "envelope": deps.envelope(env), "sequence": gen.chunks_sent, "text": "", "is_final": True,
-            "finish_reason": finish_reason, "error": None, "model": gen.model.id,
-            "prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
-            "citations": citations, "epoch": gen.epoch})
+            "key_id": rc.request.get("key_id") or ""})],
+        final={"envelope": deps.envelope(env), "sequence": gen.chunks_sent, "text": "", "is_final": True,
+               "finish_reason": finish_reason, "error": None, "model": gen.model.id,
+               "prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
+               "citations": citations, "epoch": gen.epoch},
+        micros=cost, tokens=gen.prompt_tokens + gen.completion_tokens)
+    if not await deps.end(rc.request, ending, rc.events, expires_at(rc.request, deps.inference_timeout_s)):
+        return None  # a replay: this request was already ended
     # Of n choices, only the first becomes the conversation's turn: the others are alternatives the client
     # may pick from, and memory holds one answer per turn.
     if verdict != "BLOCK" and not rc.request.get("choice"):

@@ -27,9 +27,11 @@ from conflux import taxonomy
 from conflux.kafka import PendingEvents
 from streams import inference, input_safety, output_safety, prompt_build, quality, retrieval, routing_stage
 from streams.deps import Deps
+from streams.ending import Ending
 from streams.request import RequestContext, gated
 
 SOURCE = "chat.requests"
+INTERRUPTED = "generation was interrupted by a worker failure; retry the request"
 EVENT = "prompt_submitted"
 T = TypeVar("T")
 log = logging.getLogger("conflux.streams")
@@ -43,6 +45,11 @@ async def handle(deps: Deps, request: dict[str, Any]) -> None:
         end, tenant = await pipe.execute()
     if end in (b"done", "done"):
         return  # a replay (after a worker failed over) of a request that has its answer
+    if end is not None:
+        # A replay of a request whose end had begun: its holder is waited for if alive, and if it died, the
+        # ending it recorded is completed. Nothing of the request runs again (its budget, for one, is spent).
+        await deps.finish_with_error(request, INTERRUPTED)
+        return
     if input_safety.expired(deps, request):
         await _expire(deps, request)
         return
@@ -108,11 +115,7 @@ async def _stage(deps: Deps, name: str, work: Awaitable[T]) -> T:
 async def _expire(deps: Deps, request: dict[str, Any]) -> None:
     """Older than any edge waits for: recorded as expired, with no answer to send."""
     env = request["envelope"]
-    async with deps.ending(env["request_id"]) as mine:
-        if mine:
-            await deps.publisher.publish("chat.responses", {
-                "envelope": deps.envelope(env), "model": request["model"], "content": "",
-                "finish_reason": "expired", "blocked": False,
-                "error": "expired: the caller stopped waiting before the request was processed",
-                "prompt_tokens": 0, "completion_tokens": 0, "citations": [], "latency_ms": 0.0},
-                key=env["conversation_id"])
+    await deps.end(request, Ending(key=env["conversation_id"], events=[("chat.responses", {
+        "envelope": deps.envelope(env), "model": request["model"], "content": "", "finish_reason": "expired",
+        "blocked": False, "error": "expired: the caller stopped waiting before the request was processed",
+        "prompt_tokens": 0, "completion_tokens": 0, "citations": [], "latency_ms": 0.0})]))

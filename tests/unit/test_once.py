@@ -278,3 +278,33 @@ async def test_events_of_stages_before_the_verdict_wait_for_it() -> None:
     assert sent == []
     await gate.release()
     assert sent == ["retrieval.completed", "prompt.built"]
+
+
+def test_a_recorded_ending_reads_back_as_it_was_recorded() -> None:
+    """The hash fields a request's end is recorded in (streams/ending.py) give back its events in order, with
+    their event ids, its final chunk and its charge; a context hash without them records no ending."""
+    from conflux.schemas import SchemaRegistry
+    from conflux.serde import AvroSerde, new_envelope
+    from conflux.topics import load_catalogue
+    from streams.ending import Ending
+
+    serde = AvroSerde(SchemaRegistry())
+    env = {"tenant_id": "t", "conversation_id": "a conversation", "request_id": "r"}
+    verdict = {"envelope": new_envelope(**env, producer="w"), "stage": "OUTPUT", "verdict": "ALLOW",
+               "categories": [], "reasons": [], "score": 0.1, "checker": "c", "latency_ms": 1.0}
+    response = {"envelope": new_envelope(**env, producer="w"), "model": "echo", "content": "hi",
+                "finish_reason": "stop", "blocked": False, "error": None, "prompt_tokens": 1, "completion_tokens": 2,
+                "citations": [], "latency_ms": 2.0, "cost_micros": 5, "key_id": ""}
+    final = {"envelope": new_envelope(**env, producer="w"), "sequence": 2, "text": "", "is_final": True,
+             "finish_reason": "stop", "error": None, "model": "echo", "prompt_tokens": 1, "completion_tokens": 2,
+             "epoch": 3}
+    ending = Ending(key="a conversation", events=[("safety.verdicts", verdict), ("chat.responses", response)],
+                    final=final, micros=5, tokens=3)
+    fields = ending.fields(serde, load_catalogue(registry=serde.registry))
+    back = Ending.recorded(serde, {b"streamed": b"true", **{k.encode(): v for k, v in fields.items()}})
+    assert back is not None and back.key == "a conversation" and (back.micros, back.tokens) == (5, 3)
+    assert [(t, r["envelope"]["event_id"], r.get("content")) for t, r in back.events] == [
+        ("safety.verdicts", verdict["envelope"]["event_id"], None), ("chat.responses", response["envelope"]["event_id"],
+                                                                      "hi")]
+    assert back.final is not None and back.final["epoch"] == 3 and back.final["sequence"] == 2
+    assert Ending.recorded(serde, {b"streamed": b"true"}) is None
