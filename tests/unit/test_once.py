@@ -290,9 +290,9 @@ def test_a_recorded_ending_reads_back_as_it_was_recorded() -> None:
 
     serde = AvroSerde(SchemaRegistry())
     env = {"tenant_id": "t", "conversation_id": "a conversation", "request_id": "r"}
-    verdict = {"envelope": new_envelope(**env, producer="w"), "stage": "OUTPUT", "verdict": "ALLOW",
+    verdict: dict[str, Any] = {"envelope": new_envelope(**env, producer="w"), "stage": "OUTPUT", "verdict": "ALLOW",
                "categories": [], "reasons": [], "score": 0.1, "checker": "c", "latency_ms": 1.0}
-    response = {"envelope": new_envelope(**env, producer="w"), "model": "echo", "content": "hi",
+    response: dict[str, Any] = {"envelope": new_envelope(**env, producer="w"), "model": "echo", "content": "hi",
                 "finish_reason": "stop", "blocked": False, "error": None, "prompt_tokens": 1, "completion_tokens": 2,
                 "citations": [], "latency_ms": 2.0, "cost_micros": 5, "key_id": ""}
     final = {"envelope": new_envelope(**env, producer="w"), "sequence": 2, "text": "", "is_final": True,
