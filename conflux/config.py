@@ -87,6 +87,10 @@ class Settings:
     inference_timeout_s: float = 60.0
     # How long a model that has a fallback may stay silent before its first token (then the fallback answers).
     first_token_timeout_s: float = 15.0
+    # Parallel rails (streams/pipeline.py): whether the model may start generating before the input verdict (its
+    # output held until the verdict allows). Off by default: a block then cancels a model stream mid-answer, and
+    # Triton 2.51 (the local stack's) can crash on a stream cancelled as its last response goes out (README).
+    generate_before_verdict: bool = False
     cache_ttl_s: int = 3600  # the exact response cache's default TTL (a tenant may set its own, or 0: off)
     # The semantic cache's default similarity threshold (edge/semantic_cache.py; a tenant may set its own; 0: off).
     semantic_threshold: float = SEMANTIC_THRESHOLD
@@ -178,6 +182,7 @@ class Settings:
             metrics_host=e.get("CONFLUX_METRICS_HOST", "127.0.0.1"),
             inference_timeout_s=float(_int(e, "CONFLUX_INFERENCE_TIMEOUT_S", 60)),
             first_token_timeout_s=float(_int(e, "CONFLUX_FIRST_TOKEN_TIMEOUT_S", 15)),
+            generate_before_verdict=e.get("CONFLUX_GENERATE_BEFORE_VERDICT", "0") in ("1", "true", "yes"),
             cache_ttl_s=_int(e, "CONFLUX_CACHE_TTL_S", 3600),
             semantic_threshold=_fraction(e, "CONFLUX_SEMANTIC_THRESHOLD", SEMANTIC_THRESHOLD),
             publish_timeout_s=float(_int(e, "CONFLUX_PUBLISH_TIMEOUT_S", 5)),

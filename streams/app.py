@@ -105,7 +105,8 @@ async def build_deps(settings: Settings, worker_id: str) -> Deps:
                 documents=DocumentPresence(vectors, "documents"),
                 worker_id=worker_id, metrics=Metrics("conflux_worker", {"instance": worker_id}),
                 inference_timeout_s=settings.inference_timeout_s,
-                first_token_timeout_s=settings.first_token_timeout_s)
+                first_token_timeout_s=settings.first_token_timeout_s,
+                generate_before_verdict=settings.generate_before_verdict)
 
 
 def create_worker_app(settings: Settings, worker_id: str | None = None, metrics_port: int = 0) -> faust.App:

@@ -61,6 +61,7 @@ class Deps:
     prefilter: Prefilter | None = None  # the safety check's first pass (None: every text is embedded)
     inference_timeout_s: float = 60.0
     first_token_timeout_s: float = 15.0
+    generate_before_verdict: bool = False  # Settings.generate_before_verdict
     retrieval_k: int = 4
     # A chunk less similar to the question than this (cosine, MiniLM) is not about it: left out of the prompt,
     # where a small model would answer from it anyway (and `auto` would route a greeting as a grounded question).
@@ -105,6 +106,7 @@ class Deps:
         `to_tokens`, to inference.tokens. Sent, not awaited one by one: ordering holds within the partition and
         latency stays low; `events` has every send acknowledged before the request's final chunk."""
         request_id = request["envelope"]["request_id"]
+        await events.wait_open()  # an answer made beside a pending input verdict is held until it allows
         if record["sequence"] == 0:
             # A replay after a crash must know the caller may have seen part of an answer, so the mark is
             # written *before* the first chunk can leave: written beside it, a kill -9 between the two let the
@@ -136,6 +138,7 @@ class Deps:
         ending an earlier holder had recorded and not finished (streams/ending.py)."""
         request_id = request["envelope"]["request_id"]
         events = events or PendingEvents(self.publisher)
+        await events.wait_open()  # nor does an ending (an error, a refusal) leave before the input verdict
         ctx_key = self.ctx.key(request_id)
         claim, left = await self.once.claim_end(request_id, ctx_key, ending.fields(self.serde, self.catalogue),
                                                 wait_until)

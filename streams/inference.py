@@ -176,6 +176,8 @@ async def _generate(deps: Deps, rc: RequestContext, model: ModelSpec, built: Bui
     top_logprobs = request.get("top_logprobs")
     await rc.events.add("inference.requests", requested(deps, rc, model, prompt, temperature, sampling, guide),
                         key=rc.key)
+    if not deps.generate_before_verdict:
+        await rc.events.wait_open()  # everything up to here ran beside the input verdict (Settings says why)
 
     t0 = time.perf_counter()
     ttft: float | None = None
@@ -290,11 +292,16 @@ async def _generate(deps: Deps, rc: RequestContext, model: ModelSpec, built: Bui
             f"inference timed out after {deps.inference_timeout_s:.0f}s"
         if first_token_s is not None and ttft is None and sent_chunks == 0 and isinstance(exc, InferenceError):
             fell_back = exc
+    except asyncio.CancelledError:
+        sending.cancel()  # it may wait at the gate of a request whose input verdict blocked it (parallel rails)
+        raise
     finally:
         closing = True
         guard.progress.set()
-        await sending
-        guard.cancel()
+        try:
+            await sending
+        finally:
+            guard.cancel()
     if guard.blocked is not None:
         finish = "content_filter"
     elif guard.failed is not None and error is None:

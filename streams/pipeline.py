@@ -2,11 +2,13 @@
 
 The order of the chain, in one place:
 
-    input safety  ─┐ side by side; no token leaves before the input verdict allows it
-    retrieval ─► prompt build (+ session memory) ─┘
-    ─► routing ─► inference (streams to the caller) ─► output safety (ends the request) ─► quality (scores it)
+    input safety ─────────────────────────────────┐ side by side (parallel rails): nothing of the answer, neither
+    retrieval ─► prompt build (+ session memory)  │ its events nor a token, leaves before the input verdict
+    ─► routing ─► inference (held at the gate) ───┘ allows it, and a block cancels the answer
+    ─► (streams to the caller) ─► output safety (ends the request) ─► quality (scores it)
                    └ with `server_tools`: the agent loop (streams/agent.py) runs the built-in tools the model
-                     calls and generates again, inside the inference stage
+                     calls and generates again, inside the inference stage; such a request waits for the
+                     verdict before routing
 
 Each stage is a module with one job and publishes its event to its own topic, as when each stage was an agent
 of its own; those publishes are not awaited one by one but acknowledged together (PendingEvents) before the
@@ -28,7 +30,7 @@ from conflux.kafka import PendingEvents
 from streams import inference, input_safety, output_safety, prompt_build, quality, retrieval, routing_stage
 from streams.deps import Deps
 from streams.ending import Ending
-from streams.request import RequestContext, gated
+from streams.request import GatedEvents, Refused, RequestContext, gated
 
 SOURCE = "chat.requests"
 INTERRUPTED = "generation was interrupted by a worker failure; retry the request"
@@ -60,36 +62,63 @@ async def handle(deps: Deps, request: dict[str, Any]) -> None:
                         fetch_allow=tuple(json.loads(tenant.get(b"fetch_allow") or b"[]")),
                         docs_version=tenant.get(b"docs_version"))
 
-    early, gate = gated(rc)
-
-    async def prepare() -> prompt_build.Built:
-        chunks, memory = await asyncio.gather(_stage(deps, "retrieval", retrieval.retrieve(deps, early)),
-                                              prompt_build.recall(deps, early))
-        return await _stage(deps, "prompt_build", prompt_build.build(deps, early, memory, chunks))
-
-    # A TaskGroup cancels the other branch when one fails, so nothing of a failed request runs on. Its error
-    # is re-raised as itself (not a group) so that the agent's retry and dead-letter policy sees its type.
-    try:
-        async with asyncio.TaskGroup() as group:
-            verdict_task = group.create_task(_stage(deps, "input_safety", input_safety.check(deps, rc)))
-            prepared = group.create_task(prepare())
-    except ExceptionGroup as failed:
-        raise failed.exceptions[0] from None
-    if verdict_task.result() == "BLOCK":
+    if await _rails(deps, rc) == "BLOCK":
         await deps.end_request(request, text=input_safety.REFUSAL, finish_reason="content_filter", blocked=True,
                                model=request["model"], latency_ms=(time.time() - rc.started) * 1000,
                                events=rc.events)
         return
-    await gate.release()  # allowed: retrieval's and prompt build's events join the request's
-    built = prepared.result()
+    await rc.events.settle()
+
+
+async def _rails(deps: Deps, rc: RequestContext) -> str:
+    """Input safety beside the answer (parallel rails); the input verdict. The answer runs on a gated view of
+    the request: its events and output wait at the gate until the verdict allows, and a block shuts the gate
+    and cancels the answer wherever it is (its refusal is the caller's to send). A failure of either rail before
+    the verdict stops the other and is raised as itself, so that the agent's retry and dead-letter policy sees
+    its type."""
+    early, gate = gated(rc)
+    verdict = asyncio.ensure_future(_stage(deps, "input_safety", input_safety.check(deps, rc)))
+    answer = asyncio.ensure_future(_answer(deps, early, gate))
+    try:
+        await asyncio.wait({verdict, answer}, return_when=asyncio.FIRST_COMPLETED)
+        if answer.done() and not verdict.done() and answer.exception() is not None:
+            raise answer.exception()  # type: ignore[misc]
+        if await verdict == "BLOCK":
+            gate.shut()
+            answer.cancel()
+            await asyncio.wait({answer})
+            if not answer.cancelled() and not isinstance(failed := answer.exception(), Refused | None):
+                log.warning("%s: the answer of a refused request failed as it was dropped: %r", rc.request_id,
+                            failed)
+            return "BLOCK"
+        await gate.release()
+        await answer
+        return str(verdict.result())
+    finally:
+        gate.shut()  # no verdict allowed it (a failure, or the worker stopping): nothing of the answer may leave
+        for rail in (verdict, answer):
+            rail.cancel()
+        await asyncio.wait({verdict, answer})
+
+
+async def _answer(deps: Deps, rc: RequestContext, gate: GatedEvents) -> None:
+    """Retrieval and prompt build, routing, inference, output safety and quality: the request's answer, made
+    while its input verdict may still be pending (`rc` is the gated view). A request offered the worker's
+    built-in tools waits for the verdict before routing: those tools act (fetch a page, query the metrics) as
+    the answer is made, and a refused prompt must not make them act."""
+    chunks, memory = await asyncio.gather(_stage(deps, "retrieval", retrieval.retrieve(deps, rc)),
+                                          prompt_build.recall(deps, rc))
+    built = await _stage(deps, "prompt_build", prompt_build.build(deps, rc, memory, chunks))
+    if rc.guide is not None and rc.guide.server:
+        await gate.wait_open()
     if built.too_long:
-        await deps.finish_with_error(request, built.too_long, finish_reason="context_length_exceeded",
+        await deps.finish_with_error(rc.request, built.too_long, finish_reason="context_length_exceeded",
                                      events=rc.events)
         return
     decision = await _stage(deps, "routing", routing_stage.choose(deps, rc, built))
     if decision is None:
         return  # refused, and answered with the refusal's code
-    if request["model"] == "auto":
+    if rc.request["model"] == "auto":
         built = prompt_build.counted_for(deps, built, decision.model)
     generated = await _stage(deps, "inference", inference.generate(deps, rc, decision, built))
     if generated is None:
@@ -97,7 +126,6 @@ async def handle(deps: Deps, request: dict[str, Any]) -> None:
     delivered = await _stage(deps, "output_safety", output_safety.finish(deps, rc, built, generated))
     if delivered is not None:  # the caller has its answer: scoring it adds nothing to its wait
         await _stage(deps, "quality", quality.record(deps, rc, built, generated, delivered))
-    await rc.events.settle()
 
 
 async def _stage(deps: Deps, name: str, work: Awaitable[T]) -> T:

@@ -133,6 +133,9 @@ def _ending_deps(r: Any, worker: str, rec: _Recorder) -> Any:
         async def settle(self) -> None:
             return None
 
+        async def wait_open(self) -> None:
+            return None
+
     class Budgets:
         async def settle(self, rid: str, micros: int, tokens: int) -> bool:
             rec.note("settle", f"{micros} {tokens}")

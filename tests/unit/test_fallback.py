@@ -54,6 +54,9 @@ class Events:
     async def settle(self) -> None:
         return None
 
+    async def wait_open(self) -> None:
+        return None
+
 
 def _model(name: str) -> Any:
     return SimpleNamespace(id=f"m-{name}", template="raw", triton_stream=name, cost=lambda p, c: 0.0)
@@ -75,6 +78,7 @@ async def _run(*names: str) -> tuple[Any, Events, list[str], Triton]:
         producer=SimpleNamespace(send=noop), triton=triton, serde=SimpleNamespace(encode=lambda name, record: b"x"),
         ctx=SimpleNamespace(put=noop, cancelled=lambda rid: asyncio.sleep(0, False)), envelope=lambda env: env,
         inference_timeout_s=30.0, first_token_timeout_s=0.2, finish_with_error=finish_with_error,
+        generate_before_verdict=False,
         safety=SimpleNamespace(judge=lambda vec: Judgement(0.0, False, "hate", 0.0, {})))
     deps.stream_chunk = partial(Deps.stream_chunk, deps)  # the real one, over these fakes
     events = Events()

@@ -210,10 +210,13 @@ async def test_the_streamed_mark_is_written_before_the_first_chunk_can_leave() -
         async def settle(self) -> None:
             return None
 
+        async def wait_open(self) -> None:
+            return None
+
     model = SimpleNamespace(id="m", template="raw", triton_stream="echo", cost=lambda p, c: 0.0)
     deps: Any = SimpleNamespace(
         producer=Producer(), ctx=Ctx(), triton=Triton(), serde=SimpleNamespace(encode=lambda name, record: b"x"),
-        envelope=lambda env: env, inference_timeout_s=5.0,
+        envelope=lambda env: env, inference_timeout_s=5.0, generate_before_verdict=False,
         safety=SimpleNamespace(judge=lambda vec: Judgement(0.0, False, "hate", 0.0, {})))
     deps.stream_chunk = partial(Deps.stream_chunk, deps)  # the real one, over these fakes
     request = {"max_tokens": 2, "temperature": 0.0, "reply_topic": "replies", "reply_partition": 0,
@@ -257,27 +260,6 @@ async def test_a_retry_after_part_of_the_answer_left_ends_with_an_error_instead_
                         policy=taxonomy.load().policy())
     assert await inference.generate(deps, rc, SimpleNamespace(), Built([], 0)) is None  # type: ignore[arg-type]
     assert ended == ["generation was interrupted by a broker or Redis failure; retry the request"]
-
-
-async def test_events_of_stages_before_the_verdict_wait_for_it() -> None:
-    """Retrieval and prompt build run beside input safety; their events are sent only if the request is
-    allowed, so a refused prompt's record holds no retrieval or prompt (as when the stages ran in sequence)."""
-    from streams.request import GatedEvents
-
-    sent: list[str] = []
-
-    class Events:
-        publisher: Any = None
-
-        async def add(self, topic: str, record: dict[str, Any], key: str | None = None) -> None:
-            sent.append(topic)
-
-    gate = GatedEvents(Events())  # type: ignore[arg-type]
-    await gate.add("retrieval.completed", {})
-    await gate.add("prompt.built", {})
-    assert sent == []
-    await gate.release()
-    assert sent == ["retrieval.completed", "prompt.built"]
 
 
 def test_a_recorded_ending_reads_back_as_it_was_recorded() -> None:
