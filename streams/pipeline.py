@@ -30,7 +30,7 @@ from conflux.kafka import PendingEvents
 from streams import inference, input_safety, output_safety, prompt_build, quality, retrieval, routing_stage
 from streams.deps import Deps
 from streams.ending import Ending
-from streams.request import GatedEvents, Refused, RequestContext, gated
+from streams.request import Refused, RequestContext, gated
 
 SOURCE = "chat.requests"
 INTERRUPTED = "generation was interrupted by a worker failure; retry the request"
@@ -78,7 +78,7 @@ async def _rails(deps: Deps, rc: RequestContext) -> str:
     its type."""
     early, gate = gated(rc)
     verdict = asyncio.ensure_future(_stage(deps, "input_safety", input_safety.check(deps, rc)))
-    answer = asyncio.ensure_future(_answer(deps, early, gate))
+    answer = asyncio.ensure_future(_answer(deps, early))
     try:
         await asyncio.wait({verdict, answer}, return_when=asyncio.FIRST_COMPLETED)
         if answer.done() and not verdict.done() and answer.exception() is not None:
@@ -101,7 +101,7 @@ async def _rails(deps: Deps, rc: RequestContext) -> str:
         await asyncio.wait({verdict, answer})
 
 
-async def _answer(deps: Deps, rc: RequestContext, gate: GatedEvents) -> None:
+async def _answer(deps: Deps, rc: RequestContext) -> None:
     """Retrieval and prompt build, routing, inference, output safety and quality: the request's answer, made
     while its input verdict may still be pending (`rc` is the gated view). A request offered the worker's
     built-in tools waits for the verdict before routing: those tools act (fetch a page, query the metrics) as
@@ -110,7 +110,7 @@ async def _answer(deps: Deps, rc: RequestContext, gate: GatedEvents) -> None:
                                           prompt_build.recall(deps, rc))
     built = await _stage(deps, "prompt_build", prompt_build.build(deps, rc, memory, chunks))
     if rc.guide is not None and rc.guide.server:
-        await gate.wait_open()
+        await rc.events.wait_open()
     if built.too_long:
         await deps.finish_with_error(rc.request, built.too_long, finish_reason="context_length_exceeded",
                                      events=rc.events)

@@ -38,7 +38,7 @@ class RequestContext:
     docs_version: bytes | None = None  # the tenant record's field; absent while it never ingested (documents.py)
     # A holder, not the task itself: the gated view (`gated`) is a copy of this context, and both must share one
     # embedding task (a copied None let each view embed the message again).
-    _embedding: _Shared = field(default_factory=lambda: _Shared(), repr=False)
+    _embedding: _Shared = field(default_factory=_Shared, repr=False)
 
     @property
     def env(self) -> dict[str, Any]:
