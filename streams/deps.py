@@ -130,18 +130,23 @@ class Deps:
                         request["envelope"]["request_id"])
 
     async def end(self, request: dict[str, Any], ending: Ending, events: PendingEvents | None = None,
-                  wait_until: float = 0.0) -> bool:
+                  wait_until: float = 0.0, epoch: int | None = None) -> bool:
         """Ends the request once across workers: its events, then (once every event of the request is
         acknowledged) its budget settled and the caller's final chunk, then the end mark. True when this call
         ended it with `ending`; False when it was ended already, or by a live worker (waited for until
-        `wait_until`, so that if that worker dies meanwhile this one ends it), or when this call completed the
-        ending an earlier holder had recorded and not finished (streams/ending.py)."""
+        `wait_until`, so that if that worker dies meanwhile this one ends it), when this call completed the
+        ending an earlier holder had recorded and not finished (streams/ending.py), or when the generation under
+        `epoch` (the answer this ending closes) was taken over while this worker stalled."""
         request_id = request["envelope"]["request_id"]
         events = events or PendingEvents(self.publisher)
         await events.wait_open()  # nor does an ending (an error, a refusal) leave before the input verdict
         ctx_key = self.ctx.key(request_id)
         claim, left = await self.once.claim_end(request_id, ctx_key, ending.fields(self.serde, self.catalogue),
-                                                wait_until)
+                                                wait_until, epoch)
+        if claim is Claim.TAKEN_OVER:
+            log.warning("generation %d of %s was taken over while this worker stalled; leaving its end to the new "
+                        "holder", epoch, request_id)
+            return False
         if claim in (Claim.BUSY, Claim.DONE):
             return False
         recorded = Ending.recorded(self.serde, left) if left else None

@@ -21,6 +21,7 @@ from conflux.models import ModelSpec
 from conflux.routing import Decision
 from model_runtime.llama import Sampling
 from streams import agent, output_guard, routing_stage, tools
+from streams.context import CancelWatch
 from streams.deps import Deps
 from streams.logprobs import AlignedLogprobs
 from streams.once import Claim, expires_at
@@ -30,7 +31,6 @@ from streams.request import RequestContext
 from streams.stop_sequences import StopScanner
 
 log = logging.getLogger("conflux.streams")
-CANCEL_CHECK_EVERY = 8  # tokens between looks at the cancel flag (a Redis round trip)
 FLUSH_S = 0.015  # the least time between two chunks after the first
 
 
@@ -234,6 +234,7 @@ async def _generate(deps: Deps, rc: RequestContext, model: ModelSpec, built: Bui
         nonlocal ttft, generated, finish, calls
         call_stream = tools.CallStream(guide) if guide is not None and guide.kind == "tools" else None
         pieces: list[str] = []
+        watch = CancelWatch(deps.ctx, rc.request_id)
         async for piece in _first_within(deps.triton.stream(
                 model.triton_stream, prompt, rc.max_tokens, temperature, timeout_s=deps.inference_timeout_s,
                 sampling=sampling, top_logprobs=top_logprobs,
@@ -254,7 +255,7 @@ async def _generate(deps: Deps, rc: RequestContext, model: ModelSpec, built: Bui
                 return
             if guard.stopped:
                 return
-            if generated % CANCEL_CHECK_EVERY == 0 and await deps.ctx.cancelled(rc.request_id):
+            if await watch.cancelled():
                 finish = "cancelled"
                 return
         finish = "length" if generated >= rc.max_tokens else "stop"
@@ -372,6 +373,7 @@ async def _guided(deps: Deps, rc: RequestContext, model: ModelSpec, prompt: str,
                                                                 guide, attempt), key=rc.key)
         pieces: list[str] = []
         entries: list[dict[str, Any]] = []
+        watch = CancelWatch(deps.ctx, rc.request_id)
         async for piece in _first_within(deps.triton.stream(
                 model.triton_stream, prompt, rc.max_tokens, temperature, timeout_s=deps.inference_timeout_s,
                 sampling=sampling, guide=(guide.guide_type, guide.guide), top_logprobs=top_logprobs),
@@ -379,7 +381,7 @@ async def _guided(deps: Deps, rc: RequestContext, model: ModelSpec, prompt: str,
             ttft = ttft if ttft is not None else (time.perf_counter() - t0) * 1000
             pieces.append(piece.text)
             entries += piece.logprobs or []
-            if len(pieces) % CANCEL_CHECK_EVERY == 0 and await deps.ctx.cancelled(rc.request_id):
+            if await watch.cancelled():
                 return GuidedOutput(None, [], len(pieces), "cancelled", ttft)
         text = "".join(pieces)
         if len(pieces) >= rc.max_tokens:

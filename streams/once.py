@@ -73,15 +73,21 @@ return 0
 """
 
 
-# SET NX the end claim and, in the same step, record the ending its holder is about to publish (streams/ending.py)
-# in the request's context hash, unless an earlier holder recorded one (then 2: that one is to be published).
-# KEYS: claim, context hash. ARGV: holder, TTL, the field that marks a recorded ending, then field, value, ...
+# Unless the generation the ending belongs to was taken over (its epoch is no longer the live one: then 3), SET NX
+# the end claim and, in the same step, record the ending its holder is about to publish (streams/ending.py) in
+# the request's context hash, unless an earlier holder recorded one (then 2: that one is to be published).
+# KEYS: claim, context hash, epoch. ARGV: holder, TTL, the field that marks a recorded ending, the ending's epoch
+# ('' when it has none: an ending made before any generation), then field, value, ...
 _CLAIM_END = """
+local live = redis.call('GET', KEYS[3])
+if ARGV[4] ~= '' and live and live ~= ARGV[4] then
+  return 3
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   if redis.call('HEXISTS', KEYS[2], ARGV[3]) == 1 then
     return 2
   end
-  redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+  redis.call('HSET', KEYS[2], unpack(ARGV, 5))
   redis.call('EXPIRE', KEYS[2], ARGV[2])
   return 1
 end
@@ -96,6 +102,7 @@ class Claim(enum.Enum):
     ORPHANED = "orphaned"  # an earlier holder died part-way; now mine, but it may have left traces
     BUSY = "busy"  # a live worker (or this one, in another actor) holds it: it will finish the job
     DONE = "done"  # already done: nothing to do
+    TAKEN_OVER = "taken over"  # (an end) its generation is another worker's now: that worker ends the request
 
 
 class Once:
@@ -104,6 +111,9 @@ class Once:
         self.worker_id = worker_id
         self.done_ttl_s = done_ttl_s
         self._active: set[str] = set()  # "<what>:<request id>" claimed by this process and not yet done
+        # Sent by digest (EVALSHA) once Redis knows them, not as the whole script on every call.
+        self._claim_generation = redis.register_script(_CLAIM_GENERATION)
+        self._claim_end = redis.register_script(_CLAIM_END)
 
     @staticmethod
     def key(what: str, request_id: str) -> str:
@@ -141,9 +151,9 @@ class Once:
         of an answer (the hash field `streamed` of `streamed_key`). A contested claim takes the slow path (which
         waits for a live holder until `wait_until`)."""
         key = self.key("gen", request_id)
-        won, epoch, streamed = await self._r.eval(_CLAIM_GENERATION, 4, key, f"conflux:epoch:{request_id}",
-                                                  streamed_key, self.key("end", request_id), self.worker_id,
-                                                  CTX_TTL_S)
+        won, epoch, streamed = await self._claim_generation(
+            keys=[key, f"conflux:epoch:{request_id}", streamed_key, self.key("end", request_id)],
+            args=[self.worker_id, CTX_TTL_S])
         if won == 2:  # ended since this replay began (the end mark is set before the claim is dropped)
             return Claim.DONE, 0, False
         if won:
@@ -158,16 +168,21 @@ class Once:
         epoch = await self.new_epoch(request_id)
         return claim, epoch, bool(await self._r.hget(streamed_key, "streamed"))
 
-    async def claim_end(self, request_id: str, ctx_key: str, ending: dict[str, bytes],
-                        wait_until: float = 0.0) -> tuple[Claim, dict[bytes, bytes]]:
+    async def claim_end(self, request_id: str, ctx_key: str, ending: dict[str, bytes], wait_until: float = 0.0,
+                        epoch: int | None = None) -> tuple[Claim, dict[bytes, bytes]]:
         """(claim, the context hash when it holds an earlier ending) of a request's end. The first ending
         recorded for a request is the one published, whoever publishes it: `ending` (its hash fields) is
         recorded in `ctx_key` with the claim, in one round trip when the claim is free, unless an earlier holder
         recorded one. That holder died or failed part-way and may have published any part of it, so the caller
-        publishes it again rather than an ending of its own."""
+        publishes it again rather than an ending of its own. An ending of the generation under `epoch` gets
+        TAKEN_OVER once another worker has taken that generation over: a worker that stalled and resumed must
+        not end the request it no longer holds."""
         key = self.key("end", request_id)
         fields = [x for kv in ending.items() for x in kv]
-        won = await self._r.eval(_CLAIM_END, 2, key, ctx_key, self.worker_id, CTX_TTL_S, RECORDED, *fields)
+        won = await self._claim_end(keys=[key, ctx_key, f"conflux:epoch:{request_id}"],
+                                    args=[self.worker_id, CTX_TTL_S, RECORDED, "" if epoch is None else epoch, *fields])
+        if won == 3:
+            return Claim.TAKEN_OVER, {}
         if won:
             self._active.add(f"end:{request_id}")
             return Claim.MINE, (await self._r.hgetall(ctx_key) if won == 2 else {})

@@ -26,10 +26,6 @@ async def finish(deps: Deps, rc: RequestContext, built: Built, gen: Generated) -
     replay) or the answer was blocked: then there is no delivered answer of this worker's to score."""
     t0 = time.perf_counter()
     env = rc.env
-    if not await deps.once.is_live_epoch(rc.request_id, gen.epoch):
-        log.warning("generation %d of %s was taken over while this worker stalled; leaving its end to the new "
-                    "holder", gen.epoch, rc.request_id)
-        return None
     out = gen.output
     verdict = out.verdict
     finish_reason = "content_filter" if verdict == "BLOCK" else gen.finish_reason
@@ -56,8 +52,9 @@ async def finish(deps: Deps, rc: RequestContext, built: Built, gen: Generated) -
                "prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
                "citations": citations, "epoch": gen.epoch},
         micros=cost, tokens=gen.prompt_tokens + gen.completion_tokens)
-    if not await deps.end(rc.request, ending, rc.events, expires_at(rc.request, deps.inference_timeout_s)):
-        return None  # a replay: this request was already ended
+    if not await deps.end(rc.request, ending, rc.events, expires_at(rc.request, deps.inference_timeout_s),
+                          epoch=gen.epoch):
+        return None  # a replay (this request was already ended), or a takeover (another worker ends it)
     # Of n choices, only the first becomes the conversation's turn: the others are alternatives the client
     # may pick from, and memory holds one answer per turn.
     if verdict != "BLOCK" and not rc.request.get("choice"):

@@ -41,10 +41,17 @@ log = logging.getLogger("conflux.streams")
 
 async def handle(deps: Deps, request: dict[str, Any]) -> None:
     env = request["envelope"]
-    async with deps.redis.pipeline(transaction=False) as pipe:  # one round trip
+    read_memory = prompt_build.uses_memory(request)
+    async with deps.redis.pipeline(transaction=False) as pipe:  # one round trip: the end mark, tenant, memory
         pipe.get(deps.once.key("end", env["request_id"]))
         pipe.hgetall(f"conflux:tenant:{env['tenant_id']}")
-        end, tenant = await pipe.execute()
+        if read_memory:
+            pipe.lrange(deps.ctx.memory_key(env["tenant_id"], env["conversation_id"]), -prompt_build.MEMORY_TURNS, -1)
+        # Errors come back in place: memory fails open (prompt_build.recall), the other two do not.
+        end, tenant, *memory = await pipe.execute(raise_on_error=False)
+    for reply in (end, tenant):
+        if isinstance(reply, Exception):
+            raise reply
     if end in (b"done", "done"):
         return  # a replay (after a worker failed over) of a request that has its answer
     if end is not None:
@@ -60,7 +67,7 @@ async def handle(deps: Deps, request: dict[str, Any]) -> None:
                         events=PendingEvents(deps.publisher), policy=taxonomy.tenant_policy(env["tenant_id"],
                                                                     tenant.get(b"safety_policy")),
                         fetch_allow=tuple(json.loads(tenant.get(b"fetch_allow") or b"[]")),
-                        docs_version=tenant.get(b"docs_version"))
+                        docs_version=tenant.get(b"docs_version"), memory=memory[0] if memory else None)
 
     if await _rails(deps, rc) == "BLOCK":
         await deps.end_request(request, text=input_safety.REFUSAL, finish_reason="content_filter", blocked=True,

@@ -81,12 +81,21 @@ class Built:
     sources: tuple[dict[str, Any], ...] = ()  # the retrieved chunks in the prompt, numbered [1], [2]... in order
 
 
+def uses_memory(request: dict[str, Any]) -> bool:
+    """A client that sends earlier assistant turns manages its own history; memory is for those that don't."""
+    return not any(m["role"] == "assistant" for m in request["messages"])
+
+
 async def recall(deps: Deps, rc: RequestContext) -> list[dict[str, str]]:
-    """Earlier turns; memory fails open: without Redis the prompt is built without them (memory_turns=0).
-    A client that sends earlier assistant turns manages its own history; memory is for those that don't."""
-    if any(m["role"] == "assistant" for m in rc.request["messages"]):
+    """Earlier turns, as read with the request (rc.memory) or read now; memory fails open: without Redis the
+    prompt is built without them (memory_turns=0)."""
+    if not uses_memory(rc.request):
         return []
     try:
+        if isinstance(rc.memory, Exception):
+            raise rc.memory
+        if rc.memory is not None:
+            return deps.ctx.turns(rc.memory)
         return await deps.ctx.memory(rc.env["tenant_id"], rc.env["conversation_id"], MEMORY_TURNS)
     except RedisError as exc:
         deps.metrics.inc("memory_unavailable_total", help_text="memory reads or writes skipped")

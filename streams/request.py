@@ -36,6 +36,9 @@ class RequestContext:
     policy: Policy  # the tenant's safety policy over the taxonomy
     fetch_allow: tuple[str, ...] = ()  # the tenant's hosts for the fetch_url tool (conflux tenants set-tools)
     docs_version: bytes | None = None  # the tenant record's field; absent while it never ingested (documents.py)
+    # Session memory as read with the request's first Redis round trip (LRANGE's reply, or its error), or None
+    # when it was not read there (streams/prompt_build.py's recall reads it then).
+    memory: list[bytes] | Exception | None = None
     # A holder, not the task itself: the gated view (`gated`) is a copy of this context, and both must share one
     # embedding task (a copied None let each view embed the message again).
     _embedding: _Shared = field(default_factory=_Shared, repr=False)

@@ -51,6 +51,29 @@ async def test_a_takeover_bumps_the_epoch_and_sees_the_streamed_mark(stack: Sett
         await r.aclose()
 
 
+async def test_an_ending_of_a_generation_taken_over_is_refused_in_the_claims_own_round_trip(stack: Settings) -> None:
+    """A worker that stalled and resumes after a takeover must not end the request (its ending would reach the
+    caller before the new holder's): the end claim itself checks the epoch, and leaves no claim behind."""
+    r = redis_client(stack.redis_url)
+    rid = f"fence-end-{uuid.uuid4().hex}"
+    ctx = ContextStore(r)
+    try:
+        stalled, taker = Once(r, "fence-end-w1"), Once(r, "fence-end-w2")
+        assert await stalled.claim_generation(rid, ctx.key(rid)) == (Claim.MINE, 1, False)
+        assert await taker.claim("gen", rid) is Claim.ORPHANED  # no heartbeat: the holder is seen dead
+        assert await taker.new_epoch(rid) == 2
+        ending = {"end:0:chat.responses": b"stalled"}
+        assert await stalled.claim_end(rid, ctx.key(rid), ending, epoch=1) == (Claim.TAKEN_OVER, {})
+        assert not await r.exists(Once.key("end", rid)) and not await r.hexists(ctx.key(rid), "end:0:chat.responses")
+        # The live generation ends; an ending that belongs to no generation (epoch None) is not fenced.
+        assert await taker.claim_end(rid, ctx.key(rid), {"end:0:chat.responses": b"taker"}, epoch=2) == (
+            Claim.MINE, {})
+        assert await r.hget(ctx.key(rid), "end:0:chat.responses") == b"taker"
+    finally:
+        await r.delete(f"conflux:epoch:{rid}", f"conflux:once:gen:{rid}", f"conflux:once:end:{rid}", ctx.key(rid))
+        await r.aclose()
+
+
 async def test_of_workers_that_race_for_a_dead_holders_claim_exactly_one_takes_over(stack: Settings) -> None:
     """Three workers see the same dead holder at once, 30 times over: each time exactly one takes the generation
     over (a GET-then-SET let two of them stream one answer)."""

@@ -16,6 +16,7 @@ from conflux import taxonomy
 from conflux.promserve import Metrics
 from conflux.safety_model import Judgement
 from streams import once as once_module
+from streams.context import ContextStore
 from streams.deps import Deps
 from streams.once import Claim, Once
 from streams.prompt_build import Built, recall
@@ -53,6 +54,11 @@ class FakeRedis:
 
     async def delete(self, key: str) -> int:
         return int(self.data.pop(key, None) is not None)
+
+    def register_script(self, script: str) -> Any:
+        async def not_here(**_: Any) -> None:
+            raise AssertionError("these tests run `claim` alone; the one-round-trip claims run against Redis")
+        return not_here
 
 
 async def test_first_claim_wins_and_done_is_final() -> None:
@@ -146,12 +152,21 @@ async def test_session_memory_fails_open() -> None:
         async def memory(self, *args: Any) -> list[dict[str, str]]:
             raise RedisConnectionError("connection refused")
 
+        turns = staticmethod(ContextStore.turns)
+
     metrics = Metrics("t", {})
     deps: Any = SimpleNamespace(ctx=DownStore(), metrics=metrics)
     rc: Any = SimpleNamespace(request={"messages": [{"role": "user", "content": "hi"}]}, request_id="r",
-                              env={"tenant_id": "t", "conversation_id": "c", "request_id": "r"})
-    assert await recall(deps, rc) == []
+                              env={"tenant_id": "t", "conversation_id": "c", "request_id": "r"}, memory=None)
+    assert await recall(deps, rc) == []  # read now, and Redis is down
     assert "memory_unavailable_total" in metrics.render()
+    # Read with the request (pipeline.handle's first round trip): its error fails open the same way...
+    rc.memory = RedisConnectionError("connection reset")
+    assert await recall(deps, rc) == []
+    assert "t_memory_unavailable_total{} 2" in metrics.render()
+    # ...and its reply is the turns, oldest first, without another round trip (DownStore would raise).
+    rc.memory = [b'{"role": "user", "content": "hi"}', b'{"role": "assistant", "content": "hello"}']
+    assert await recall(deps, rc) == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 
 
 def test_response_ids_prove_their_tenant() -> None:
