@@ -47,9 +47,23 @@ class Tokenizer:
         from llama_cpp import Llama
 
         self._vocab: Any = Llama(str(gguf or gguf_path(DEFAULT_TOKENIZER)), vocab_only=True, verbose=False)
+        self._buffer: Any = None
 
     def count(self, text: str) -> int:
-        return len(self._vocab.tokenize(text.encode(), add_bos=False, special=True))
+        """The prompt's size in tokens, counted once per request. llama.cpp's own count into a buffer kept
+        between calls: `Llama.tokenize` sizes its buffer by the training context, which a vocab-only load
+        reports as 0, so it tokenized every text twice (0.39 ms against 0.15 for a short prompt)."""
+        import llama_cpp
+
+        data = text.encode()
+        size = len(data) + 8  # at most one token per byte, plus room for specials
+        if self._buffer is None or len(self._buffer) < size:
+            self._buffer = (llama_cpp.llama_token * max(size, 4096))()
+        n = llama_cpp.llama_tokenize(self._vocab._model.vocab, data, len(data), self._buffer, len(self._buffer),
+                                     False, True)
+        if n < 0:  # cannot happen by the bound above; kept so a surprise is a right answer, not a wrong one
+            return len(self._vocab.tokenize(data, add_bos=False, special=True))
+        return int(n)
 
 
 class Tokenizers:

@@ -45,3 +45,15 @@ def test_each_model_counts_with_its_own_vocabulary() -> None:
     assert tokenizers.get("smollm2") is smol  # loaded once
     text = "Die Rückgabefrist beträgt 45 Tage ab Lieferung."  # a vocabulary difference shows off English
     assert qwen.count("<|im_start|>") == 1 and qwen.count(text) != smol.count(text)
+
+
+@pytest.mark.parametrize("name", ["smollm2", "qwen2.5-coder-0.5b"])
+def test_the_count_is_llama_cpps_own_tokenization(name: str) -> None:
+    """Counted into a buffer kept between calls (conflux/llm.py), the count is what Llama.tokenize returns,
+    for texts short and long (a buffer grown past its first size), special tokens, and text beyond ASCII."""
+    tok = Tokenizers().get(name)
+    texts = ["", "Hi", "<|im_start|>user\nHi<|im_end|>\n", "naïve café 😀 東京 " * 5,
+             render_chatml([Message("user", "Tell me about event streaming. " * 400)]), "Hi again"]
+    for text in texts:
+        want = len(tok._vocab.tokenize(text.encode(), add_bos=False, special=True))
+        assert tok.count(text) == want, text[:40]
