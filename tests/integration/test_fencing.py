@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from conflux.config import Settings
+from conflux.kafka import PendingEvents
 from conflux.redis_client import redis_client
 from conflux.schemas import SchemaRegistry
 from conflux.serde import AvroSerde, new_envelope
@@ -149,14 +150,14 @@ class _Killed(BaseException):
 
 def _ending_deps(r: Any, worker: str, rec: _Recorder) -> Any:
     """The real Deps.end over the real Redis and Once, with Kafka and the budget store recorded instead."""
-    class Events:
+    class Events(PendingEvents):  # the gates (wait_allowed, wait_open) are the real, open ones
+        def __init__(self) -> None:
+            super().__init__(publisher=None)  # type: ignore[arg-type]  # recorded, not published
+
         async def add(self, topic: str, record: dict[str, Any], key: str | None = None) -> None:
             rec.note(topic, record["envelope"]["event_id"])
 
         async def settle(self) -> None:
-            return None
-
-        async def wait_open(self) -> None:
             return None
 
     class Budgets:

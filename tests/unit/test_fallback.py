@@ -12,6 +12,7 @@ import pytest
 
 from conflux import taxonomy
 from conflux.inference import InferenceError, Piece
+from conflux.kafka import PendingEvents
 from conflux.routing import Decision
 from conflux.safety_model import Judgement
 from streams import inference
@@ -41,20 +42,18 @@ class Triton:
         return [[0.0] * 384 for _ in texts]
 
 
-class Events:
+class Events(PendingEvents):  # the gates (wait_allowed, wait_open) are the real, open ones
     def __init__(self) -> None:
+        super().__init__(publisher=None)  # type: ignore[arg-type]  # recorded, not published
         self.added: list[tuple[str, dict[str, Any]]] = []
 
     def track(self, fut: Any) -> None:
         return None
 
-    async def add(self, topic: str, record: dict[str, Any], **kwargs: Any) -> None:
+    async def add(self, topic: str, record: dict[str, Any], key: str | None = None) -> None:
         self.added.append((topic, record))
 
     async def settle(self) -> None:
-        return None
-
-    async def wait_open(self) -> None:
         return None
 
 

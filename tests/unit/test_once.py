@@ -13,6 +13,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from conflux import taxonomy
+from conflux.kafka import PendingEvents
 from conflux.promserve import Metrics
 from conflux.safety_model import Judgement
 from streams import once as once_module
@@ -215,7 +216,10 @@ async def test_the_streamed_mark_is_written_before_the_first_chunk_can_leave() -
         async def publish(self, *args: Any, **kwargs: Any) -> None:
             return None
 
-    class Events:
+    class Events(PendingEvents):  # the gates (wait_allowed, wait_open) are the real, open ones
+        def __init__(self) -> None:
+            super().__init__(publisher=None)  # type: ignore[arg-type]  # nothing is published
+
         def track(self, fut: Any) -> None:
             return None
 
@@ -223,9 +227,6 @@ async def test_the_streamed_mark_is_written_before_the_first_chunk_can_leave() -
             return None
 
         async def settle(self) -> None:
-            return None
-
-        async def wait_open(self) -> None:
             return None
 
     model = SimpleNamespace(id="m", template="raw", triton_stream="echo", cost=lambda p, c: 0.0)
