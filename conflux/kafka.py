@@ -240,14 +240,9 @@ class PendingEvents:
         """A send made elsewhere (a token chunk) that must be acknowledged with the rest."""
         self._futures.append(future)
 
-    async def wait_allowed(self) -> None:
-        """Returns when the request's answer may be generated: at once here. A gate over a request whose input
-        verdict is pending (streams/request.py, GatedEvents) returns only once the verdict allows it."""
-
     async def wait_open(self) -> None:
         """Returns when the request's output may reach its caller: at once here. A gate over a request whose
-        input verdict is pending (streams/request.py, GatedEvents) returns only once the verdict allows it and
-        the events held until then are sent."""
+        input verdict is pending (streams/request.py, GatedEvents) returns only once the verdict allows it."""
 
     async def settle(self) -> None:
         """Waits for every event sent so far; PublishError if any was not acknowledged."""

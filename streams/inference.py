@@ -177,7 +177,7 @@ async def _generate(deps: Deps, rc: RequestContext, model: ModelSpec, built: Bui
     await rc.events.add("inference.requests", requested(deps, rc, model, prompt, temperature, sampling, guide),
                         key=rc.key)
     if not deps.generate_before_verdict:
-        await rc.events.wait_allowed()  # everything up to here ran beside the input verdict (Settings says why)
+        await rc.events.wait_open()  # everything up to here ran beside the input verdict (Settings says why)
 
     t0 = time.perf_counter()
     ttft: float | None = None

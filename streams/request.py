@@ -93,18 +93,16 @@ class GatedEvents(PendingEvents):
     the verdict allows the request, then sent with the rest, and dropped if it blocks, so that a refused request's
     record is what it was when the stages ran one after another (no retrieval, no prompt, no routing, no
     inference for a refused prompt). Nothing reaches the caller before then either: a chunk or an ending waits in
-    `wait_open` (Deps.stream_chunk, Deps.end). The model stream may start a little earlier, in `wait_allowed`: as
-    soon as the verdict allows, while the held events are still being sent. A block shuts the gate (a waiter
-    gets Refused) as well as cancelling the answer, so that an answer which turned its cancellation into an error
-    of its own (a model stream cut by it reads as a failed model) cannot end the request or wait forever. Once
-    open, the gate passes everything straight through to the request's events."""
+    `wait_open` (Deps.stream_chunk, Deps.end). A block shuts the gate (a waiter gets Refused) as well as
+    cancelling the answer, so that an answer which turned its cancellation into an error of its own (a model
+    stream cut by it reads as a failed model) cannot end the request or wait forever. Once open, the gate passes
+    everything straight through to the request's events."""
 
     def __init__(self, events: PendingEvents) -> None:
         super().__init__(events.publisher)
         self._events = events
         self._held: list[tuple[str, dict[str, Any], str | None]] = []
-        self._allowed = asyncio.Event()  # set when the verdict is known (allows, or blocks: then _refused too)
-        self._open = asyncio.Event()  # set once the held events are sent, or when it blocks
+        self._open = asyncio.Event()  # set when the verdict allows, or blocks (then _refused too)
         self._refused = False
 
     async def add(self, topic: str, record: dict[str, Any], key: str | None = None) -> None:
@@ -121,11 +119,6 @@ class GatedEvents(PendingEvents):
     async def settle(self) -> None:
         await self._events.settle()
 
-    async def wait_allowed(self) -> None:
-        await self._allowed.wait()
-        if self._refused:
-            raise Refused("the input verdict blocked this request")
-
     async def wait_open(self) -> None:
         await self._open.wait()
         if self._refused:
@@ -138,15 +131,11 @@ class GatedEvents(PendingEvents):
             return
         self._held.clear()
         self._refused = True
-        self._allowed.set()
         self._open.set()
 
     async def release(self) -> None:
         """The verdict allows the request: the held events go out in the order they were made, then the gate
-        opens. An event added while they go is taken in the same loop, so none is left behind or reordered. A
-        generation waiting to start (wait_allowed) is let go first: its model stream starts while they are sent."""
-        self._allowed.set()
-        await asyncio.sleep(0)
+        opens. An event added while they go is taken in the same loop, so none is left behind or reordered."""
         while self._held:
             topic, record, key = self._held.pop(0)
             await self._events.add(topic, record, key=key)

@@ -81,38 +81,3 @@ async def test_a_blocked_request_sends_nothing_of_its_answer() -> None:
     await asyncio.gather(waiting, return_exceptions=True)
     await rc.events.settle()
     assert waiting.cancelled() and publisher.sent == []
-
-
-async def test_the_generation_may_start_at_the_verdict_while_the_held_events_go_but_no_output_before_them() -> None:
-    publisher = _Publisher()
-    rc = _context(publisher)
-    early, gate = gated(rc)
-    for n in "123":
-        await early.events.add("routing.decisions", {"n": n})
-    seen: dict[str, list[tuple[str, str]]] = {}
-
-    async def generation() -> None:
-        await early.events.wait_allowed()
-        seen["allowed"] = list(publisher.sent)  # the model stream starts here
-        await early.events.wait_open()
-        seen["open"] = list(publisher.sent)  # a chunk may leave from here
-
-    started = asyncio.create_task(generation())
-    await asyncio.sleep(0.01)
-    assert "allowed" not in seen  # nothing starts before the verdict
-    await gate.release()
-    await asyncio.wait_for(started, 1)
-    assert len(seen["allowed"]) < 3, "the generation waited for every held event"
-    assert len(seen["open"]) == 3
-
-
-async def test_a_block_refuses_a_generation_waiting_to_start() -> None:
-    from streams.request import Refused
-
-    rc = _context(_Publisher())
-    early, gate = gated(rc)
-    waiting = asyncio.create_task(early.events.wait_allowed())
-    await asyncio.sleep(0)
-    gate.shut()
-    results = await asyncio.gather(waiting, return_exceptions=True)
-    assert isinstance(results[0], Refused)
