@@ -209,12 +209,6 @@ class Once:
             epoch, _ = await pipe.execute()
         return int(epoch)
 
-    async def is_live_epoch(self, request_id: str, epoch: int) -> bool:
-        """False once another worker has taken the generation over (a stalled worker that resumes must not end
-        the request it no longer holds)."""
-        raw = await self._r.get(f"conflux:epoch:{request_id}")
-        return raw is None or int(raw) == epoch
-
     async def done(self, what: str, request_id: str) -> None:
         await self._r.set(f"conflux:once:{what}:{request_id}", "done", ex=self.done_ttl_s)
         self._active.discard(f"{what}:{request_id}")

@@ -42,7 +42,7 @@ class Triton:
         return [[0.0] * 384 for _ in texts]
 
 
-class Events(PendingEvents):  # the gates (wait_allowed, wait_open) are the real, open ones
+class Events(PendingEvents):  # the gate (wait_open) is the real, always-open one
     def __init__(self) -> None:
         super().__init__(publisher=None)  # type: ignore[arg-type]  # recorded, not published
         self.added: list[tuple[str, dict[str, Any]]] = []

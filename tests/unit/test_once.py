@@ -216,7 +216,7 @@ async def test_the_streamed_mark_is_written_before_the_first_chunk_can_leave() -
         async def publish(self, *args: Any, **kwargs: Any) -> None:
             return None
 
-    class Events(PendingEvents):  # the gates (wait_allowed, wait_open) are the real, open ones
+    class Events(PendingEvents):  # the gate (wait_open) is the real, always-open one
         def __init__(self) -> None:
             super().__init__(publisher=None)  # type: ignore[arg-type]  # nothing is published
 
