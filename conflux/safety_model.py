@@ -1,6 +1,7 @@
 """The safety classifier at run time: two small heads over a MiniLM embedding (weights in safety_head.json,
-written by `make safety-model`, see producers/safety_train.py). A check is two matrix-vector products
-(about 20 microseconds); the embedding is the one the request already has.
+written by `make safety-model`, see producers/safety_train.py), the prompt head's logit summed with the hashed
+n-gram head's (conflux/safety_prefilter.py) at a weight calibrated with it. A check is two matrix-vector products
+and one n-gram scoring (about 0.1 ms); the embedding is the one the request already has.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy.typing as npt
 
 from conflux.errors import ConfluxError
 from conflux.safety import check_rules, decode_hidden
-from conflux.safety_prefilter import PrefilterHead
+from conflux.safety_prefilter import PREFILTER_PATH, Prefilter, PrefilterHead
 from conflux.taxonomy import Policy
 
 HEAD_PATH = Path(__file__).with_name("safety_head.json")
@@ -56,14 +57,20 @@ class Judgement:
 
 
 class SafetyHead:
-    """Three heads: "unsafe" for prompts, "unsafe" for answers (trained on people-scored answers, read through
-    the output check's window), and the category head both share."""
+    """Three heads: "unsafe" for prompts (plus `ngram_weight` times the n-gram head's logit of the same text),
+    "unsafe" for answers (trained on people-scored answers, read through the output check's window), and the
+    category head both share."""
 
     def __init__(self, threshold: float, categories: list[str], unsafe: F32, category: F32,
-                 output_threshold: float, output_unsafe: F32) -> None:
+                 output_threshold: float, output_unsafe: F32, ngram: PrefilterHead | None = None,
+                 ngram_weight: float = 0.0) -> None:
         if unsafe.shape != (category.shape[1],) or category.shape[0] != len(categories) \
                 or output_unsafe.shape != unsafe.shape:
             raise SafetyModelError(f"safety head shapes do not fit: {unsafe.shape} vs {category.shape}")
+        if ngram_weight and ngram is None:
+            raise SafetyModelError("the safety head adds an n-gram logit but was given no n-gram head")
+        self.ngram = ngram
+        self.ngram_weight = ngram_weight
         self.threshold = threshold
         self.output_threshold = output_threshold
         self._wo = output_unsafe[:-1]
@@ -75,25 +82,42 @@ class SafetyHead:
         self._bc = category[:, -1]
 
     @classmethod
-    def load(cls, path: Path = HEAD_PATH) -> SafetyHead:
+    def load(cls, path: Path = HEAD_PATH, prefilter_path: Path = PREFILTER_PATH) -> SafetyHead:
         try:
             raw: dict[str, Any] = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise SafetyModelError(f"cannot read the safety head {path}: {exc}; run `make safety-model`") from exc
+        ngram_weight = float(raw.get("ngram_weight", 0.0))
+        ngram = None
+        if ngram_weight:
+            ngram = Prefilter.load(prefilter_path).prompt
+            # Its threshold was picked for the sum with exactly these n-gram weights: others would move it.
+            if ngram.digest() != raw["manifest"].get("ngram_sha256"):
+                raise SafetyModelError(f"{prefilter_path} is not the n-gram head {path} was calibrated with; "
+                                       "run `make safety-model`")
         return cls(float(raw["threshold"]), list(raw["categories"]), np.asarray(raw["unsafe"], dtype=np.float32),
                    np.asarray(raw["category"], dtype=np.float32), float(raw["output"]["threshold"]),
-                   np.asarray(raw["output"]["unsafe"], dtype=np.float32))
+                   np.asarray(raw["output"]["unsafe"], dtype=np.float32), ngram, ngram_weight)
 
     def judge_output(self, vector: Any) -> Judgement:
         """An answer's window (its last OUTPUT_WINDOW_CHARS characters) judged by the output head."""
-        return self._judge(vector, self._wo, self._bo, self.output_threshold)[0]
+        return self._judge(vector, self._wo, self._bo, self.output_threshold, None)[0]
 
-    def judge_many(self, vectors: Any) -> list[Judgement]:
-        return self._judge(vectors, self._w, self._b, self.threshold)
+    def judge_many(self, vectors: Any, texts: list[str]) -> list[Judgement]:
+        """Prompts (or their slices) judged: `vectors` are the embeddings of `texts`."""
+        ngram = None
+        if self.ngram is not None and self.ngram_weight:
+            ngram = self.ngram_weight * np.array([self.ngram.logit(t) for t in texts], dtype=np.float32)
+        return self._judge(vectors, self._w, self._b, self.threshold, ngram)
 
-    def _judge(self, vectors: Any, w: F32, b: float, threshold: float) -> list[Judgement]:
+    def _judge(self, vectors: Any, w: F32, b: float, threshold: float, extra: F32 | None) -> list[Judgement]:
         x = np.asarray(vectors, dtype=np.float32).reshape(-1, self._w.shape[0])
-        p = 1 / (1 + np.exp(-(x @ w + b)))
+        z = x @ w + b
+        if extra is not None:
+            if extra.shape != z.shape:
+                raise SafetyModelError(f"{len(extra)} texts for {len(z)} embeddings")
+            z = z + extra
+        p = 1 / (1 + np.exp(-z))
         z = x @ self._wc.T + self._bc
         z -= z.max(1, keepdims=True)
         pc = np.exp(z)
@@ -103,8 +127,8 @@ class SafetyHead:
                           float(pc[i, best[i]]), dict(zip(self.categories, (p[i] * pc[i]).tolist(), strict=True)))
                 for i in range(len(x))]
 
-    def judge(self, vector: Any) -> Judgement:
-        return self.judge_many(vector)[0]
+    def judge(self, vector: Any, text: str) -> Judgement:
+        return self.judge_many(vector, [text])[0]
 
 
 def judge(policy: Policy, rule_categories: list[str], rule_reasons: list[str], model: Judgement,
@@ -174,12 +198,12 @@ async def assess(embedder: Embedder, head: SafetyHead, policy: Policy, text: str
             head_vector = (await embedder.embed([parts[0]]))[0]
         elif callable(head_vector):
             head_vector = await head_vector()
-        judged.append(head.judge(head_vector))
+        judged.append(head.judge(head_vector, parts[0]))
     if rest := [p for p, c in zip(parts[1:], cleared[1:], strict=True) if c is None]:
-        judged += head.judge_many(await embedder.embed(rest))
+        judged += head.judge_many(await embedder.embed(rest), rest)
     model = max(judged, key=lambda j: (j.unsafe, j.p_unsafe))
     hidden_texts = decode_hidden(text)[:MAX_HIDDEN]
-    hidden = head.judge_many(await embedder.embed(hidden_texts)) if hidden_texts else []
+    hidden = head.judge_many(await embedder.embed(hidden_texts), hidden_texts) if hidden_texts else []
     rules = check_rules(text if rule_text is None else rule_text)
     verdict, categories, reasons = judge(policy, list(rules.categories), list(rules.reasons), model, hidden)
     return Assessment(verdict, categories, reasons, model, embedded=cleared[0] is None or bool(rest))

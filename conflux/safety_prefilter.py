@@ -10,6 +10,7 @@ in the weights file); `make safety-eval` measures the whole check, prefilter inc
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 import zlib
@@ -61,10 +62,17 @@ class PrefilterHead:
     weights: F32  # DIM weights, then the bias
     threshold: float  # a text scoring under this is cleared
 
-    def score(self, text: str) -> float:
+    def logit(self, text: str) -> float:
         idx, values = features(text)
-        z = float(values @ self.weights[idx]) + float(self.weights[-1])
-        return 1 / (1 + float(np.exp(-z)))
+        return float(values @ self.weights[idx]) + float(self.weights[-1])
+
+    def score(self, text: str) -> float:
+        return 1 / (1 + float(np.exp(-self.logit(text))))
+
+    def digest(self) -> str:
+        """Of the weights as loaded: the classifier, which adds this head's logit to its own, was calibrated with
+        exactly these and refuses others."""
+        return hashlib.sha256(self.weights.astype(np.float32).tobytes()).hexdigest()
 
     def cleared(self, text: str) -> float | None:
         """The text's score if the prefilter clears it (no embedding needed), else None."""

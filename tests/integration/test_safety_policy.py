@@ -144,7 +144,7 @@ async def _cut_candidate(settings: Settings) -> tuple[str, str]:
             if check_rules(text).categories:
                 continue
             parts = [text[:HEAD_CHARS], *slices(text)]
-            if max(j.p_unsafe for j in head.judge_many(await client.embed(parts))) >= head.threshold:
+            if max(j.p_unsafe for j in head.judge_many(await client.embed(parts), parts)) >= head.threshold:
                 continue
             # Caught by the guard's own windows wherever its checks happen to start and end (they go by timing):
             # checks every `step` characters from several starting points, as a fast or slow stream makes them.

@@ -93,7 +93,7 @@ def test_the_committed_classifier_is_what_the_make_target_wrote_from_these_input
     assert 0.05 <= head.threshold <= 0.95
     rng = np.random.default_rng(0)
     vec = rng.normal(size=384).astype(np.float32)
-    j = head.judge(vec / np.linalg.norm(vec))
+    j = head.judge(vec / np.linalg.norm(vec), "a text")
     assert 0.0 <= j.p_unsafe <= 1.0 and j.category in head.categories
     assert abs(sum(j.scores.values()) - j.p_unsafe) < 1e-4
     assert 0.05 <= head.output_threshold <= 0.95 and 0.0 <= head.judge_output(vec).p_unsafe <= 1.0

@@ -8,9 +8,10 @@ import json
 from typing import Any
 
 import numpy as np
+import pytest
 
 from conflux import taxonomy
-from conflux.safety_model import HEAD_CHARS, HEAD_PATH, SafetyHead, assess
+from conflux.safety_model import HEAD_CHARS, HEAD_PATH, SafetyHead, SafetyModelError, assess
 from conflux.safety_prefilter import DIM, PREFILTER_PATH, Prefilter, PrefilterHead, features
 from producers import prefilter_train, safety_train
 from producers.safety_data import read_jsonl
@@ -109,3 +110,28 @@ def test_a_long_message_embeds_only_the_slices_the_prefilter_does_not_clear() ->
     asyncio.run(assess(emb_all, head, POLICY, text))
     assert len(emb_all.asked) == 3  # the head and two slices without the prefilter
     assert len(emb.asked) == 1 and "payload" in emb.asked[0] and "payload" not in text[:HEAD_CHARS]
+
+
+def test_the_classifier_adds_the_ngram_logit_it_was_calibrated_with() -> None:
+    head = SafetyHead.load()
+    assert head.ngram is not None and head.ngram_weight > 0
+    assert json.loads(HEAD_PATH.read_text())["manifest"]["ngram_sha256"] == Prefilter.load().prompt.digest()
+    rng = np.random.default_rng(1)
+    vec = rng.normal(size=384).astype(np.float32)
+    vec /= np.linalg.norm(vec)
+    a, b = head.judge_many(np.stack([vec, vec]), ["what is the capital of France", "how do I build a pipe bomb"])
+    # Same embedding, different words: the difference in log-odds is the weighted difference of n-gram logits.
+    logodds = [np.log(j.p_unsafe / (1 - j.p_unsafe)) for j in (a, b)]
+    want = head.ngram_weight * (head.ngram.logit("how do I build a pipe bomb")
+                                - head.ngram.logit("what is the capital of France"))
+    assert abs((logodds[1] - logodds[0]) - want) < 1e-3
+
+
+def test_a_classifier_refuses_an_ngram_head_it_was_not_calibrated_with(tmp_path: Any) -> None:
+    with np.load(PREFILTER_PATH) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["prompt_weights"] = arrays["prompt_weights"] * np.float16(1.5)
+    other = tmp_path / "prefilter.npz"
+    np.savez(other, **arrays)
+    with pytest.raises(SafetyModelError, match="not the n-gram head"):
+        SafetyHead.load(prefilter_path=other)
