@@ -90,8 +90,11 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _row(text: str, label: str, category: str | None, source: str) -> dict[str, Any]:
-    return {"text": text.strip()[:MAX_CHARS], "label": label, "category": category, "source": source}
+def _row(text: str, label: str, category: str | None, source: str, group: str | None = None) -> dict[str, Any]:
+    row = {"text": text.strip()[:MAX_CHARS], "label": label, "category": category, "source": source}
+    if group is not None:  # rows made from one template: they share a split (see build)
+        row["group"] = group
+    return row
 
 
 def _lines(z: zipfile.ZipFile, name: str) -> list[str]:
@@ -147,6 +150,23 @@ def pyrit_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
         yield _row(seed["value"], "unsafe", cats[0] if cats else None, "garak-doctor")
     for text in _pyrit_seeds(z, local + "psfuzz_steal_system.prompt"):
         yield _row(text, "unsafe", "system_prompt_extraction", "pyrit-psfuzz")
+    yield from pyrit_jailbreak_rows(z, _pyrit_seeds(z, local + "adv_bench.prompt"))
+
+
+def pyrit_jailbreak_rows(z: zipfile.ZipFile, objectives: list[str]) -> Iterator[dict[str, Any]]:
+    """PyRIT's jailbreak templates (role play, refusal suppression, prefix injection, hypotheticals, personas,
+    Pliny's), each filled with one AdvBench objective picked by a hash of its name. Not the `in_the_wild`
+    folder: those are the jailbreak_llms prompts garak already gives. A template is its own group, so the
+    held-out split holds framings training never saw."""
+    base = "pyrit/datasets/jailbreak/templates/"
+    for name in sorted(n for n in z.namelist() if n.startswith(base) and n.endswith(".yaml")
+                       and not n.startswith(base + "in_the_wild/")):
+        doc = yaml.safe_load(z.read(name))
+        if not isinstance(doc, dict) or (doc.get("parameters") or []) != ["prompt"] or "benign" in name:
+            continue
+        objective = objectives[int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % len(objectives)]
+        text = objective.join(re.split(r"\{\{\s*prompt\s*\}\}", str(doc["value"])))
+        yield _row(text, "unsafe", "jailbreak", "pyrit-jailbreak-templates", group=name)
 
 
 def giskard_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
@@ -314,7 +334,7 @@ def build(wheels: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
     splits: dict[str, list[dict[str, Any]]] = {"train": [], "test": [], "heldout": []}
     for key, row in seen.items():
         if key not in conflicts:
-            splits[split_of(row["text"])].append(row)
+            splits[split_of(row.get("group", row["text"]))].append(row)
     return splits
 
 
