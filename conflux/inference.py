@@ -120,7 +120,14 @@ class TritonClient:
         await self._client.close()
 
     async def repository_index(self) -> dict[str, Any]:
-        index: dict[str, Any] = await self._client.get_model_repository_index(as_json=True)
+        """Triton's models and their states; raises InferenceError (Triton down is the model server being
+        unavailable, for the routing stage that asks it as for every other caller)."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            index: dict[str, Any] = await self._client.get_model_repository_index(as_json=True)
+        except InferenceServerException as exc:
+            raise InferenceError(f"model repository: {exc.message() or exc}") from exc
         return index
 
     async def generate(self, model: str, prompt: str, max_tokens: int, temperature: float = 0.0,

@@ -1,5 +1,6 @@
 """TritonClient.stream with a fake gRPC stream: a broken stream is an InferenceError (the stage answers
-"the model server failed"), and after the final response the stream is read to its end, not cancelled."""
+"the model server failed"), and after the final response the stream is read to its end, not cancelled; Triton
+refusing the model-index call is an InferenceError too."""
 
 from __future__ import annotations
 
@@ -91,3 +92,17 @@ async def test_a_stream_that_breaks_mid_answer_is_an_inference_error() -> None:
 async def test_a_stream_that_ends_without_a_final_response_is_an_inference_error() -> None:
     with pytest.raises(InferenceError, match="without a final response"):
         await pieces(client_with(Responses([Result("a", False)])))
+
+
+async def test_triton_down_when_routing_asks_for_the_ready_models_is_an_inference_error() -> None:
+    """The routing stage asks for the model index; with Triton down that is "the model server is unavailable",
+    not an unexpected error (a prompt the safety prefilter clears reaches routing without an embedding)."""
+    from tritonclient.utils import InferenceServerException
+
+    async def refused(**_k: Any) -> Any:
+        raise InferenceServerException("[StatusCode.UNAVAILABLE] failed to connect to all addresses")
+
+    client = TritonClient("127.0.0.1:1")
+    client._client = SimpleNamespace(get_model_repository_index=refused)
+    with pytest.raises(InferenceError, match=r"model repository: .*UNAVAILABLE"):
+        await client.repository_index()
