@@ -92,7 +92,7 @@ class SafetyHead:
         if ngram_weight:
             ngram = Prefilter.load(prefilter_path).prompt
             # Its threshold was picked for the sum with exactly these n-gram weights: others would move it.
-            if ngram.digest() != raw["manifest"].get("ngram_sha256"):
+            if ngram.digest() != raw.get("manifest", {}).get("ngram_sha256"):
                 raise SafetyModelError(f"{prefilter_path} is not the n-gram head {path} was calibrated with; "
                                        "run `make safety-model`")
         return cls(float(raw["threshold"]), list(raw["categories"]), np.asarray(raw["unsafe"], dtype=np.float32),
@@ -112,12 +112,12 @@ class SafetyHead:
 
     def _judge(self, vectors: Any, w: F32, b: float, threshold: float, extra: F32 | None) -> list[Judgement]:
         x = np.asarray(vectors, dtype=np.float32).reshape(-1, self._w.shape[0])
-        z = x @ w + b
-        if extra is not None:
-            if extra.shape != z.shape:
-                raise SafetyModelError(f"{len(extra)} texts for {len(z)} embeddings")
-            z = z + extra
-        p = 1 / (1 + np.exp(-z))
+        logits = x @ w + b
+        if extra is not None:  # the n-gram head's weighted log-odds, one per text
+            if extra.shape != logits.shape:
+                raise SafetyModelError(f"{len(extra)} texts for {len(logits)} embeddings")
+            logits = logits + extra
+        p = 1 / (1 + np.exp(-logits))
         z = x @ self._wc.T + self._bc
         z -= z.max(1, keepdims=True)
         pc = np.exp(z)

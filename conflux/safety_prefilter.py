@@ -6,6 +6,7 @@ MiniLM embedding (about 9 ms of Triton CPU on this machine); anything else goes 
 the rules read every text whatever the prefilter says. The threshold is set on a validation fold the model
 never trained on, so that it clears at most a small share of the unsafe texts there (`max_unsafe_cleared`
 in the weights file); `make safety-eval` measures the whole check, prefilter included, on the held-out split.
+The classifier also reads the prompt head: it adds this head's log-odds to its own (conflux/safety_model.py).
 """
 
 from __future__ import annotations
