@@ -30,7 +30,11 @@ def test_requests_fail_fast_while_triton_is_down_and_succeed_after(stack: Settin
             assert exc.status_code == 502
             failed = exc.response.headers["x-request-id"]
             message = str(exc.body)
-            assert "model server is unavailable" in message and "dead letter" in message
+            # The first call to meet the outage depends on the worker's caches: the routing stage's model index
+            # (dead-lettered, "the model server is unavailable") or, when that index is still fresh and the safety
+            # prefilter cleared "hi" without an embedding, the generation itself.
+            assert ("model server is unavailable" in message and "dead letter" in message) \
+                or "the model server failed during generation" in message, message
             assert "127.0.0.1" not in message  # no internal addresses in client errors
         assert time.monotonic() - t0 < 10
     finally:
