@@ -4,11 +4,12 @@
 Why: the logistic head is one direction through the embedding space, so a prompt is judged by where it falls
 along it, not by what it resembles. Short everyday questions ("How do I reset my password?") fell on the
 unsafe side of that direction beside Do-Not-Answer's questions about other people's accounts, although the
-prompts nearest to them were support tickets; and a harmful request inside a story fell on the safe side,
-although its nearest prompts were harmful ones. The vote reads the K most similar training prompts (cosine
-similarity of the unit-length embeddings), each weighted by exp(similarity / temperature) and by the inverse
-share of its class (so the vote is class-balanced, as the heads are), and gives the log-odds of "unsafe" among
-them. K, the temperature and the vote's weight in the sum are picked with the threshold on the validation fold.
+prompts nearest to them are safe ones (support tickets, banking requests); and a harmful request inside a story
+fell on the safe side, although its nearest prompts are harmful ones. The vote reads the K most similar
+training prompts (cosine similarity of the unit-length embeddings), each weighted by exp(similarity /
+temperature) and by the inverse share of its class (so the vote is class-balanced, as the heads are), and gives
+the log-odds of "unsafe" among them. K, the temperature and the vote's weight in the sum are picked with the
+threshold on the validation fold.
 
 The vectors ship as int8 with a scale per row (a quarter of float32's size; the vote it gives matched float32's
 on the validation fold and the test split) and are held as float32 once loaded (15 MB for 10,000 prompts).
